@@ -1,0 +1,3 @@
+"""dreamreel: DeepDream for video and animation."""
+
+__version__ = "0.1.0"

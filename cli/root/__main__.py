@@ -1,0 +1,5 @@
+"""`python -m dreamreel` runs the command line."""
+
+from dreamreel.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The dreamreel library: one module per stage, joined by `video` and `zoom`."""

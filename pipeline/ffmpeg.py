@@ -1,0 +1,113 @@
+"""Running the ffmpeg binary that imageio-ffmpeg ships, and reading what it says.
+
+imageio-ffmpeg brings ffmpeg but not ffprobe, so stream facts (duration, audio
+channels, rotation) are parsed from the banner that ``ffmpeg -i FILE`` prints.
+Every call uses an explicit argument list (no shell), and a failure raises
+:class:`FFmpegError` carrying the tail of ffmpeg's own message.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+# The last lines of ffmpeg's stderr name the actual problem; more is noise.
+ERROR_TAIL_LINES = 4
+
+
+class FFmpegError(RuntimeError):
+    """ffmpeg exited with an error; the message ends with what ffmpeg said."""
+
+
+@lru_cache(maxsize=1)
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary bundled with imageio-ffmpeg."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def run_ffmpeg(args: list[str], *, what: str, stdout=subprocess.DEVNULL) -> subprocess.CompletedProcess:
+    """Run ``ffmpeg -hide_banner -nostdin -y ARGS``.
+
+    Args:
+        args: arguments after the global options.
+        what: a few words for the error message ("muxing audio into out.mp4").
+        stdout: where ffmpeg's stdout goes (``subprocess.PIPE`` to read raw data).
+
+    Raises:
+        FFmpegError: ffmpeg exited non-zero; the message ends with its last lines.
+    """
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", *args]
+    proc = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE)
+    if proc.returncode != 0:
+        raise FFmpegError(f"ffmpeg failed {what}: {stderr_tail(proc.stderr)}")
+    return proc
+
+
+def stderr_tail(stderr: bytes) -> str:
+    """The last few non-empty lines of ffmpeg's stderr, joined on one line."""
+    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    return " | ".join(lines[-ERROR_TAIL_LINES:]) or "(no message)"
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What ``ffmpeg -i`` says about a file.
+
+    Attributes:
+        duration_s: container duration in seconds, or None when unknown.
+        has_video: a video stream that is not a still cover picture.
+        has_audio: at least one audio stream.
+        audio_codec: codec name of the first audio stream ("aac"), or None.
+        audio_channels: channel layout of the first audio stream ("stereo", "5.1").
+        rotation_deg: display rotation of the video stream, counter-clockwise.
+    """
+
+    duration_s: float | None
+    has_video: bool
+    has_audio: bool
+    audio_codec: str | None
+    audio_channels: str | None
+    rotation_deg: int
+
+
+_DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
+_AUDIO = re.compile(r"Stream #\d+:\d+.*?: Audio: (\w+)[^,]*, \d+ Hz, ([^,]+),")
+_VIDEO = re.compile(r"Stream #\d+:\d+.*?: Video: (.*)")
+_ROTATION = re.compile(r"(?:displaymatrix: rotation of|rotate\s*:)\s*(-?\d+(?:\.\d+)?)")
+
+
+def probe(path: str | Path) -> MediaInfo:
+    """Read stream facts from ``ffmpeg -i PATH``.
+
+    Raises:
+        ValueError: ffmpeg cannot open the file as media at all.
+    """
+    proc = subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    text = proc.stderr.decode("utf-8", "replace")
+    if "Input #0" not in text:
+        raise ValueError(f"{path}: not a media file ffmpeg can read ({stderr_tail(proc.stderr)})")
+    duration = None
+    if m := _DURATION.search(text):
+        duration = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
+    videos = [v for v in _VIDEO.findall(text) if "attached pic" not in v]
+    audio = _AUDIO.search(text)
+    rotation = 0
+    if m := _ROTATION.search(text):
+        rotation = int(round(float(m[1]))) % 360
+    return MediaInfo(
+        duration_s=duration,
+        has_video=bool(videos),
+        has_audio=audio is not None,
+        audio_codec=audio[1] if audio else None,
+        audio_channels=audio[2].strip() if audio else None,
+        rotation_deg=rotation,
+    )

@@ -1,0 +1,1 @@
+"""Preset TOML files, shipped as package data."""
