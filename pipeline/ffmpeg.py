@@ -64,7 +64,10 @@ class MediaInfo:
         has_audio: at least one audio stream.
         audio_codec: codec name of the first audio stream ("aac"), or None.
         audio_channels: channel layout of the first audio stream ("stereo", "5.1").
-        rotation_deg: display rotation of the video stream, counter-clockwise.
+        rotation_deg: display rotation of the video stream, counter-clockwise
+            (a player turns the decoded picture this far to show it upright).
+        container: the demuxer names ffmpeg reports ("mov,mp4,m4a,3gp,3g2,mj2",
+            "png_pipe"); empty when the banner has none.
     """
 
     duration_s: float | None
@@ -73,12 +76,24 @@ class MediaInfo:
     audio_codec: str | None
     audio_channels: str | None
     rotation_deg: int
+    container: str = ""
+
+    @property
+    def is_still_image(self) -> bool:
+        """True for a picture file (PNG, JPEG, ...): ffmpeg reads those with
+        its image demuxers, ``image2`` and the ``*_pipe`` family."""
+        return self.container == "image2" or self.container.endswith("_pipe")
 
 
+_INPUT = re.compile(r"Input #0, (.+?), from ")
 _DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
 _AUDIO = re.compile(r"Stream #\d+:\d+.*?: Audio: (\w+)[^,]*, \d+ Hz, ([^,]+),")
 _VIDEO = re.compile(r"Stream #\d+:\d+.*?: Video: (.*)")
-_ROTATION = re.compile(r"(?:displaymatrix: rotation of|rotate\s*:)\s*(-?\d+(?:\.\d+)?)")
+# ffmpeg >= 5 reports rotation only as display-matrix side data, printed
+# "displaymatrix: rotation of -90.00 degrees" up to 6.x and "Display Matrix:
+# rotation of ..." from 7.x on. (The legacy "rotate" tag that ffmpeg 4 also
+# printed is clockwise, the opposite sense, so it is not read.)
+_ROTATION = re.compile(r"display ?matrix: rotation of\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
 def probe(path: str | Path) -> MediaInfo:
@@ -110,4 +125,5 @@ def probe(path: str | Path) -> MediaInfo:
         audio_codec=audio[1] if audio else None,
         audio_channels=audio[2].strip() if audio else None,
         rotation_deg=rotation,
+        container=m[1] if (m := _INPUT.search(text)) else "",
     )

@@ -1,0 +1,230 @@
+"""`dreamreel`: the command line. Parse, validate, call the library.
+
+Heavy modules (torch, OpenCV) are imported inside the command functions so
+`dreamreel --help` answers at once.
+
+Exit codes: 0 done, 1 unexpected failure, 2 bad usage or bad input (one line
+on stderr), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """Bad input found by the CLI itself; printed as one line, exit code 2."""
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
+
+
+def size_arg(text: str) -> tuple[int, int]:
+    """``WxH`` → (width, height), each from 16 to 8192 pixels."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 512x512, got {text!r}") from None
+    if not (16 <= w <= 8192 and 16 <= h <= 8192):
+        raise argparse.ArgumentTypeError(f"{text}: width and height must be from 16 to 8192 pixels")
+    return w, h
+
+
+# --- shared option groups -------------------------------------------------------
+
+DREAM_FLAGS = ("objective", "octaves", "octave_scale", "iterations", "step", "jitter", "smooth", "tile", "seed")
+
+
+def add_dream_options(parser: argparse.ArgumentParser) -> None:
+    p = parser.add_argument_group("dream (defaults come from the preset; see `dreamreel presets NAME`)")
+    p.add_argument("--preset", help="built-in preset name or a .toml file")
+    p.add_argument("--model", help="zoo model (see `dreamreel models`) or a TorchScript file; default efficientnet-lite0")
+    p.add_argument("--weights", help="state-dict file: your own fine-tuned weights, or torchvision's file when offline")
+    p.add_argument("--labels", help="class names file, one per line (for class:NAME)")
+    p.add_argument("--objective", help='what to amplify, e.g. "mid", "blocks.4:97", "class:285", "low + 0.5*high"')
+    p.add_argument("--guide", help="guide image for guide:LAYER objectives")
+    p.add_argument("--octaves", type=int, help="pyramid levels")
+    p.add_argument("--octave-scale", type=float, help="size ratio between levels")
+    p.add_argument("--iterations", type=int, help="ascent steps per octave")
+    p.add_argument("--step", type=float, help="step size in pixel-range units (0.01 = 1%%)")
+    p.add_argument("--jitter", type=int, help="largest random roll in pixels")
+    p.add_argument("--smooth", type=float, help="Gaussian smoothing of the gradient, sigma in pixels (0 = off)")
+    p.add_argument("--tile", type=int, help="largest side processed at once, in pixels")
+    p.add_argument("--max-side", type=positive_int, help="downscale the input so its longest side is at most PX")
+    p.add_argument("--seed", type=int, help="random seed (same seed, same output)")
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps (default: auto)")
+    p.add_argument(
+        "--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+        help="mixed precision; auto = bf16 where faster (default: auto)",
+    )
+
+
+def dream_settings(args, preset):
+    """DreamSettings from defaults < preset < flags."""
+    from dreamreel.pipeline.presets import build
+
+    return build("dream", preset, {name: getattr(args, name) for name in DREAM_FLAGS})
+
+
+def compute_settings(args, preset):
+    from dreamreel.pipeline.dream import ComputeSettings
+
+    model = args.model or (preset.model if preset else None) or ComputeSettings.model
+    return ComputeSettings(
+        model=model, weights=args.weights, labels=args.labels, device=args.device,
+        precision=args.precision, guide=args.guide,
+    )
+
+
+def load_preset_arg(args, default: str | None):
+    from dreamreel.pipeline.presets import load_preset
+
+    name = args.preset or default
+    return load_preset(name) if name else None
+
+
+# --- commands ---------------------------------------------------------------------
+
+
+def cmd_image(args) -> int:
+    from dreamreel.pipeline.image import dream_image
+
+    preset = load_preset_arg(args, "mid-creatures")
+    result = dream_image(
+        args.input, args.output, dream_settings(args, preset), compute_settings(args, preset),
+        max_side=args.max_side, noise_size=args.size, progress=not args.quiet,
+    )
+    w, h = result.size
+    print(f"wrote {result.output} ({w}x{h}) in {result.seconds:.1f} s; score {result.score_start:.3g} → {result.score_end:.3g}")
+    return EXIT_OK
+
+
+def cmd_models(args) -> int:
+    from dreamreel.pipeline.models import ZOO, weights_status
+
+    width = max(map(len, ZOO))
+    for name, entry in ZOO.items():
+        print(f"{name:<{width}}  {entry.description}\n{'':<{width}}  weights: {weights_status(name)}")
+    print("\nYour own model: --model FILE.pt (TorchScript), or --model ARCH --weights FILE.pth [--labels FILE]")
+    return EXIT_OK
+
+
+def cmd_layers(args) -> int:
+    from dreamreel.pipeline.models import load_model
+
+    model = load_model(args.model, weights=args.weights, labels=args.labels)
+    channels = model.layer_channels()
+    width = max(map(len, channels))
+    for name, count in channels.items():
+        print(f"{name:<{width}}  {count:>5} channels")
+    for alias, target in model.aliases.items():
+        print(f"{alias:<{width}}  = {target}")
+    return EXIT_OK
+
+
+def cmd_presets(args) -> int:
+    from dreamreel.pipeline.presets import builtin_names, load_preset
+
+    if args.name:
+        preset = load_preset(args.name)
+        print(f"{preset.name} ({preset.kind}): {preset.description}")
+        if preset.model:
+            print(f"model = {preset.model}")
+        for section, values in preset.sections.items():
+            print(f"[{section}]")
+            for key, value in values.items():
+                print(f"  {key} = {value!r}")
+        return EXIT_OK
+    presets = [load_preset(name) for name in builtin_names()]
+    width = max(len(p.name) for p in presets)
+    for kind in ("image", "video", "zoom"):
+        rows = [p for p in presets if p.kind == kind]
+        if rows:
+            print(f"{kind} presets:")
+            for p in rows:
+                print(f"  {p.name:<{width}}  {p.description}")
+    return EXIT_OK
+
+
+# --- parser -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dreamreel",
+        description="DeepDream for video and animation.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"dreamreel {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("image", help="dream a still picture", description="Dream a still picture.")
+    p.add_argument("input", metavar="INPUT", help="picture file, or the word 'noise'")
+    p.add_argument("output", metavar="OUTPUT", help="output picture (.png, .jpg, .webp)")
+    p.add_argument("--size", type=size_arg, default=(512, 512), help="WxH of the noise picture when INPUT is 'noise'")
+    add_dream_options(p)
+    add_common(p)
+    p.set_defaults(run=cmd_image)
+
+    p = sub.add_parser("models", help="list the models and whether their weights are here")
+    add_common(p)
+    p.set_defaults(run=cmd_models)
+
+    p = sub.add_parser("layers", help="list the dreamable layers of a model")
+    p.add_argument("model", metavar="MODEL", help="zoo name or TorchScript file")
+    p.add_argument("--weights", help="state-dict file")
+    p.add_argument("--labels", help="class names file")
+    add_common(p)
+    p.set_defaults(run=cmd_layers)
+
+    p = sub.add_parser("presets", help="list the presets, or show one")
+    p.add_argument("name", metavar="NAME", nargs="?", help="preset to show")
+    add_common(p)
+    p.set_defaults(run=cmd_presets)
+    return parser
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _version() -> str:
+    from dreamreel import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("dreamreel: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (UsageError, ValueError, TypeError) as exc:
+        if args.debug:
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"dreamreel: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # the last line of defence: one line, exit 1
+        if args.debug:
+            raise
+        print(f"dreamreel: unexpected error: {type(exc).__name__}: {exc} (rerun with --debug for details)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from dreamreel.pipeline import models
+from dreamreel.pipeline.models import LOGITS, WeightsUnavailable, load_model
+
+DATA = Path(__file__).parent / "data"
+
+
+def load_photo(size: int = 224) -> torch.Tensor:
+    import cv2
+
+    rgb = cv2.imread(str(DATA / "chelsea.jpg"))[:, :, ::-1].copy()
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+
+
+def test_embedded_model_classifies_a_real_photo_offline(monkeypatch):
+    monkeypatch.setenv(models.OFFLINE_ENV, "1")
+    model = load_model("efficientnet-lite0")
+    with torch.no_grad():
+        logits = model(load_photo(), [LOGITS])[LOGITS]
+    top = int(logits.argmax())
+    assert top == 285, f"expected Egyptian cat (285), got {top} {model.class_names[top]}"
+    assert model.class_names[285] == "Egyptian cat"
+    assert model.resolve_class("egyptian_cat") == 285
+
+
+def test_embedded_model_layers_and_aliases():
+    model = load_model()
+    assert model.layer_names[:2] == ["conv_stem", "blocks.0"]
+    for alias in ("low", "mid", "high"):
+        assert model.resolve_layer(alias) in model.layer_names
+    acts = model(torch.rand(1, 3, 64, 64), ["blocks.2"])
+    assert set(acts) == {"blocks.2"} and acts["blocks.2"].shape[1] == 40
+
+
+def test_unknown_layer_suggests_nearest_names(tiny_model):
+    with pytest.raises(ValueError, match=r"unknown layer 'conv4'.*did you mean conv3, conv2, conv1"):
+        tiny_model.resolve_layer("conv4")
+
+
+def test_forward_stops_after_the_last_needed_layer(tiny_model):
+    calls = []
+    tiny_model.net.head.register_forward_hook(lambda *a: calls.append(1))
+    tiny_model(torch.rand(1, 3, 16, 16), ["conv2"])
+    assert calls == []
+    tiny_model(torch.rand(1, 3, 16, 16), ["conv2", LOGITS])
+    assert calls == [1]
+
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(ValueError, match=r"unknown model 'googlenett': did you mean googlenet"):
+        load_model("googlenett")
+
+
+def test_fine_tuned_torchvision_state_dict_with_own_classes(tmp_path):
+    torch.manual_seed(0)
+    net = torchvision.models.googlenet(weights=None, num_classes=3, aux_logits=True, init_weights=False)
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "mine.pth")
+    (tmp_path / "labels.txt").write_text("me\nmy dog\n\nmy cat\n")
+    model = load_model("googlenet", weights=tmp_path / "mine.pth", labels=tmp_path / "labels.txt")
+    assert model.num_classes == 3 and model.class_names == ["me", "my dog", "my cat"]
+    assert model.resolve_class("my_dog") == 1
+    out = model(torch.rand(2, 3, 96, 96), ["inception4c", LOGITS])
+    assert out[LOGITS].shape == (2, 3) and out["inception4c"].shape[1] == 512
+
+
+def test_wrong_label_count_and_wrong_file_are_clear(tmp_path):
+    net = torchvision.models.googlenet(weights=None, num_classes=3, aux_logits=False, init_weights=False)
+    torch.save(net.state_dict(), tmp_path / "mine.pth")
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    with pytest.raises(ValueError, match="2 names but the model has 3 classes"):
+        load_model("googlenet", weights=tmp_path / "mine.pth", labels=tmp_path / "labels.txt")
+    with pytest.raises(ValueError, match="not a vgg16 state dict"):
+        load_model("vgg16", weights=tmp_path / "mine.pth")
+    (tmp_path / "junk.pth").write_text("not a tensor file")
+    with pytest.raises(ValueError, match="not a PyTorch state-dict file"):
+        load_model("googlenet", weights=tmp_path / "junk.pth")
+
+
+def test_cached_torchvision_weights_are_found_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv(models.OFFLINE_ENV, "1")
+    with pytest.raises(WeightsUnavailable, match=r"expected .*googlenet-1378be20\.pth.*--weights FILE"):
+        load_model("googlenet")
+    assert "download on first use" in models.weights_status("googlenet")
+    # torchvision's own file keeps the auxiliary heads: write one like it
+    net = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False)
+    path = models.cache_path(models.torchvision_weights("googlenet").url)
+    path.parent.mkdir(parents=True)
+    torch.save(net.state_dict(), path)
+    model = load_model("googlenet")
+    assert model.num_classes == 1000 and model.class_names[285] == "Egyptian cat"
+    assert models.weights_status("googlenet").startswith("cached")
+
+
+def test_download_checks_the_hash_in_the_file_name(tmp_path):
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(b"weights" * 100)
+    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
+    good = tmp_path / f"net-{digest[:8]}.pth"
+    good.write_bytes(payload.read_bytes())
+    dest = tmp_path / "cache" / good.name
+    models.download_weights(good.as_uri(), dest, progress=False)
+    assert dest.read_bytes() == payload.read_bytes()
+    bad = tmp_path / "net-deadbeef.pth"
+    bad.write_bytes(payload.read_bytes())
+    with pytest.raises(WeightsUnavailable, match="does not match"):
+        models.download_weights(bad.as_uri(), tmp_path / "cache" / bad.name, progress=False)
+    assert not (tmp_path / "cache" / bad.name).exists()
+    assert list((tmp_path / "cache").glob("*.partial")) == []
+    with pytest.raises(WeightsUnavailable, match="could not download"):
+        models.download_weights((tmp_path / "missing-abcdef12.pth").as_uri(), tmp_path / "x.pth", progress=False)
+
+
+def test_torchscript_model_dreams_its_logits(tmp_path):
+    from conftest import TinyNet
+
+    scripted = torch.jit.script(TinyNet().eval())
+    scripted.save(str(tmp_path / "net.pt"))
+    model = load_model(str(tmp_path / "net.pt"))
+    assert model.resolve_layer("mid") == LOGITS
+    assert model(torch.rand(1, 3, 32, 32), [LOGITS])[LOGITS].shape == (1, 5)
+    (tmp_path / "bad.pt").write_text("nope")
+    with pytest.raises(ValueError, match="not a TorchScript file"):
+        load_model(str(tmp_path / "bad.pt"))
+
+
+def test_device_and_precision_choices():
+    assert models.pick_device("cpu").type == "cpu"
+    assert models.pick_precision("fp32", torch.device("cpu")) is None
+    assert models.pick_precision("bf16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(ValueError, match="--precision fp16"):
+        models.pick_precision("fp16", torch.device("cpu"))
+    with pytest.raises(ValueError, match="--device 'banana'"):
+        models.pick_device("banana")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            models.pick_device("cuda")
