@@ -110,6 +110,7 @@ def probe(path: str | Path) -> MediaInfo:
     text = proc.stderr.decode("utf-8", "replace")
     if "Input #0" not in text:
         raise ValueError(f"{path}: not a media file ffmpeg can read ({stderr_tail(proc.stderr)})")
+    container = m[1] if (m := _INPUT.search(text)) else ""
     duration = None
     if m := _DURATION.search(text):
         duration = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
@@ -125,5 +126,5 @@ def probe(path: str | Path) -> MediaInfo:
         audio_codec=audio[1] if audio else None,
         audio_channels=audio[2].strip() if audio else None,
         rotation_deg=rotation,
-        container=m[1] if (m := _INPUT.search(text)) else "",
+        container=container,
     )

@@ -78,7 +78,9 @@ def measure(
         frames += 1
         strength_sum += _mean_abs_difference(output, input_)
         if previous is not None:
-            pair_errors.extend(_pair_warping_error(estimator, *previous, output, input_))
+            error = _pair_warping_error(estimator, *previous, output, input_)
+            if error is not None:
+                pair_errors.append(error)
         previous = (output, input_)
     if frames < 2:
         raise ValueError(f"got {frames} frame(s); warping error compares consecutive frames, so pass at least 2")
@@ -130,16 +132,16 @@ def _pair_warping_error(
     prev_input: np.ndarray,
     output: np.ndarray,
     input_: np.ndarray,
-) -> list[float]:
-    """[mean masked error] for one pair of consecutive frames, or [] at a scene cut."""
+) -> float | None:
+    """Mean masked warping error of one pair of consecutive frames, None at a scene cut."""
     backward = estimator(input_, prev_input)
     forward = estimator(prev_input, input_)
     mask = consistency_mask(forward, backward)
     if scene_cut(prev_input, input_, inconsistent_fraction=1.0 - float(mask.mean())):
-        return []
+        return None
     warped = warp_with_flow(_to_tensor(prev_output), flow_to_tensor(backward))
     error = (warped - _to_tensor(output)).abs().mean(dim=1)[0].numpy()  # (H, W)
-    return [float((error * mask).sum() / mask.sum())]
+    return float((error * mask).sum() / mask.sum())
 
 
 def _mean_abs_difference(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from dreamreel.pipeline import dream as D
+from dreamreel.pipeline.dream import DreamSettings
+from dreamreel.pipeline.objectives import parse
+
+
+def run(model, x, **kw):
+    settings = DreamSettings(**{"objective": "mid", "octaves": 2, "iterations": 4, "jitter": 4, **kw})
+    scores = []
+    out = D.dream(model, x, parse(settings.objective, model), settings, on_step=lambda s: scores.append(s))
+    return out, scores
+
+
+def test_objective_rises_during_ascent(tiny_model, textured):
+    settings = DreamSettings(objective="mid", octaves=1, iterations=8, jitter=0)
+    obj = parse("mid", tiny_model)
+    scores = []
+    D.dream(tiny_model, textured, obj, settings, on_step=lambda s: scores.append(float(s)))
+    assert scores[-1] > scores[0] * 1.2
+
+
+def test_output_keeps_shape_range_and_changes_the_picture(tiny_model, textured):
+    out, _ = run(tiny_model, textured)
+    assert out.shape == textured.shape and out.dtype == textured.dtype
+    assert 0 <= out.min() and out.max() <= 1
+    assert (out - textured).abs().mean() > 0.01
+
+
+def test_batch_equals_one_by_one(tiny_model, textured):
+    other = torch.rand_like(textured)
+    batch, _ = run(tiny_model, torch.cat([textured, other]))
+    one, _ = run(tiny_model, textured)
+    two, _ = run(tiny_model, other)
+    assert (batch - torch.cat([one, two])).abs().max() < 1e-4  # conv algorithms differ by batch size
+
+
+def test_same_seed_same_dream_other_seed_other_dream(tiny_model, textured):
+    a, _ = run(tiny_model, textured, seed=3)
+    b, _ = run(tiny_model, textured, seed=3)
+    c, _ = run(tiny_model, textured, seed=4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_tiled_gradient_matches_untiled_away_from_borders(tiny_model):
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    obj = parse("conv1", tiny_model)  # 3x3 receptive field: only 1 px near a border differs
+    full, s_full = D.objective_gradient(tiny_model, x, obj, tile=512, autocast_dtype=None)
+    tiled, s_tiled = D.objective_gradient(tiny_model, x, obj, tile=64, autocast_dtype=None)
+    interior = torch.ones(128, 128, dtype=torch.bool)
+    interior[62:66, :] = interior[:, 62:66] = False
+    assert torch.allclose(full[..., interior], tiled[..., interior], atol=1e-6)
+    assert torch.allclose(s_full, s_tiled, rtol=0.05)
+
+
+def test_tiled_dream_has_no_seams(tiny_model):
+    x = D.gaussian_blur(torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0)), 2.0)
+    out, _ = run(tiny_model, x, tile=64, octaves=1, iterations=12, objective="high")
+    d = out - x
+    step_x = (d[..., :, 1:] - d[..., :, :-1]).abs().mean(dim=(0, 1, 2))  # per column boundary
+    step_y = (d[..., 1:, :] - d[..., :-1, :]).abs().mean(dim=(0, 1, 3))
+    # the boundary between columns 63|64 is a tile border: no jump larger than elsewhere
+    assert step_x[63] < 1.5 * step_x.mean() and step_y[63] < 1.5 * step_y.mean()
+
+
+def test_gaussian_blur_keeps_constants_and_shapes():
+    x = torch.full((2, 3, 9, 11), 0.3, dtype=torch.float64)
+    y = D.gaussian_blur(x, 1.5)
+    assert y.shape == x.shape and y.dtype == torch.float64 and torch.allclose(y, x)
+    assert D.gaussian_blur(x, 0) is x
+
+
+def test_octave_sizes_end_at_full_size_and_skip_tiny_levels():
+    assert D.octave_sizes(100, 200, 3, 2.0) == [(25, 50), (50, 100), (100, 200)] or D.octave_sizes(
+        100, 200, 3, 2.0
+    ) == [(50, 100), (100, 200)]
+    assert D.octave_sizes(100, 200, 3, 2.0)[-1] == (100, 200)
+    assert all(min(s) >= D.MIN_OCTAVE_SIDE for s in D.octave_sizes(40, 40, 6, 1.5)[:-1])
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("iterations", -1, "--iterations -1"), ("octave_scale", 0.5, "--octave-scale"), ("tile", 8, "--tile 8"),
+     ("step", "big", "--step: expected a number"), ("octaves", 2.5, "--octaves: expected a number")],
+)
+def test_settings_errors_name_the_flag(field, value, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        DreamSettings(**{field: value})
+
+
+def test_uint8_round_trip():
+    import numpy as np
+
+    rgb = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    assert np.array_equal(D.to_uint8(D.to_tensor(rgb))[0], rgb)
+
+
+def test_noise_image_is_seeded_and_mid_grey():
+    a, b = D.noise_image(64, 32, seed=1), D.noise_image(64, 32, seed=1)
+    assert a.shape == (1, 3, 32, 64) and torch.equal(a, b)
+    assert abs(float(a.mean()) - 0.5) < 0.05
