@@ -184,12 +184,20 @@ def objective_gradient(
     return grad, score
 
 
+def _roll(x: torch.Tensor, shifts: list[tuple[int, int]], sign: int = 1) -> torch.Tensor:
+    """Roll each image of (B, C, H, W) by its own (dy, dx), or all by one shift."""
+    if len(shifts) == 1:
+        dy, dx = shifts[0]
+        return torch.roll(x, shifts=(sign * dy, sign * dx), dims=(2, 3))
+    return torch.stack([torch.roll(img, shifts=(sign * dy, sign * dx), dims=(1, 2)) for img, (dy, dx) in zip(x, shifts)])
+
+
 def ascent_step(
     model: DreamModel,
     x: torch.Tensor,
     objective: Objective,
     settings: DreamSettings,
-    generator: torch.Generator,
+    generators: list[torch.Generator],
     autocast_dtype: torch.dtype | None,
     step: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,15 +205,16 @@ def ascent_step(
 
     The gradient is divided by its mean absolute value per image, so ``step``
     is in pixel units whatever the layer's scale (the DeepDream notebook's rule).
+    ``generators`` holds one random source for the whole batch, or one per image.
     """
     h, w = x.shape[-2:]
-    # One random roll per step for the whole batch: images stay independent,
-    # and a batch is dreamed exactly as each image alone with the same seed.
+    # Random rolls hide the network's stride grid and move tile borders; with
+    # one generator per image each image is dreamed exactly as it would be alone.
     limit = settings.jitter + (settings.tile if max(h, w) > settings.tile else 0)
-    dy, dx = (torch.randint(-limit, limit + 1, (2,), generator=generator).tolist() if limit else (0, 0))
-    rolled = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    shifts = [tuple(torch.randint(-limit, limit + 1, (2,), generator=g).tolist()) if limit else (0, 0) for g in generators]
+    rolled = _roll(x, shifts)
     grad, score = objective_gradient(model, rolled, objective, tile=settings.tile, autocast_dtype=autocast_dtype)
-    grad = torch.roll(grad, shifts=(-dy, -dx), dims=(2, 3))
+    grad = _roll(grad, shifts, sign=-1)
     grad = gaussian_blur(grad, settings.smooth)
     grad = grad / (grad.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-8)
     size = settings.step if step is None else step
@@ -219,7 +228,7 @@ def dream(
     settings: DreamSettings,
     *,
     autocast_dtype: torch.dtype | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     iterations: int | None = None,
     step: float | None = None,
     on_step: Callable[[torch.Tensor], None] | None = None,
@@ -232,8 +241,9 @@ def dream(
         objective: what to maximise.
         settings: octaves, iterations, step, jitter, smoothing, tile, seed.
         autocast_dtype: bf16/fp16 mixed precision, or None for fp32.
-        generator: random source for jitter; defaults to one seeded with
-            ``settings.seed`` (CPU generator, so results do not depend on the device).
+        generator: random source for jitter, one for the batch or one per
+            image; defaults to one seeded with ``settings.seed`` (CPU
+            generators, so results do not depend on the device).
         iterations: overrides ``settings.iterations`` (video frames after the first).
         step: overrides ``settings.step`` (schedules in zoom animations).
         on_step: called after every ascent step with the (B,) scores.
@@ -245,6 +255,9 @@ def dream(
         raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
     if generator is None:
         generator = torch.Generator().manual_seed(settings.seed)
+    generators = list(generator) if isinstance(generator, (list, tuple)) else [generator]
+    if len(generators) not in (1, images.shape[0]):
+        raise ValueError(f"got {len(generators)} generators for a batch of {images.shape[0]}")
     n_iter = settings.iterations if iterations is None else iterations
     base = images.float()
     h, w = base.shape[-2:]
@@ -256,7 +269,7 @@ def dream(
         x = (octave_base + detail).clamp(0, 1)
         # 2. gradient ascent at this octave
         for _ in range(n_iter):
-            x, score = ascent_step(model, x, objective, settings, generator, autocast_dtype, step)
+            x, score = ascent_step(model, x, objective, settings, generators, autocast_dtype, step)
             if on_step is not None:
                 on_step(score)
         # 3. keep only what the dream added, to carry it up
@@ -332,11 +345,13 @@ class Dreamer:
         iterations: int | None = None,
         step: float | None = None,
         on_step: Callable[[torch.Tensor], None] | None = None,
+        generators: list[torch.Generator] | None = None,
     ) -> torch.Tensor:
         """Dream (B, 3, H, W) pictures in [0, 1] on the dreamer's device.
 
-        Successive calls continue one random stream, so a run is reproducible
-        from its seed.
+        Without ``generators``, successive calls continue one random stream
+        seeded by ``settings.seed``; videos and animations pass one generator
+        per image, seeded per frame, so a resumed run repeats the same frames.
         """
         return dream(
             self.model,
@@ -344,7 +359,7 @@ class Dreamer:
             self.objective,
             self.settings,
             autocast_dtype=self.autocast_dtype,
-            generator=self.generator,
+            generator=generators or self.generator,
             iterations=iterations,
             step=step,
             on_step=on_step,
@@ -373,3 +388,8 @@ def noise_image(width: int, height: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     noise = torch.rand(1, 3, height, width, generator=g)
     return (0.5 + 0.6 * (gaussian_blur(noise, 1.0) - 0.5)).clamp(0, 1)
+
+
+def frame_generator(seed: int, frame: int) -> torch.Generator:
+    """The random source of one frame: depends only on the seed and frame index."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + frame)

@@ -103,3 +103,13 @@ def test_noise_image_is_seeded_and_mid_grey():
     a, b = D.noise_image(64, 32, seed=1), D.noise_image(64, 32, seed=1)
     assert a.shape == (1, 3, 32, 64) and torch.equal(a, b)
     assert abs(float(a.mean()) - 0.5) < 0.05
+
+
+def test_per_image_generators_make_a_batch_equal_to_each_image_alone(tiny_model, textured):
+    settings = DreamSettings(objective="mid", octaves=1, iterations=3, jitter=6)
+    obj = parse("mid", tiny_model)
+    other = torch.rand_like(textured)
+    batch = D.dream(tiny_model, torch.cat([textured, other]), obj, settings,
+                    generator=[D.frame_generator(0, 1), D.frame_generator(0, 2)])
+    alone = D.dream(tiny_model, other, obj, settings, generator=[D.frame_generator(0, 2)])
+    assert (batch[1:] - alone).abs().max() < 1 / 255

@@ -1,0 +1,392 @@
+"""Audio features for audio-reactive animation: loudness, three bands, onsets, tempo.
+
+:func:`load_audio` decodes any file ffmpeg reads to mono float32 samples;
+:func:`analyse` turns them into one value per video frame for each feature in
+:data:`FEATURE_NAMES`; :func:`estimate_bpm` finds the tempo; and
+:func:`audio_features` does all three. Schedules see the features as the
+variables ``rms``, ``bass``, ``mid``, ``treble`` and ``onset``.
+
+Every feature is scaled so that 1 is the track's typical level and 0 is
+silence, the convention of music visualisers (MilkDrop's ``bass``, ``mid`` and
+``treb`` read "1 = normal, below 0.7 quiet, above 1.3 loud"), so a formula like
+``1.01 + 0.03*bass`` means the same on a quiet recording as on a loud master.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .ffmpeg import probe, run_ffmpeg
+
+FEATURE_NAMES = ("rms", "bass", "mid", "treble", "onset")
+
+# Half the CD rate keeps everything up to 11 kHz, above the 8 kHz treble edge,
+# at half the cost; librosa defaults to it for the same reason.
+DEFAULT_SAMPLE_RATE = 22050
+# The treble band reaches 8 kHz, so the Nyquist frequency must too.
+MIN_SAMPLE_RATE = 16000
+
+# 2048 samples at 22050 Hz (librosa's default n_fft): 10.8 Hz bins give the
+# 20-250 Hz bass band about 20 bins, and 93 ms is short enough that a kick
+# drum still reads as a peak at 25-30 fps.
+WINDOW_S = 2048 / 22050
+
+# The usual visualiser split of the spectrum (the engineers' table of sub-bass
+# + bass 20-250 Hz, low mids + mids 250-2000 Hz, upper mids + presence +
+# brilliance above), with treble stopped at 8 kHz: above it there is little
+# musical energy, and lossy encoders at low bitrates cut it anyway.
+BANDS_HZ = {"bass": (20.0, 250.0), "mid": (250.0, 2000.0), "treble": (2000.0, 8000.0)}
+ONSET_BAND_HZ = (20.0, 8000.0)
+
+# Frames whose loudness is below -60 dBFS count as silence (ffmpeg's
+# silencedetect uses the same default noise level) and are left out when
+# finding the typical level, so a silent intro does not inflate the music.
+SILENCE_AMPLITUDE = 10 ** (-60 / 20)
+
+# Spectral flux compares log magnitudes; bins below -80 dBFS are clamped there
+# (librosa's top_db of 80), so noise far below the music does not flicker.
+ONSET_FLOOR_DB = -80.0
+# A typical flux under a hundredth of a dB per frame (the just noticeable level
+# change is about 1 dB) means a track with no onsets at all: report zeros
+# rather than magnify rounding noise to "typical".
+ONSET_MIN_TYPICAL_DB = 0.01
+
+# Attack and release of the envelope follower, in seconds: a fast attack so a
+# beat shows on its frame, a slower release so the picture eases back instead
+# of flickering; the usual ranges of compressor and meter ballistics (attack
+# 10-20 ms, release 100-300 ms; Giannoulis, Massberg & Reiss 2012).
+ATTACK_S = 0.010
+RELEASE_S = 0.200
+# Onsets are meant to be spikes; a short release keeps them so.
+ONSET_RELEASE_S = 0.050
+
+# Tempo prior for estimate_bpm: log-normal around 120 BPM, one octave wide
+# (Ellis 2007, "Beat tracking by dynamic programming"; librosa's start_bpm and
+# std_bpm defaults).
+TEMPO_PRIOR_BPM = 120.0
+TEMPO_PRIOR_OCTAVES = 1.0
+
+# Frames per FFT batch; bounds memory to about this many windows at a time
+# whatever the length of the track.
+_BATCH_FRAMES = 256
+
+
+@dataclass(frozen=True, eq=False)
+class AudioFeatures:
+    """Per-frame audio features of a track, for frames at `fps`.
+
+    Attributes:
+        fps: video frames per second the features were computed for.
+        duration_s: length of the audio in seconds.
+        rms: loudness, float32, shape (n_frames,), n_frames = ceil(duration_s * fps).
+        bass, mid, treble: amplitude in 20-250, 250-2000 and 2000-8000 Hz,
+            float32, shape (n_frames,).
+        onset: onset strength (positive spectral flux), float32, shape (n_frames,).
+        bpm: tempo in beats per minute, or None when unknown.
+
+    All five features are 0 in silence and 1 at the track's typical level.
+    """
+
+    fps: float
+    duration_s: float
+    rms: np.ndarray
+    bass: np.ndarray
+    mid: np.ndarray
+    treble: np.ndarray
+    onset: np.ndarray
+    bpm: float | None = None
+
+    def __post_init__(self):
+        lengths = {name: len(getattr(self, name)) for name in FEATURE_NAMES}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"audio features must all have one length per frame, got {lengths}")
+
+    @property
+    def n_frames(self) -> int:
+        """Number of video frames the audio covers."""
+        return len(self.rms)
+
+    def at(self, frame: int) -> dict[str, float]:
+        """The features at one frame, keyed by FEATURE_NAMES.
+
+        Frames past the end of the audio are silent (all 0): when the music
+        stops, the animation calms down.
+
+        Raises:
+            ValueError: frame is negative.
+        """
+        if frame < 0:
+            raise ValueError(f"frame must be 0 or more, got {frame}")
+        if frame >= self.n_frames:
+            return dict.fromkeys(FEATURE_NAMES, 0.0)
+        return {name: float(getattr(self, name)[frame]) for name in FEATURE_NAMES}
+
+
+def load_audio(path: str | Path, *, sample_rate: int = DEFAULT_SAMPLE_RATE) -> np.ndarray:
+    """Decode the first audio stream of any file ffmpeg reads.
+
+    Args:
+        path: an audio file, or a video with sound.
+        sample_rate: resample to this rate, in Hz.
+
+    Returns:
+        Mono samples (channels averaged by ffmpeg), float32 in [-1, 1], shape (n,).
+
+    Raises:
+        ValueError: the file is missing, a directory, not media, has no audio
+            stream, or decodes to nothing.
+        FFmpegError: ffmpeg failed while decoding; the message is ffmpeg's.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, not an audio file")
+    if not probe(path).has_audio:
+        raise ValueError(f"{path}: has no audio stream (give a sound file, or a video with sound)")
+    proc = run_ffmpeg(
+        # "file:" makes ffmpeg read a local file even when the name looks like
+        # one of its protocols ("concat:a|b", "C:\\music.mp3").
+        ["-i", f"file:{path}", "-vn", "-f", "f32le", "-ac", "1", "-ar", str(sample_rate), "-"],
+        what=f"decoding the audio of {path}",
+        stdout=subprocess.PIPE,
+    )
+    samples = np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)  # astype copies: writable, native order
+    if samples.size == 0:
+        raise ValueError(f"{path}: the audio stream decodes to no samples")
+    return samples
+
+
+def analyse(
+    samples: np.ndarray,
+    sample_rate: int,
+    *,
+    fps: float,
+    attack_s: float = ATTACK_S,
+    release_s: float = RELEASE_S,
+    onset_release_s: float = ONSET_RELEASE_S,
+) -> AudioFeatures:
+    """Measure loudness, band amplitudes and onsets for each video frame.
+
+    For frame k a Hann window of about 93 ms (:data:`WINDOW_S`) is centred on
+    its time k / fps, the moment the frame is shown. From its spectrum:
+
+    - ``rms``: root mean square of the windowed samples.
+    - ``bass``, ``mid``, ``treble``: amplitude in each band of
+      :data:`BANDS_HZ` (square root of the band's energy), so 2 means twice
+      the typical amplitude rather than a spike squared.
+    - ``onset``: positive spectral flux (Bello et al. 2005; the idea of
+      librosa's onset_strength): the mean over 20-8000 Hz bins of how much
+      each bin's level in dB rose since the previous frame, falls ignored.
+
+    Each feature then goes through an attack/release envelope follower
+    (onsets with no attack delay and a short release, so they stay spiky) and
+    is divided by its mean over the non-silent frames, so that 1 is the
+    track's typical level. The mean rather than a median or percentile:
+    onsets are near zero on most frames, where a median would make every
+    spike huge, while the mean keeps the average of what the schedule sees
+    at 1. A feature with nothing in it (no treble in a bass-only track) is
+    0 throughout rather than magnified noise.
+
+    Args:
+        samples: mono audio, float32 in [-1, 1], shape (n,).
+        sample_rate: in Hz, at least :data:`MIN_SAMPLE_RATE`.
+        fps: video frames per second.
+        attack_s, release_s: follower time constants in seconds (0: none).
+        onset_release_s: release for ``onset``; its attack is instant.
+
+    Returns:
+        AudioFeatures with n_frames = ceil(n / sample_rate * fps) and bpm None.
+
+    Raises:
+        ValueError: samples are not mono, empty or not finite; a rate is out of range.
+    """
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim != 1:
+        raise ValueError(f"samples must be mono, shape (n,), got shape {samples.shape}")
+    if samples.size == 0:
+        raise ValueError("no samples to analyse")
+    if not np.isfinite(samples).all():
+        raise ValueError("samples contain NaN or infinity")
+    if sample_rate < MIN_SAMPLE_RATE:
+        raise ValueError(f"sample_rate must be at least {MIN_SAMPLE_RATE} Hz to cover the treble band, got {sample_rate}")
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    if min(attack_s, release_s, onset_release_s) < 0:
+        raise ValueError("attack and release times must be 0 or more seconds")
+
+    # round() first: 8 s at 25 fps is 200 frames, not ceil(200.00000001).
+    n_frames = math.ceil(round(samples.size * fps / sample_rate, 6))
+    raw = _frame_features(samples, sample_rate, fps, n_frames)
+    loud = raw["rms"] > SILENCE_AMPLITUDE
+    frame_s = 1.0 / fps
+    features = {}
+    for name in FEATURE_NAMES:
+        if name == "onset":
+            smoothed = _follow(raw[name], 0.0, onset_release_s, frame_s)
+            floor = ONSET_MIN_TYPICAL_DB
+        else:
+            smoothed = _follow(raw[name], attack_s, release_s, frame_s)
+            floor = SILENCE_AMPLITUDE
+        features[name] = _normalise(smoothed, loud, floor).astype(np.float32)
+    return AudioFeatures(fps=float(fps), duration_s=samples.size / sample_rate, bpm=None, **features)
+
+
+def _window_length(sample_rate: int) -> int:
+    """The power of two nearest to WINDOW_S seconds (2048 at 22050 Hz, 4096 at 44.1 or 48 kHz)."""
+    return 2 ** round(math.log2(WINDOW_S * sample_rate))
+
+
+def _frame_features(samples: np.ndarray, sample_rate: int, fps: float, n_frames: int) -> dict[str, np.ndarray]:
+    """Unsmoothed, unnormalised features: name -> float64 array of shape (n_frames,).
+
+    rms and bands are amplitudes (a full-scale sine reads about 1); onset is
+    in dB per frame.
+    """
+    n_fft = _window_length(sample_rate)
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)  # periodic Hann
+    # A real sine's energy splits between +f and -f, and the window's sum is
+    # its gain at the peak bin: 2 / sum(window) makes a sine of amplitude A
+    # peak at A.
+    spectrum_scale = 2.0 / window.sum()
+    window_energy = float(np.sum(window.astype(np.float64) ** 2))
+    freqs = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
+    band_bins = {name: (freqs >= lo) & (freqs < hi) for name, (lo, hi) in BANDS_HZ.items()}
+    onset_bins = (freqs >= ONSET_BAND_HZ[0]) & (freqs < ONSET_BAND_HZ[1])
+    power_floor = 10 ** (ONSET_FLOOR_DB / 10)
+
+    # Zero padding centres window k on sample k * sample_rate / fps, also for
+    # the first and last frames; the hop is fractional (918.75 samples at
+    # 24 fps), so window starts are rounded.
+    padded = np.pad(samples, n_fft // 2)
+    starts = np.round(np.arange(n_frames) * (sample_rate / fps)).astype(np.int64)
+    offsets = np.arange(n_fft)
+
+    out = {name: np.empty(n_frames) for name in FEATURE_NAMES}
+    previous_db = np.full(int(onset_bins.sum()), ONSET_FLOOR_DB)  # the track starts from silence
+    for begin in range(0, n_frames, _BATCH_FRAMES):
+        batch = slice(begin, begin + _BATCH_FRAMES)
+        frames = padded[starts[batch, None] + offsets] * window  # (batch, n_fft)
+        out["rms"][batch] = np.sqrt(np.sum(frames.astype(np.float64) ** 2, axis=1) / window_energy)
+        power = np.abs(np.fft.rfft(frames, axis=1) * spectrum_scale).astype(np.float64) ** 2
+        for name, bins in band_bins.items():
+            out[name][batch] = np.sqrt(power[:, bins].sum(axis=1))
+        level_db = 10 * np.log10(np.maximum(power[:, onset_bins], power_floor))
+        rises = np.diff(level_db, axis=0, prepend=previous_db[None, :])
+        out["onset"][batch] = np.maximum(rises, 0.0).mean(axis=1)
+        previous_db = level_db[-1]
+    return out
+
+
+def _follow(values: np.ndarray, attack_s: float, release_s: float, step_s: float) -> np.ndarray:
+    """One-pole attack/release envelope follower, starting from silence.
+
+    The "smooth branching" peak detector of Giannoulis, Massberg & Reiss
+    (2012, "Digital dynamic range compressor design", JAES 60(6)): it moves
+    toward each new value by a fraction 1 - exp(-step / tau), with tau the
+    attack time when rising and the release time when falling.
+
+    Args:
+        values: one value per frame, shape (n,).
+        attack_s, release_s: time constants in seconds; 0 follows at once.
+        step_s: seconds between values.
+    """
+    rise = 1.0 - math.exp(-step_s / attack_s) if attack_s > 0 else 1.0
+    fall = 1.0 - math.exp(-step_s / release_s) if release_s > 0 else 1.0
+    level = 0.0
+    followed = []
+    for value in values.tolist():
+        level += (rise if value > level else fall) * (value - level)
+        followed.append(level)
+    return np.asarray(followed)
+
+
+def _normalise(values: np.ndarray, loud: np.ndarray, min_typical: float) -> np.ndarray:
+    """Divide by the mean over the `loud` frames; zeros if that mean is below `min_typical`."""
+    typical = float(values[loud].mean()) if loud.any() else 0.0
+    if typical < min_typical:
+        return np.zeros_like(values)
+    return values / typical
+
+
+def estimate_bpm(onset: np.ndarray, fps: float, *, lo: float = 60.0, hi: float = 180.0) -> float | None:
+    """Estimate the tempo from an onset envelope by autocorrelation.
+
+    The envelope (mean removed) is correlated with itself; a steady beat makes
+    it line up again after one beat period, so the best lag between the
+    periods of `hi` and `lo` BPM is the beat. The peak is refined between
+    whole frames by fitting a parabola through it and its neighbours, which
+    matters because 120 BPM at 25 fps is a period of 12.5 frames.
+
+    Octave ambiguity: a beat at 120 BPM also lines up every second beat
+    (60 BPM), and strong off-beats line up at 240. Lag scores are weighted
+    by a log-normal tempo prior around 120 BPM, one octave wide
+    (:data:`TEMPO_PRIOR_BPM`; Ellis 2007), so near-ties go to the tempo
+    closer to 120; the default range of 60-180 BPM, about an octave and a
+    half, leaves out most doubles and halves in the first place.
+
+    Args:
+        onset: onset strength per frame, shape (n,), e.g. AudioFeatures.onset.
+        fps: frames per second of `onset`.
+        lo, hi: range of tempi to consider, in BPM.
+
+    Returns:
+        Beats per minute within [lo, hi], or None when the envelope is too
+        short (under two periods of `lo`) or shows no repeating pattern.
+
+    Raises:
+        ValueError: onset is not 1-D, or the range is not 0 < lo < hi.
+    """
+    envelope = np.asarray(onset, dtype=np.float64)
+    if envelope.ndim != 1:
+        raise ValueError(f"onset must have shape (n,), got {envelope.shape}")
+    if not 0 < lo < hi:
+        raise ValueError(f"need 0 < lo < hi, got lo={lo}, hi={hi}")
+    shortest_lag = math.ceil(60.0 * fps / hi)
+    longest_lag = math.floor(60.0 * fps / lo)
+    n = envelope.size
+    if n < 2 * longest_lag + 2:
+        return None
+    envelope = envelope - envelope.mean()
+    # Autocorrelation through the FFT, zero-padded to 2n so it is not circular.
+    spectrum = np.fft.rfft(envelope, 2 * n)
+    correlation = np.fft.irfft(np.abs(spectrum) ** 2)[:n]
+    # Unbiased: divide each lag by the number of frame pairs it compares, so
+    # longer lags are not penalised just for overlapping less.
+    correlation /= n - np.arange(n)
+    lags = np.arange(shortest_lag, longest_lag + 1)
+    prior = np.exp(-0.5 * (np.log2(60.0 * fps / lags / TEMPO_PRIOR_BPM) / TEMPO_PRIOR_OCTAVES) ** 2)
+    best = int(lags[np.argmax(correlation[lags] * prior)])
+    if correlation[best] <= 0:
+        return None
+    left, middle, right = correlation[best - 1], correlation[best], correlation[best + 1]
+    curvature = left - 2 * middle + right
+    offset = 0.5 * (left - right) / curvature if curvature < 0 else 0.0
+    bpm = 60.0 * fps / (best + float(np.clip(offset, -0.5, 0.5)))
+    return float(np.clip(bpm, lo, hi))
+
+
+def audio_features(path: str | Path, *, fps: float, bpm: float | None = None) -> AudioFeatures:
+    """Load a track and analyse it for an animation at `fps`.
+
+    Args:
+        path: an audio file, or a video with sound.
+        fps: video frames per second.
+        bpm: the tempo if known; otherwise it is estimated (None if no
+            steady beat is found).
+
+    Raises:
+        ValueError: see :func:`load_audio`; bpm is not a positive number.
+    """
+    if bpm is not None and not (math.isfinite(bpm) and bpm > 0):
+        raise ValueError(f"bpm must be a positive number, got {bpm}")
+    features = analyse(load_audio(path, sample_rate=DEFAULT_SAMPLE_RATE), DEFAULT_SAMPLE_RATE, fps=fps)
+    if bpm is None:
+        bpm = estimate_bpm(features.onset, fps)
+    return dataclasses.replace(features, bpm=bpm)
