@@ -37,6 +37,13 @@ FPS_MAX_DENOMINATOR = 1001
 # Smallest --max-side accepted: the networks' first layers need some pixels.
 MIN_MAX_SIDE = 16
 
+# A video that ends this much before its announced frame count is reported
+# as truncated. Less is normal: MP4 and MOV announce an exact count, but for
+# Matroska and WebM OpenCV derives it from the container's duration, which
+# includes an audio track running on past the last frame (by up to an audio
+# packet, ~0.1 s, even in files dreamreel writes).
+TRUNCATION_TOLERANCE_S = 0.5
+
 # cv2.rotate code that turns a decoded frame upright, by counter-clockwise
 # display rotation in degrees (the sense ffmpeg reports).
 _UPRIGHT = {
@@ -263,9 +270,10 @@ def read_frames(
     seek lands on the nearest keyframe and can miss the exact frame, and
     the decode costs little next to dreaming a frame.
 
-    If the file ends before the frame count its container announces (a
-    truncated download), a warning names the frame where decoding stopped
-    and the frames that did decode are still yielded.
+    If the file ends clearly before the frame count its container announces
+    (a truncated download; see ``TRUNCATION_TOLERANCE_S``), a warning names
+    the frame where decoding stopped, and the frames that did decode are
+    still yielded.
 
     Args:
         path: a video file.
@@ -294,7 +302,9 @@ def read_frames(
         raise ValueError(f"--max-side {max_side}: expected a whole number of pixels >= {MIN_MAX_SIDE}")
     info = probe_video(path)
     if info.duration_s is not None and start_s >= info.duration_s:
-        raise ValueError(f"--start {start_s}: {info.path} is only {info.duration_s:.3f} s long")
+        raise ValueError(
+            f"--start {start_s}: {info.path} is only {info.duration_s:.3f} s long; choose a start before its end"
+        )
     first = round(start_s * info.fps)
     stop = round(end_s * info.fps) if end_s is not None else None
     if stop is not None and stop <= first:
@@ -320,11 +330,12 @@ def _stream(info: VideoInfo, first: int, stop: int | None, size: tuple[int, int]
         while stop is None or index < stop:
             ok, bgr = capture.read()
             if not ok:
-                if info.frame_count_estimate is not None and index < info.frame_count_estimate:
+                missing = (info.frame_count_estimate or 0) - index
+                if missing > TRUNCATION_TOLERANCE_S * info.fps:
                     warnings.warn(
                         f"{info.path}: decoding stopped at frame {index}, but the file announces "
                         f"about {info.frame_count_estimate}; it may be truncated or damaged. "
-                        f"Continuing with the {index - first} frames read.",
+                        f"The {index - first} frames read are used.",
                         stacklevel=2,
                     )
                 return

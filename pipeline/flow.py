@@ -80,27 +80,36 @@ MOTION_BOUNDARY_RELATIVE_TOL = 0.01
 MOTION_BOUNDARY_ABSOLUTE_TOL = 0.002
 
 # Hue x saturation histogram for scene_cut: 18 hue bins of 10 degrees and 8
-# saturation bins. Brightness (the V channel) is left out so fades and exposure
-# changes are not cuts; with finer bins (30x32, as in OpenCV's compareHist
-# tutorial) a 10 % darkening of a synthetic texture moved the distance to 0.18,
-# with 18x8 it stayed at 0.006.
+# saturation bins, each count spread over the neighbouring bins by a 3x3
+# Gaussian (soft binning, hue wrapping around). Brightness (the V channel) is
+# left out so fades and exposure changes are not cuts. Measured on synthetic
+# textures at 48x80 to 320x240 (40 seeds): with hard 18x8 bins a +10 %
+# brightness change reached a distance of 0.31, as flat colour blocks on a bin
+# edge jumped bins; soft binning brought that to 0.16 while cuts stayed >= 0.28.
 _HUE_BINS = 18
 _SATURATION_BINS = 8
 
-# Bhattacharyya distances between H-S histograms measured on 640x360, 80x48 and
-# 64x64 frames (tests/data/chelsea.jpg and synthetic textures): a 10 px pan,
-# 2 % zoom or +-10 % brightness stayed <= 0.18; cuts were >= 0.30 for two
-# crops of the same photo (same palette) and >= 0.52 between unrelated images.
-SCENE_CUT_HISTOGRAM_DISTANCE = 0.25
-# Share of pixels failing consistency_mask on the same 640x360 pairs: <= 0.02
-# for pans, zooms and brightness changes, >= 0.87 across cuts, including the
-# same-palette cut the histogram barely catches. Above this the previous frame
-# explains too little of the new one to be worth carrying over.
+# Bhattacharyya distances of those histograms, over 40 seeds of synthetic
+# textures at 48x80, 64x64 and 320x240 plus tests/data/chelsea.jpg at 31x33 to
+# 640x360: 3-10 px pans, a 2 % zoom and +-10 % brightness gave <= 0.16; cuts
+# between unrelated images gave >= 0.28, and 0.21 between two crops of the same
+# photo (same palette), which the inconsistent-fraction signal below is for.
+SCENE_CUT_HISTOGRAM_DISTANCE = 0.2
+# Share of pixels failing consistency_mask (DIS medium, erode_px=1): <= 0.05
+# for a 10 px pan, 2 % zoom or +-10 % brightness of chelsea.jpg at 640x360 and
+# <= 0.08 for 3-10 px pans of 320x240 textures; cuts gave >= 0.95 and >= 0.88
+# respectively, including the same-palette one the histogram barely catches. On
+# 48x80 and 64x64 frames pans reached 0.47 (the new strip is 12-16 % of the
+# frame) and cuts went down to 0.82. Above this the previous frame explains too
+# little of the new one to be worth carrying over.
 SCENE_CUT_INCONSISTENT_FRACTION = 0.75
 
 
 class FlowEstimator:
     """Dense optical flow between two RGB frames, with the OpenCV object built once.
+
+    Not thread-safe (the OpenCV object keeps per-call buffers): give each
+    thread its own estimator.
 
     Args:
         method: one of :data:`FLOW_METHODS`. "dis" is Dense Inverse Search
@@ -338,7 +347,8 @@ def consistency_mask(forward_flow: np.ndarray, backward_flow: np.ndarray, *, ero
     du_dy, du_dx = np.gradient(backward[..., 0])
     dv_dy, dv_dx = np.gradient(backward[..., 1])
     gradient_sq = du_dx**2 + du_dy**2 + dv_dx**2 + dv_dy**2
-    consistent &= gradient_sq <= MOTION_BOUNDARY_RELATIVE_TOL * np.sum(backward**2, axis=-1) + MOTION_BOUNDARY_ABSOLUTE_TOL
+    boundary_tolerance = MOTION_BOUNDARY_RELATIVE_TOL * np.sum(backward**2, axis=-1) + MOTION_BOUNDARY_ABSOLUTE_TOL
+    consistent &= gradient_sq <= boundary_tolerance
 
     # p + w must land on the previous frame; each pixel covers +-0.5 px around its centre.
     consistent &= (map_x >= -0.5) & (map_x <= width - 0.5) & (map_y >= -0.5) & (map_y <= height - 0.5)
@@ -356,7 +366,8 @@ def color_histogram_distance(prev_rgb: np.ndarray, cur_rgb: np.ndarray) -> float
     """Bhattacharyya distance between the hue-saturation histograms of two frames.
 
     0 for identical colour distributions, 1 for disjoint ones; brightness is
-    ignored by design (see _HUE_BINS). Frames may differ in size.
+    ignored by design (see _HUE_BINS). Frames may differ in size. This is the
+    first signal of :func:`scene_cut`; log it to tune ``threshold`` for a clip.
 
     Args:
         prev_rgb: RGB uint8 frame (H, W, 3).
@@ -370,11 +381,17 @@ def color_histogram_distance(prev_rgb: np.ndarray, cur_rgb: np.ndarray) -> float
     """
     _check_rgb("prev_rgb", prev_rgb)
     _check_rgb("cur_rgb", cur_rgb)
-    histograms = []
-    for frame in (prev_rgb, cur_rgb):
-        hsv = cv2.cvtColor(frame, cv2.COLOR_RGB2HSV)  # OpenCV hue is 0..179 for uint8
-        histograms.append(cv2.calcHist([hsv], [0, 1], None, [_HUE_BINS, _SATURATION_BINS], [0, 180, 0, 256]))
-    return float(cv2.compareHist(histograms[0], histograms[1], cv2.HISTCMP_BHATTACHARYYA))
+    prev_histogram = _hue_saturation_histogram(prev_rgb)
+    cur_histogram = _hue_saturation_histogram(cur_rgb)
+    return float(cv2.compareHist(prev_histogram, cur_histogram, cv2.HISTCMP_BHATTACHARYYA))
+
+
+def _hue_saturation_histogram(frame: np.ndarray) -> np.ndarray:
+    """Soft-binned hue x saturation histogram (_HUE_BINS, _SATURATION_BINS) of an RGB uint8 frame."""
+    hsv = cv2.cvtColor(frame, cv2.COLOR_RGB2HSV)  # OpenCV hue is 0..179 for uint8
+    histogram = cv2.calcHist([hsv], [0, 1], None, [_HUE_BINS, _SATURATION_BINS], [0, 180, 0, 256])
+    hue_wrapped = np.concatenate([histogram[-1:], histogram, histogram[:1]])
+    return cv2.GaussianBlur(hue_wrapped, (3, 3), 0, borderType=cv2.BORDER_REPLICATE)[1:-1]
 
 
 def scene_cut(
@@ -403,7 +420,7 @@ def scene_cut(
         prev_rgb: previous input frame, RGB uint8 (H, W, 3).
         cur_rgb: current input frame, RGB uint8 (H, W, 3).
         threshold: histogram distance above which it is a cut (see
-            SCENE_CUT_HISTOGRAM_DISTANCE for the measurements behind 0.25).
+            SCENE_CUT_HISTOGRAM_DISTANCE for the measurements behind 0.2).
         inconsistent_fraction: share of pixels in [0, 1] that failed
             :func:`consistency_mask`, or None to use the histograms alone.
         inconsistent_threshold: share above which it is a cut.
@@ -428,32 +445,42 @@ def scene_cut(
     return inconsistent_fraction is not None and inconsistent_fraction > inconsistent_threshold
 
 
+def _describe(value: object) -> str:
+    """What an argument is, for error messages: "float32 array of shape (4, 4)"."""
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} array of shape {value.shape}"
+    if isinstance(value, torch.Tensor):
+        return f"{value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
 def _check_rgb(name: str, image: object) -> None:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        got = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-        raise ValueError(f"{name} must be an RGB uint8 array of shape (H, W, 3), got {got}")
+        raise ValueError(f"{name} must be an RGB uint8 array of shape (H, W, 3), got {_describe(image)}")
 
 
 def _check_flow_array(name: str, flow: object) -> None:
     if not isinstance(flow, np.ndarray) or flow.ndim != 3 or flow.shape[2] != 2 or flow.dtype.kind != "f":
-        got = f"{flow.dtype} array of shape {flow.shape}" if isinstance(flow, np.ndarray) else type(flow).__name__
-        raise ValueError(f"{name} must be a float array of shape (H, W, 2) as FlowEstimator returns, got {got}")
+        raise ValueError(
+            f"{name} must be a float array of shape (H, W, 2) as FlowEstimator returns, got {_describe(flow)}"
+        )
 
 
 def _check_image_tensor(image: object) -> None:
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or not image.is_floating_point():
-        got = f"{image.dtype} tensor of shape {tuple(image.shape)}" if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"image must be a floating tensor of shape (B, C, H, W), got {got}")
+        raise ValueError(f"image must be a floating tensor of shape (B, C, H, W), got {_describe(image)}")
 
 
 def _check_flow_tensor(flow: object, image: torch.Tensor) -> None:
     if not isinstance(flow, torch.Tensor) or flow.ndim != 4 or flow.shape[-1] != 2 or not flow.is_floating_point():
-        got = f"{flow.dtype} tensor of shape {tuple(flow.shape)}" if isinstance(flow, torch.Tensor) else type(flow).__name__
-        raise ValueError(f"flow must be a floating tensor of shape (B, H, W, 2), got {got}; see flow_to_tensor")
+        raise ValueError(
+            f"flow must be a floating tensor of shape (B, H, W, 2), got {_describe(flow)}; see flow_to_tensor"
+        )
     batch, _, height, width = image.shape
     if tuple(flow.shape[:3]) != (batch, height, width):
         raise ValueError(
-            f"flow has shape {tuple(flow.shape)} but image {tuple(image.shape)} needs ({batch}, {height}, {width}, 2): "
+            f"flow has shape {tuple(flow.shape)} but image {tuple(image.shape)} "
+            f"needs ({batch}, {height}, {width}, 2): "
             "one flow per image, at the image's size"
         )
     if flow.device != image.device:

@@ -166,9 +166,13 @@ def _paired_frames(
                 f"{shorter} has {index} frames but {longer} has more; pass one output frame per input frame"
             )
         for name, frame in (("outputs", output), ("inputs", input_)):
-            if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-                got = f"{frame.dtype} array of shape {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
-                raise ValueError(f"{name}[{index}] must be an RGB uint8 array of shape (H, W, 3), got {got}")
+            if not isinstance(frame, np.ndarray):
+                raise ValueError(f"{name}[{index}] must be an RGB uint8 array, got {type(frame).__name__}")
+            if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+                raise ValueError(
+                    f"{name}[{index}] must be an RGB uint8 array of shape (H, W, 3), "
+                    f"got {frame.dtype} array of shape {frame.shape}"
+                )
             if shape is None:
                 shape = frame.shape
             elif frame.shape != shape:

@@ -50,7 +50,7 @@ import math
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Real
 from typing import TYPE_CHECKING, Union
 
@@ -195,7 +195,7 @@ def _require_finite(node: Node, value: float) -> float:
 @dataclass(frozen=True, slots=True)
 class Number:
     value: float
-    column: int = 0
+    column: int = field(default=0, compare=False)
 
     children = ()
 
@@ -216,7 +216,7 @@ class Number:
 class Constant:
     name: str
     value: float
-    column: int = 0
+    column: int = field(default=0, compare=False)
 
     children = ()
     precedence = _ATOM
@@ -231,7 +231,7 @@ class Constant:
 @dataclass(frozen=True, slots=True)
 class Variable:
     name: str
-    column: int = 0
+    column: int = field(default=0, compare=False)
 
     children = ()
     precedence = _ATOM
@@ -253,7 +253,7 @@ class Variable:
 @dataclass(frozen=True, slots=True)
 class Negate:
     operand: Node
-    column: int = 0
+    column: int = field(default=0, compare=False)
 
     precedence = _UNARY
 
@@ -360,7 +360,8 @@ class Product:
             if op == "*":
                 value *= operand
             elif operand == 0.0:
-                raise _EvaluationProblem(node, f"{node} is 0, and {self} divides by it")
+                culprit = "" if isinstance(node, Number) else f" ({node} is 0)"
+                raise _EvaluationProblem(node, f"{self} divides by zero{culprit}")
             else:
                 value /= operand
         return _require_finite(self, value)
@@ -376,7 +377,7 @@ class Product:
 class Call:
     function: str
     args: tuple[Node, ...]
-    column: int = 0
+    column: int = field(default=0, compare=False)
 
     precedence = _ATOM
 
@@ -578,6 +579,8 @@ class _Parser:
                 hint = "; keyframes start with a whole frame number, like 120:(1.05)"
             elif self.at(")"):
                 hint = " without a matching '('"
+            elif self.token.kind != "op" or self.at("("):
+                hint = "; to multiply, write '*' (2*t, not 2t)"
             else:
                 hint = ""
             raise self.error(f"expected an operator (+ - * / **) or the end but found {found}{hint}")

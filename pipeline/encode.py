@@ -1,0 +1,445 @@
+"""Writing RGB frames out as a video file, a GIF, or a folder of numbered PNGs.
+
+The kind of output follows from the output path (:func:`output_kind`).
+:class:`FrameWriter` takes one frame at a time, so memory stays at a few
+frames whatever the length:
+
+- video (.mp4, .mov, .mkv, .webm): frames are piped raw into ffmpeg, which
+  encodes a hidden temporary file beside the output; a second ffmpeg pass
+  copies in the audio of the source video; the result is renamed onto the
+  output path. A failed or interrupted run leaves no file at that path.
+- .gif: frames go to a lossless temporary video, then ffmpeg builds one
+  palette for the whole clip (``palettegen``) and applies it (``paletteuse``).
+- folder: ``frame_000001.png``, ``frame_000002.png``, ... each written
+  atomically as it arrives.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import warnings
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from .decode import check_output_folder, check_rgb_frame, save_image
+from .ffmpeg import FFmpegError, ffmpeg_exe, probe, run_ffmpeg, stderr_tail
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm")
+
+# Name of the n-th frame (counting from 1) in a frames folder.
+FRAME_NAME = "frame_{:06d}.png"
+
+# WebM holds only these video codecs, so the default libx264 cannot go there.
+WEBM_VIDEO_CODECS = ("libvpx-vp9", "libvpx", "libaom-av1", "libsvtav1")
+
+# RGB frames become yuv420p the way HD video expects (BT.709 matrix, limited
+# range), and the stream is tagged so: without tags, ffmpeg converts with
+# the BT.601 matrix and players guess, which shifts colours slightly.
+RGB_TO_YUV_FILTER = (
+    "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p,"
+    "setparams=range=tv:color_primaries=bt709:color_trc=bt709:colorspace=bt709"
+)
+
+# Audio codecs copied unchanged into each container: those its usual players
+# decode. Any other is re-encoded with AUDIO_FALLBACK_CODEC. (The MP4 muxer
+# does accept PCM, from a .wav soundtrack say, but most players then stay
+# silent.) None means the container takes any codec (Matroska).
+AUDIO_COPY_CODECS: dict[str, frozenset[str] | None] = {
+    ".mp4": frozenset({"aac", "mp3", "ac3", "eac3", "alac"}),
+    ".mov": frozenset({"aac", "mp3", "ac3", "eac3", "alac"}),
+    ".mkv": None,
+    ".webm": frozenset({"opus", "vorbis"}),
+}
+AUDIO_FALLBACK_CODEC = {".mp4": "aac", ".mov": "aac", ".mkv": "aac", ".webm": "libopus"}
+
+OutputKind = Literal["video", "gif", "frames"]
+
+
+def output_kind(path: str | Path) -> OutputKind:
+    """Which kind of output a path asks for.
+
+    A path that ends in a slash, is an existing folder, or has no suffix is a
+    frames folder; .mp4, .mov, .mkv and .webm are video files; .gif is a GIF.
+
+    Raises:
+        ValueError: any other suffix; the message lists the accepted kinds.
+    """
+    text = str(path)
+    if text.endswith(("/", os.sep)) or Path(text).is_dir() or not Path(text).suffix:
+        return "frames"
+    suffix = Path(text).suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return "video"
+    if suffix == ".gif":
+        return "gif"
+    raise ValueError(
+        f"{path}: cannot write {suffix!r} output; use a video file ({', '.join(VIDEO_SUFFIXES)}), "
+        f"a .gif, or a folder for numbered PNGs (a path without suffix, or ending in /)"
+    )
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """How video files are encoded (GIFs and PNG folders ignore these).
+
+    Attributes:
+        crf: constant-quality level, 0 (lossless) to 51 (worst); 18 is visually
+            near-lossless for H.264 (``--crf``).
+        codec: ffmpeg video encoder (``--codec``); .webm needs a VP9 or AV1
+            one, e.g. "libvpx-vp9".
+        preset: encoder speed/size trade-off, "ultrafast" to "veryslow"
+            (``--preset``); slower gives smaller files at the same quality.
+        keep_audio: copy the source's audio into a video output
+            (``--keep-audio``).
+    """
+
+    crf: int = 18
+    codec: str = "libx264"
+    preset: str = "medium"
+    keep_audio: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.crf, bool) or not isinstance(self.crf, int) or not 0 <= self.crf <= 51:
+            raise ValueError(f"--crf {self.crf!r}: expected a whole number from 0 (lossless) to 51 (worst)")
+        if not isinstance(self.codec, str) or not self.codec:
+            raise ValueError(f"--codec {self.codec!r}: expected an ffmpeg encoder name such as 'libx264'")
+        if not isinstance(self.preset, str) or not self.preset:
+            raise ValueError(f"--preset {self.preset!r}: expected an encoder preset such as 'medium'")
+
+
+class FrameWriter:
+    """Writes RGB frames to a video file, a GIF or a frames folder.
+
+    Use it as a context manager: leaving the block normally finishes the
+    output (:meth:`close`); leaving it by an exception aborts
+    (:meth:`abort`), which removes every temporary file and leaves nothing
+    at ``path`` (a frames folder keeps the complete frames already written).
+
+    Video frames of odd width or height are padded by one row or column
+    (copies of the edge) to even sizes, which yuv420p needs; a warning says
+    so once. Audio is taken from ``audio_source`` when it has an audio
+    stream, ``settings.keep_audio`` is set and the output is a video file;
+    otherwise the output has none.
+
+    Example:
+        >>> with FrameWriter("out.mp4", fps=info.fps, size=(info.width, info.height),
+        ...                  audio_source=info.path) as writer:
+        ...     for frame in read_frames(info.path):
+        ...         writer.write(dream(frame))
+
+    Args:
+        path: output, see :func:`output_kind`.
+        fps: frames per second, exact (an int or a Fraction such as
+            ``VideoInfo.fps``; floats are refused because 29.97 is not 30000/1001).
+        size: (width, height) in pixels of every frame written.
+        settings: how to encode a video file.
+        audio_source: file whose audio streams go into a video output.
+        audio_start_s: second of ``audio_source`` that plays with the first
+            frame (the ``--start`` the frames were read from).
+
+    Raises:
+        ValueError: an unsupported output kind, a folder that is missing or not
+            writable, a frames folder that already holds frames, a codec the
+            container cannot hold, a bad fps/size/audio_start_s, or an
+            ``audio_source`` that is missing or not media.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        fps: Fraction | int,
+        size: tuple[int, int],
+        settings: EncodeSettings = EncodeSettings(),
+        audio_source: str | Path | None = None,
+        audio_start_s: float = 0.0,
+    ):
+        self.kind = output_kind(path)
+        self.path = Path(path)
+        if isinstance(fps, bool) or not isinstance(fps, (int, Fraction)) or fps <= 0:
+            raise ValueError(f"fps={fps!r}: expected an int or Fraction > 0, e.g. Fraction(30000, 1001)")
+        if not (len(size) == 2 and all(isinstance(n, int) and n >= 1 for n in size)):
+            raise ValueError(f"size={size!r}: expected (width, height) in whole pixels >= 1")
+        if not audio_start_s >= 0:
+            raise ValueError(f"audio_start_s={audio_start_s!r}: expected seconds >= 0")
+        self.fps = Fraction(fps)
+        self.size = (size[0], size[1])
+        self.settings = settings
+        self._frames_written = 0
+        self._closed = False
+        self._temps: list[Path] = []
+        self._pipe: _RawVideoPipe | None = None
+        self._audio: tuple[Path, float, str | None] | None = None
+        self._padded_size = self.size
+
+        if self.kind == "frames":
+            self._prepare_frames_folder()
+            return
+        check_output_folder(self.path.parent)
+        suffix = self.path.suffix.lower()
+        if self.kind == "gif":
+            # Lossless RGB intermediate: the palette is computed from the
+            # frames exactly as written, and odd sizes need no padding.
+            output_args = ["-c:v", "ffv1"]
+            self._encoded = self._temp_path(".partial.mkv")
+        else:
+            if suffix == ".webm" and settings.codec not in WEBM_VIDEO_CODECS:
+                raise ValueError(
+                    f"{self.path}: WebM cannot hold codec {settings.codec!r}; "
+                    f"use --codec libvpx-vp9 (or one of {WEBM_VIDEO_CODECS}), or a .mp4/.mkv/.mov output"
+                )
+            self._audio = self._audio_plan(audio_source, audio_start_s) if settings.keep_audio else None
+            output_args = self._video_args(suffix, final=self._audio is None)
+            self._encoded = self._temp_path(f".partial{suffix}")
+            self._padded_size = (size[0] + size[0] % 2, size[1] + size[1] % 2)
+            if self._padded_size != self.size:
+                warnings.warn(
+                    f"{self.path}: padded {size[0]}x{size[1]} to "
+                    f"{self._padded_size[0]}x{self._padded_size[1]} (yuv420p needs even sizes)",
+                    stacklevel=2,
+                )
+        self._pipe = _RawVideoPipe(self._encoded, self._padded_size, self.fps, output_args)
+
+    # --- public API ------------------------------------------------------------
+
+    @property
+    def frames_written(self) -> int:
+        """Frames passed to :meth:`write` so far."""
+        return self._frames_written
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one frame.
+
+        Args:
+            frame: (H, W, 3) RGB uint8 with (W, H) equal to ``size``.
+
+        Raises:
+            ValueError: wrong shape or dtype, or the writer is closed.
+            FFmpegError: the encoder stopped; the message ends with ffmpeg's.
+        """
+        if self._closed:
+            raise ValueError(f"{self.path}: the writer is closed; open a new FrameWriter to write more")
+        check_rgb_frame(frame, "frame")
+        if (frame.shape[1], frame.shape[0]) != self.size:
+            raise ValueError(
+                f"frame: {frame.shape[1]}x{frame.shape[0]} does not match the writer's size "
+                f"{self.size[0]}x{self.size[1]}; resize frames before writing (every frame must match)"
+            )
+        if self.kind == "frames":
+            save_image(self.path / FRAME_NAME.format(self._frames_written + 1), frame)
+        else:
+            if self._padded_size != self.size:
+                # Repeat the last column/row rather than add black, so the
+                # extra pixel is invisible even where a player shows it.
+                dw, dh = self._padded_size[0] - self.size[0], self._padded_size[1] - self.size[1]
+                frame = cv2.copyMakeBorder(frame, 0, dh, 0, dw, cv2.BORDER_REPLICATE)
+            self._pipe.write(frame)
+        self._frames_written += 1
+
+    def close(self) -> None:
+        """Finish the output and move it to ``path``; calling it again does nothing.
+
+        Raises:
+            ValueError: no frame was written to a video or GIF (an empty file
+                would be invalid); nothing is left at ``path``.
+            FFmpegError: encoding or muxing failed; nothing is left at ``path``.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._pipe is None:  # frames folder: every frame is already in place
+            return
+        try:
+            if self._frames_written == 0:
+                self._pipe.kill()
+                raise ValueError(f"{self.path}: no frames were written; a video or GIF needs at least one")
+            self._pipe.finish()
+            result = self._finish_gif() if self.kind == "gif" else self._finish_video()
+            os.replace(result, self.path)
+        finally:
+            self._remove_temps()
+
+    def abort(self) -> None:
+        """Stop without output: kill ffmpeg and remove temporary files."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._pipe is not None:
+            self._pipe.kill()
+        self._remove_temps()
+
+    def __enter__(self) -> FrameWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    # --- steps -------------------------------------------------------------------
+
+    def _prepare_frames_folder(self) -> None:
+        """Create the frames folder (its parent must exist) and refuse one holding earlier frames."""
+        if self.path.is_dir():
+            check_output_folder(self.path)
+            earlier = sorted(self.path.glob("frame_*.png"))
+            if earlier:
+                # Overwriting would mix runs: a shorter run leaves the old
+                # run's last frames behind, looking like part of the new one.
+                raise ValueError(
+                    f"{self.path}: already holds {len(earlier)} frame_*.png files from an earlier run; "
+                    f"delete them or choose another folder"
+                )
+        else:
+            check_output_folder(self.path.parent)
+            self.path.mkdir()
+
+    def _audio_plan(self, audio_source: str | Path | None, start_s: float) -> tuple[Path, float, str | None] | None:
+        """(source, start second, first audio codec) when the source has audio, else None."""
+        if audio_source is None:
+            return None
+        source = Path(audio_source)
+        if not source.is_file():
+            raise ValueError(f"audio source {source}: no such file; pass the input video, or keep_audio=False")
+        media = probe(source)
+        return (source, start_s, media.audio_codec) if media.has_audio else None
+
+    def _video_args(self, suffix: str, *, final: bool) -> list[str]:
+        """ffmpeg output arguments for the video stream; ``final`` when this file becomes the output."""
+        s = self.settings
+        args = ["-vf", RGB_TO_YUV_FILTER, "-c:v", s.codec, "-crf", str(s.crf), "-preset", s.preset]
+        if s.codec.startswith("libvpx"):
+            # libvpx treats -crf as a cap under its default bitrate target;
+            # -b:v 0 makes it a pure constant-quality encode like x264's.
+            args += ["-b:v", "0"]
+        return args + (_container_args(suffix) if final else [])
+
+    def _finish_video(self) -> Path:
+        """Add the audio when there is some; return the file to move onto ``path``."""
+        if self._audio is None:
+            return self._encoded
+        source, start_s, codec = self._audio
+        suffix = self.path.suffix.lower()
+        muxed = self._temp_path(f".muxed{suffix}")
+        copyable = AUDIO_COPY_CODECS[suffix]
+        if copyable is None or codec in copyable:
+            try:
+                self._mux_audio(source, start_s, "copy", muxed)
+                return muxed
+            except FFmpegError:
+                pass  # the container refused the stream as it is; re-encoding below fixes that
+        self._mux_audio(source, start_s, AUDIO_FALLBACK_CODEC[suffix], muxed)
+        return muxed
+
+    def _mux_audio(self, source: Path, start_s: float, audio_codec: str, muxed: Path) -> None:
+        """Write ``muxed``: the encoded video as is, plus ``source``'s audio from ``start_s``, cut to the video's length."""
+        duration_s = float(self._frames_written / self.fps)
+        run_ffmpeg(
+            [
+                "-i", str(self._encoded),
+                "-ss", f"{start_s:.6f}", "-i", str(source),
+                "-map", "0:v", "-map", "1:a",
+                "-c:v", "copy", "-c:a", audio_codec,
+                "-t", f"{duration_s:.6f}",
+                *_container_args(self.path.suffix.lower()),
+                str(muxed),
+            ],
+            what=f"adding the audio of {source} to {self.path} (audio codec {audio_codec})",
+        )  # fmt: skip
+
+    def _finish_gif(self) -> Path:
+        """Build the palette, then the GIF; return the GIF to move onto ``path``."""
+        palette = self._temp_path(".palette.png")
+        gif = self._temp_path(".partial.gif")
+        run_ffmpeg(["-i", str(self._encoded), "-vf", "palettegen", str(palette)],
+                   what=f"computing the palette of {self.path}")
+        run_ffmpeg(["-i", str(self._encoded), "-i", str(palette), "-lavfi", "paletteuse", str(gif)],
+                   what=f"writing {self.path}")
+        return gif
+
+    def _temp_path(self, suffix: str) -> Path:
+        """A new hidden file beside the output, removed when the writer closes.
+
+        The real suffix stays last because ffmpeg picks the container from it.
+        """
+        fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=suffix)
+        os.close(fd)
+        self._temps.append(Path(name))
+        return Path(name)
+
+    def _remove_temps(self) -> None:
+        for temp in self._temps:
+            temp.unlink(missing_ok=True)
+
+
+def _container_args(suffix: str) -> list[str]:
+    """Output options for the file that becomes the result."""
+    # MP4/MOV index at the front, so playback over the web starts at once.
+    return ["-movflags", "+faststart"] if suffix in (".mp4", ".mov") else []
+
+
+class _RawVideoPipe:
+    """An ffmpeg process reading raw RGB frames on stdin and encoding them to a file.
+
+    (imageio-ffmpeg's ``write_frames`` does the same but lets ffmpeg's stderr
+    go to the terminal and ignores its exit status, so a failure could not
+    be reported with ffmpeg's message.)
+    """
+
+    def __init__(self, output: Path, size: tuple[int, int], fps: Fraction, output_args: list[str]):
+        self.output = output
+        # stderr goes to a file, not a pipe: a pipe nobody reads while frames
+        # are written fills up and blocks ffmpeg.
+        self._stderr = tempfile.TemporaryFile()
+        cmd = [
+            ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size[0]}x{size[1]}",
+            # The rate as "num/den" keeps 30000/1001 exact (29.97 would drift).
+            "-r", f"{fps.numerator}/{fps.denominator}",
+            "-i", "pipe:0",
+            *output_args, str(output),
+        ]  # fmt: skip
+        self._process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._stderr)
+
+    def write(self, frame: np.ndarray) -> None:
+        """Send one (H, W, 3) uint8 frame of the pipe's size."""
+        try:
+            self._process.stdin.write(np.ascontiguousarray(frame).data)
+        except BrokenPipeError:
+            self._process.wait()
+            self._raise_failure()
+
+    def finish(self) -> None:
+        """Close stdin, wait for ffmpeg to finish the file, and raise if it failed."""
+        try:
+            self._process.stdin.close()
+        except BrokenPipeError:  # ffmpeg already exited; its status says why
+            pass
+        if self._process.wait() != 0:
+            self._raise_failure()
+        self._stderr.close()
+
+    def kill(self) -> None:
+        """Stop ffmpeg at once; the partial file is the caller's to remove."""
+        self._process.kill()
+        self._process.wait()
+        if self._process.stdin and not self._process.stdin.closed:
+            try:
+                self._process.stdin.close()
+            except BrokenPipeError:
+                pass
+        self._stderr.close()
+
+    def _raise_failure(self) -> None:
+        self._stderr.seek(0)
+        message = stderr_tail(self._stderr.read())
+        self._stderr.close()
+        raise FFmpegError(f"ffmpeg failed encoding {self.output.name}: {message}")

@@ -1,0 +1,122 @@
+"""Tests for pipeline/metrics.py on generated footage: a textured image panning 2 px right, 1 px down per frame."""
+
+import itertools
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from dreamreel.pipeline.metrics import CoherenceReport, dream_strength, measure, warping_error
+
+HEIGHT, WIDTH, FRAMES = 48, 64, 6
+NOISE_SIGMA = 8.0  # grey levels
+
+
+def textured_frame(height: int, width: int, seed: int) -> np.ndarray:
+    """Photo-like RGB uint8 texture: smooth blobs from a per-seed palette, grain, sharp blocks."""
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(0, 256, (4, 3)).astype(np.float32)
+    fields = cv2.GaussianBlur(rng.random((height, width, 4), dtype=np.float32), (0, 0), max(height, width) / 20)
+    weights = np.exp(2 * (fields - fields.mean((0, 1))) / fields.std((0, 1)))
+    image = (weights / weights.sum(-1, keepdims=True)) @ palette + rng.normal(0, 12, (height, width, 3))
+    for _ in range(6):
+        y, x = rng.integers(0, height * 5 // 6), rng.integers(0, width * 5 // 6)
+        image[y : y + rng.integers(height // 10, height // 4), x : x + rng.integers(width // 10, width // 4)] = (
+            rng.integers(0, 256, 3)
+        )
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def panning_clip(frames: int = FRAMES, seed: int = 0):
+    """Generator of frames cropped from one texture, the window moving 2 px right and 1 px down each frame."""
+    big = textured_frame(HEIGHT + frames, WIDTH + 2 * frames, seed)
+    for t in range(frames):
+        yield big[t : t + HEIGHT, 2 * t : 2 * t + WIDTH]
+
+
+def with_noise(frames, sigma: float = NOISE_SIGMA, seed: int = 1):
+    """The frames with independent Gaussian noise per frame (flicker with no motion behind it)."""
+    rng = np.random.default_rng(seed)
+    for frame in frames:
+        yield np.clip(frame + rng.normal(0, sigma, frame.shape), 0, 255).astype(np.uint8)
+
+
+def test_warping_error_of_input_is_small_and_noise_raises_it():
+    clean = warping_error(panning_clip(), panning_clip())
+    noisy = warping_error(with_noise(panning_clip()), panning_clip())
+    assert clean < 0.005
+    # Whole-pixel motion, so the warp copies the noise: |n_t - n_{t-1}| has mean
+    # sqrt(2) * sigma * sqrt(2 / pi) = 1.13 sigma.
+    assert noisy == pytest.approx(2 / math.sqrt(math.pi) * NOISE_SIGMA / 255, rel=0.15)
+    assert noisy > 10 * clean
+
+
+def test_flow_beats_no_motion_compensation():
+    assert warping_error(panning_clip(), panning_clip(), method="none") > 10 * warping_error(
+        panning_clip(), panning_clip()
+    )
+
+
+def test_dream_strength():
+    assert dream_strength(panning_clip(), panning_clip()) == 0.0
+    shifted = (np.minimum(frame, 245) + 10 for frame in panning_clip())
+    assert dream_strength(shifted, (np.minimum(frame, 245) for frame in panning_clip())) == pytest.approx(10 / 255)
+    # Gaussian noise: E|N(0, sigma)| = sigma * sqrt(2 / pi).
+    noisy = dream_strength(with_noise(panning_clip()), panning_clip())
+    assert noisy == pytest.approx(math.sqrt(2 / math.pi) * NOISE_SIGMA / 255, rel=0.1)
+
+
+def test_measure_reports_both_in_one_pass():
+    report = measure(with_noise(panning_clip()), panning_clip())
+    assert isinstance(report, CoherenceReport)
+    assert report.frames == FRAMES and report.pairs == FRAMES - 1
+    assert report.warping_error == warping_error(with_noise(panning_clip()), panning_clip())
+    assert report.dream_strength == dream_strength(with_noise(panning_clip()), panning_clip())
+
+
+def test_scene_cuts_are_left_out():
+    clip = list(panning_clip(3, seed=0)) + list(panning_clip(3, seed=5))
+    report = measure(clip, clip)
+    assert report.frames == 6 and report.pairs == 4
+    assert report.warping_error < 0.005
+
+
+def test_only_cuts_is_an_error():
+    clip = [textured_frame(HEIGHT, WIDTH, seed) for seed in (1, 2, 3)]
+    with pytest.raises(ValueError, match="all 2 frame pairs are scene cuts"):
+        warping_error(clip, clip)
+
+
+def test_lengths_must_match_without_reading_everything():
+    frame = textured_frame(HEIGHT, WIDTH, 0)
+    endless = itertools.repeat(frame)
+    with pytest.raises(ValueError, match="outputs has 3 frames but inputs has more"):
+        warping_error([frame] * 3, endless)
+    with pytest.raises(ValueError, match="inputs has 2 frames but outputs has more"):
+        dream_strength([frame] * 3, [frame] * 2)
+
+
+def test_too_few_frames():
+    frame = textured_frame(HEIGHT, WIDTH, 0)
+    with pytest.raises(ValueError, match="got 1 frame"):
+        warping_error([frame], [frame])
+    with pytest.raises(ValueError, match="got 0 frame"):
+        warping_error([], [])
+    with pytest.raises(ValueError, match="empty"):
+        dream_strength([], [])
+
+
+def test_bad_frames():
+    frame = textured_frame(HEIGHT, WIDTH, 0)
+    with pytest.raises(ValueError, match=r"outputs\[1\] has shape \(48, 60, 3\) but frame 0 has \(48, 64, 3\)"):
+        dream_strength([frame, frame[:, :60]], [frame, frame])
+    with pytest.raises(ValueError, match=r"inputs\[0\] has shape \(24, 32, 3\)"):
+        dream_strength([frame], [frame[::2, ::2]])
+    with pytest.raises(ValueError, match=r"inputs\[0\] must be an RGB uint8 array .*, got float32"):
+        warping_error([frame, frame], [frame.astype(np.float32), frame])
+
+
+def test_unknown_flow_method():
+    with pytest.raises(ValueError, match="method='raft'"):
+        warping_error(panning_clip(), panning_clip(), method="raft")
