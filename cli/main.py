@@ -106,6 +106,66 @@ def cmd_image(args) -> int:
     return EXIT_OK
 
 
+def encode_settings(args, preset):
+    from dreamreel.pipeline.presets import build
+
+    return build("encode", preset, {"crf": args.crf, "codec": args.codec, "keep_audio": args.keep_audio})
+
+
+def resume_hint(output) -> None:
+    from dreamreel.pipeline.workdir import work_folder
+
+    print(
+        f"dreamreel: interrupted; finished frames are kept in {work_folder(output)}. "
+        "Run the same command again to continue.",
+        file=sys.stderr,
+    )
+
+
+def cmd_video(args) -> int:
+    from dreamreel.pipeline.presets import build
+    from dreamreel.pipeline.video import dream_video
+
+    preset = load_preset_arg(args, "video-flow")
+    video = build("video", preset, {
+        "blend": args.blend, "flow": args.flow, "iterations_next": args.iterations_next, "batch": args.batch,
+    })
+    try:
+        result = dream_video(
+            args.input, args.output, dream_settings(args, preset), compute_settings(args, preset), video,
+            encode_settings(args, preset), start_s=args.start, end_s=args.end, max_frames=args.max_frames,
+            max_side=args.max_side, progress=not args.quiet,
+        )
+    except KeyboardInterrupt:
+        resume_hint(args.output)
+        return EXIT_INTERRUPTED
+    print(f"wrote {result.output}: {result.frames} frames at {result.fps:.3f} fps in {result.seconds:.1f} s")
+    return EXIT_OK
+
+
+def cmd_zoom(args) -> int:
+    from dreamreel.pipeline.presets import build
+    from dreamreel.pipeline.zoom import dream_zoom
+
+    preset = load_preset_arg(args, "zoom-drift")
+    zoom = build("zoom", preset, {
+        "zoom": args.zoom, "angle": args.angle, "translate_x": args.translate_x, "translate_y": args.translate_y,
+        "fps": args.fps, "sharpen": args.sharpen,
+    })
+    frames = args.frames if args.seconds is None else max(1, round(args.seconds * zoom.fps))
+    try:
+        result = dream_zoom(
+            args.output, dream_settings(args, preset), compute_settings(args, preset), zoom,
+            encode_settings(args, preset), frames=frames, size=args.size, init=args.init, audio=args.audio,
+            bpm=args.bpm, variations=args.variations, progress=not args.quiet,
+        )
+    except KeyboardInterrupt:
+        resume_hint(args.output)
+        return EXIT_INTERRUPTED
+    print(f"wrote {result.output}: {result.frames} frames at {result.fps:g} fps in {result.seconds:.1f} s")
+    return EXIT_OK
+
+
 def cmd_models(args) -> int:
     from dreamreel.pipeline.models import ZOO, weights_status
 
@@ -173,6 +233,45 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     p.set_defaults(run=cmd_image)
 
+    p = sub.add_parser("video", help="dream a video file, flow-coherent, sound kept", description="Dream every frame of a video.")
+    p.add_argument("input", metavar="INPUT", help="video file")
+    p.add_argument("output", metavar="OUTPUT", help="output: .mp4/.mov/.mkv/.webm, .gif, or a folder for PNG frames")
+    v = p.add_argument_group("video")
+    v.add_argument("--blend", type=float, help="share of the previous dream carried into the next frame, 0..1")
+    v.add_argument("--flow", choices=["dis", "farneback", "none"], help="optical flow method (none = plain blending)")
+    v.add_argument("--iterations-next", type=int, help="ascent steps per octave for frames after the first")
+    v.add_argument("--batch", type=positive_int, help="lanes dreamed as one batch (1 = strictly sequential)")
+    v.add_argument("--start", type=float, default=0.0, help="first second to dream")
+    v.add_argument("--end", type=float, help="second to stop before")
+    v.add_argument("--max-frames", type=positive_int, help="dream at most N frames")
+    add_encode_options(p)
+    add_dream_options(p)
+    add_common(p)
+    p.set_defaults(run=cmd_video)
+
+    p = sub.add_parser("zoom", help="infinite-zoom feedback animation, optionally driven by music",
+                       description="Render an infinite-zoom feedback animation.")
+    p.add_argument("output", metavar="OUTPUT", help="output: .mp4/.mov/.mkv/.webm, .gif, or a folder for PNG frames")
+    z = p.add_argument_group("animation (numbers or schedules such as \"0:(1.02), 120:(1.05)\" or \"1.01+0.03*bass\")")
+    z.add_argument("--init", help="start picture (default: seeded noise)")
+    length = z.add_mutually_exclusive_group()
+    length.add_argument("--frames", type=positive_int, help="length in frames (default: the audio's length, else 5 s)")
+    length.add_argument("--seconds", type=float, help="length in seconds")
+    z.add_argument("--fps", type=float, help="frames per second")
+    z.add_argument("--size", type=size_arg, default=(512, 512), help="WxH of the animation")
+    z.add_argument("--zoom", help="scale per frame (1.02 = 2%% closer)")
+    z.add_argument("--angle", help="rotation per frame, degrees")
+    z.add_argument("--translate-x", help="shift per frame, pixels")
+    z.add_argument("--translate-y", help="shift per frame, pixels")
+    z.add_argument("--sharpen", type=float, help="unsharp amount after each resampling")
+    z.add_argument("--audio", help="music file: drives bass/mid/treble/rms/onset and is muxed into the output")
+    z.add_argument("--bpm", type=float, help="tempo for the beat variable b (default: estimated from --audio)")
+    z.add_argument("--variations", type=positive_int, default=1, help="K seeds rendered as one batch, side by side")
+    add_encode_options(p)
+    add_dream_options(p)
+    add_common(p)
+    p.set_defaults(run=cmd_zoom)
+
     p = sub.add_parser("models", help="list the models and whether their weights are here")
     add_common(p)
     p.set_defaults(run=cmd_models)
@@ -189,6 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     p.set_defaults(run=cmd_presets)
     return parser
+
+
+def add_encode_options(parser: argparse.ArgumentParser) -> None:
+    p = parser.add_argument_group("encoding")
+    p.add_argument("--crf", type=int, help="x264 quality, 0 (lossless) to 51; 18 looks near-lossless")
+    p.add_argument("--codec", help="ffmpeg video codec (default libx264)")
+    p.add_argument("--keep-audio", dest="keep_audio", action="store_true", default=None, help="keep the sound (default)")
+    p.add_argument("--no-audio", dest="keep_audio", action="store_false", help="drop the sound")
 
 
 def add_common(p: argparse.ArgumentParser) -> None:

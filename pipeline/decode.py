@@ -310,7 +310,7 @@ def read_frames(
     if stop is not None and stop <= first:
         raise ValueError(
             f"--end {end_s}: falls in the same frame as --start {start_s} "
-            f"(one frame lasts {1 / info.fps:.4f} s at {float(info.fps):.3f} fps)"
+            f"(one frame lasts {float(1 / info.fps):.4f} s at {float(info.fps):.3f} fps)"
         )
     if max_frames is not None:
         stop = min(stop, first + max_frames) if stop is not None else first + max_frames

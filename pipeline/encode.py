@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from .decode import check_output_folder, check_rgb_frame, save_image
-from .ffmpeg import FFmpegError, ffmpeg_exe, probe, run_ffmpeg, stderr_tail
+from .ffmpeg import FFmpegError, ffmpeg_exe, probe, run_ffmpeg, stderr_head
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm")
 
@@ -94,10 +94,11 @@ class EncodeSettings:
             near-lossless for H.264 (``--crf``).
         codec: ffmpeg video encoder (``--codec``); .webm needs a VP9 or AV1
             one, e.g. "libvpx-vp9".
-        preset: encoder speed/size trade-off, "ultrafast" to "veryslow"
-            (``--preset``); slower gives smaller files at the same quality.
+        preset: x264/x265 speed-for-size trade-off, "ultrafast" to "veryslow";
+            slower gives smaller files at the same quality. (The ``preset`` key
+            of a preset file's ``[encode]`` table; other encoders ignore it.)
         keep_audio: copy the source's audio into a video output
-            (``--keep-audio``).
+            (``--keep-audio`` / ``--no-audio``).
     """
 
     crf: int = 18
@@ -111,7 +112,7 @@ class EncodeSettings:
         if not isinstance(self.codec, str) or not self.codec:
             raise ValueError(f"--codec {self.codec!r}: expected an ffmpeg encoder name such as 'libx264'")
         if not isinstance(self.preset, str) or not self.preset:
-            raise ValueError(f"--preset {self.preset!r}: expected an encoder preset such as 'medium'")
+            raise ValueError(f"encode preset={self.preset!r}: expected an x264 speed preset such as 'medium'")
 
 
 class FrameWriter:
@@ -205,7 +206,7 @@ class FrameWriter:
                     f"{self._padded_size[0]}x{self._padded_size[1]} (yuv420p needs even sizes)",
                     stacklevel=2,
                 )
-        self._pipe = _RawVideoPipe(self._encoded, self._padded_size, self.fps, output_args)
+        self._pipe = _RawVideoPipe(self._encoded, self._padded_size, self.fps, output_args, what=f"encoding {self.path}")
 
     # --- public API ------------------------------------------------------------
 
@@ -394,8 +395,8 @@ class _RawVideoPipe:
     be reported with ffmpeg's message.)
     """
 
-    def __init__(self, output: Path, size: tuple[int, int], fps: Fraction, output_args: list[str]):
-        self.output = output
+    def __init__(self, output: Path, size: tuple[int, int], fps: Fraction, output_args: list[str], *, what: str):
+        self.what = what
         # stderr goes to a file, not a pipe: a pipe nobody reads while frames
         # are written fills up and blocks ffmpeg.
         self._stderr = tempfile.TemporaryFile()
@@ -440,6 +441,6 @@ class _RawVideoPipe:
 
     def _raise_failure(self) -> None:
         self._stderr.seek(0)
-        message = stderr_tail(self._stderr.read())
+        message = stderr_head(self._stderr.read())
         self._stderr.close()
-        raise FFmpegError(f"ffmpeg failed encoding {self.output.name}: {message}")
+        raise FFmpegError(f"ffmpeg failed {self.what}: {message}")

@@ -50,8 +50,20 @@ def run_ffmpeg(args: list[str], *, what: str, stdout=subprocess.DEVNULL) -> subp
 
 def stderr_tail(stderr: bytes) -> str:
     """The last few non-empty lines of ffmpeg's stderr, joined on one line."""
-    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
-    return " | ".join(lines[-ERROR_TAIL_LINES:]) or "(no message)"
+    return " | ".join(_lines(stderr)[-ERROR_TAIL_LINES:]) or "(no message)"
+
+
+def stderr_head(stderr: bytes) -> str:
+    """The first few non-empty lines of ffmpeg's stderr, joined on one line.
+
+    For a run with ``-loglevel error`` these name the cause: from ffmpeg 7 on,
+    the first error is followed by lines about each thread stopping.
+    """
+    return " | ".join(_lines(stderr)[:ERROR_TAIL_LINES]) or "(no message)"
+
+
+def _lines(stderr: bytes) -> list[str]:
+    return [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
 
 
 @dataclass(frozen=True)

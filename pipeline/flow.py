@@ -35,15 +35,16 @@ import torch
 FLOW_METHODS = ("dis", "farneback", "none")
 DIS_PRESETS = ("ultrafast", "fast", "medium")
 
-# Cost of one flow field on a 1280x720 pan of tests/data/chelsea.jpg on the
-# 2-core development CPU (cv2 4 threads, mean of 10 calls), and its end-point
-# error against the true 4 px / 3 px shift:
-#   DIS ultrafast   9 ms, EPE 0.16 px      DIS medium  50 ms, EPE 0.04 px
-#   DIS fast       10 ms, EPE 0.13 px      Farneback  160 ms, EPE 1.9 px
-# (at 640x360: 1.2, 2.6, 11 and 36 ms). The lead's earlier run on the same
-# machine gave 13 / 16 / 61 / 181 ms. A dream step costs seconds per frame, so
-# the video pipeline's two flows per frame at "medium" are noise next to it,
-# and medium's 3x smaller error is what keeps warped detail from smearing.
+# Cost of one flow field (FlowEstimator call, RGB in) on a 1280x720 pan of
+# tests/data/chelsea.jpg on the 2-core development CPU (cv2's default 2
+# threads; per-call times over three runs of 10-30 calls, which a busy machine
+# stretched), and its end-point error against the true 4 px / 3 px shift:
+#   DIS ultrafast   6-9 ms, EPE 0.16 px      DIS medium  39-72 ms, EPE 0.04 px
+#   DIS fast      10-11 ms, EPE 0.13 px      Farneback 160-200 ms, EPE 1.9 px
+# At 640x360: 1.2-1.9, 2.6-4.1, 10-23 and 36-43 ms. An earlier run on the same
+# machine gave 13 / 16 / 61 / 181 ms at 1280x720. A dream step costs seconds
+# per frame, so the video pipeline's two flows per frame at "medium" are noise
+# next to it, and medium's 3x smaller error is what keeps warped detail sharp.
 _DIS_PRESET_IDS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -60,7 +61,7 @@ _FARNEBACK_ARGS = (0.5, 3, 15, 3, 5, 1.2, 0)
 # rejects frames where that is negative, i.e. a short side under one patch
 # (8 px) or a long side under 12 px. When that coarsest level lies above the
 # preset's finest level, calc() reads past its pyramid and crashes the process
-# (seen here for 10x200, 12x40 and 16x200 frames), so the finest level is
+# (seen here for 9x40, 12x40, 10x200 and 16x200 frames), so the finest level is
 # lowered per frame size; tiny frames are padded up to the minimum.
 _DIS_PATCH_PX = 8
 _DIS_MIN_SHORT_SIDE_PX = 8

@@ -13,6 +13,7 @@ Queues are bounded, so memory stays flat however long the render.
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 from collections.abc import Callable
 
@@ -123,3 +124,26 @@ class FrameSink:
             self._cond.notify_all()
         self._encoder.join()
         self.writer.abort()
+
+
+class StopFlag:
+    """First Ctrl-C: finish the frames in hand, then stop. Second: stop now."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ndreamreel: stopping after the frames in hand (Ctrl-C again to stop now)", flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)

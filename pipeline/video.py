@@ -18,7 +18,6 @@ before its first kept frame and the seam between lanes does not show.
 from __future__ import annotations
 
 import queue
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ import torch
 from . import decode, flow
 from .dream import ComputeSettings, Dreamer, DreamSettings, frame_generator, to_tensor, to_uint8
 from .encode import EncodeSettings, FrameWriter, output_kind
-from .sink import FrameSink
+from .sink import FrameSink, StopFlag
 from .workdir import WorkDir
 
 PREFETCH_FRAMES = 4  # decoded + flowed frames waiting per lane
@@ -247,7 +246,7 @@ def dream_video(
                 lane.previous_dream = workdir.load_frame(lane.first - 1)
         bar = tqdm(total=total, initial=len(done), desc="dreaming", unit="frame", disable=not progress)
         sink = FrameSink(workdir, total, writer, on_saved=lambda _: bar.update(1))
-        stop = _StopFlag()
+        stop = StopFlag()
         start_time = time.perf_counter()
         with stop:
             # 4. lockstep over lanes until every lane is done or Ctrl-C
@@ -308,26 +307,3 @@ def _carry(lane: _Lane, current: np.ndarray, item: dict, blend: float) -> torch.
         backward = flow.flow_to_tensor(item["flow"])
         mask = torch.from_numpy(item["mask"]).float()[None, None]
     return carry_residual(cur, to_tensor(lane.previous_dream), to_tensor(lane.previous_input), backward, mask, blend)
-
-
-class _StopFlag:
-    """First Ctrl-C: finish the frames in hand, then stop. Second: stop now."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\ndreamreel: stopping after the frames in hand (Ctrl-C again to stop now)", flush=True)
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
