@@ -13,6 +13,7 @@ and knows the frame rate and the frame count the container announces.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import tempfile
 import warnings
@@ -208,7 +209,8 @@ def probe_video(path: str | Path) -> VideoInfo:
                 f"{path}: OpenCV reads no frame rate from this file; "
                 f"re-encode it with a fixed rate, e.g. ffmpeg -i {path.name} -r 30 fixed.mp4"
             )
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        # 0 or -1 (or NaN from some builds) when the container does not say.
+        count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
         ok, frame = capture.read()
         if not ok:
             raise ValueError(f"{path}: has a video stream but not one frame decodes; the file is damaged")
@@ -221,7 +223,7 @@ def probe_video(path: str | Path) -> VideoInfo:
         width=width,
         height=height,
         fps=Fraction(fps).limit_denominator(FPS_MAX_DENOMINATOR),
-        frame_count_estimate=count if count > 0 else None,
+        frame_count_estimate=int(count) if math.isfinite(count) and count > 0 else None,
         duration_s=media.duration_s,
         rotation_deg=rotation,
         has_audio=media.has_audio,
@@ -277,7 +279,8 @@ def read_frames(
 
     Args:
         path: a video file.
-        start_s: first second to read (``--start``).
+        start_s: first second to read (``--start``); a Fraction such as
+            ``index / info.fps`` lands exactly on frame ``index``.
         end_s: second to stop before (``--end``); None reads to the end.
         max_frames: most frames to yield (``--max-frames``); None for all.
         max_side: shrink frames so the longest side is at most this many
@@ -292,13 +295,13 @@ def read_frames(
             rejects, or ``--start`` at or past the end of the video (raised
             by the iterator when the real frame count falls short).
     """
-    if not isinstance(start_s, (int, float)) or not start_s >= 0:
+    if not start_s >= 0:  # also refuses NaN
         raise ValueError(f"--start {start_s}: expected seconds >= 0")
     if end_s is not None and not end_s > start_s:
         raise ValueError(f"--end {end_s}: expected seconds after --start ({start_s})")
-    if max_frames is not None and not (isinstance(max_frames, int) and max_frames >= 1):
+    if max_frames is not None and not (isinstance(max_frames, numbers.Integral) and max_frames >= 1):
         raise ValueError(f"--max-frames {max_frames}: expected a whole number >= 1")
-    if max_side is not None and not (isinstance(max_side, int) and max_side >= MIN_MAX_SIDE):
+    if max_side is not None and not (isinstance(max_side, numbers.Integral) and max_side >= MIN_MAX_SIDE):
         raise ValueError(f"--max-side {max_side}: expected a whole number of pixels >= {MIN_MAX_SIDE}")
     info = probe_video(path)
     if info.duration_s is not None and start_s >= info.duration_s:

@@ -6,8 +6,9 @@ frames whatever the length:
 
 - video (.mp4, .mov, .mkv, .webm): frames are piped raw into ffmpeg, which
   encodes a hidden temporary file beside the output; a second ffmpeg pass
-  copies in the audio of the source video; the result is renamed onto the
-  output path. A failed or interrupted run leaves no file at that path.
+  adds the audio of the source (copied, or re-encoded where the container
+  needs it); the result is renamed onto the output path. A failed or
+  interrupted run leaves no file at that path.
 - .gif: frames go to a lossless temporary video, then ffmpeg builds one
   palette for the whole clip (``palettegen``) and applies it (``paletteuse``).
 - folder: ``frame_000001.png``, ``frame_000002.png``, ... each written
@@ -16,6 +17,7 @@ frames whatever the length:
 
 from __future__ import annotations
 
+import numbers
 import os
 import subprocess
 import tempfile
@@ -145,6 +147,9 @@ class FrameWriter:
         audio_start_s: second of ``audio_source`` that plays with the first
             frame (the ``--start`` the frames were read from).
 
+    The arguments stay readable as attributes of the same names, with
+    ``kind`` (see :func:`output_kind`) and :attr:`frames_written`.
+
     Raises:
         ValueError: an unsupported output kind, a folder that is missing or not
             writable, a frames folder that already holds frames, a codec the
@@ -164,20 +169,21 @@ class FrameWriter:
     ):
         self.kind = output_kind(path)
         self.path = Path(path)
-        if isinstance(fps, bool) or not isinstance(fps, (int, Fraction)) or fps <= 0:
+        if isinstance(fps, bool) or not isinstance(fps, numbers.Rational) or fps <= 0:
             raise ValueError(f"fps={fps!r}: expected an int or Fraction > 0, e.g. Fraction(30000, 1001)")
-        if not (len(size) == 2 and all(isinstance(n, int) and n >= 1 for n in size)):
+        if not (len(size) == 2 and all(isinstance(n, numbers.Integral) and n >= 1 for n in size)):
             raise ValueError(f"size={size!r}: expected (width, height) in whole pixels >= 1")
         if not audio_start_s >= 0:
             raise ValueError(f"audio_start_s={audio_start_s!r}: expected seconds >= 0")
         self.fps = Fraction(fps)
-        self.size = (size[0], size[1])
+        self.size = (int(size[0]), int(size[1]))
         self.settings = settings
+        self.audio_start_s = audio_start_s
         self._frames_written = 0
         self._closed = False
         self._temps: list[Path] = []
         self._pipe: _RawVideoPipe | None = None
-        self._audio: tuple[Path, float, str | None] | None = None
+        self._audio: tuple[Path, str | None] | None = None  # (source, its first audio codec)
         self._padded_size = self.size
 
         if self.kind == "frames":
@@ -196,17 +202,20 @@ class FrameWriter:
                     f"{self.path}: WebM cannot hold codec {settings.codec!r}; "
                     f"use --codec libvpx-vp9 (or one of {WEBM_VIDEO_CODECS}), or a .mp4/.mkv/.mov output"
                 )
-            self._audio = self._audio_plan(audio_source, audio_start_s) if settings.keep_audio else None
+            self._audio = self._audio_plan(audio_source) if settings.keep_audio else None
             output_args = self._video_args(suffix, final=self._audio is None)
             self._encoded = self._temp_path(f".partial{suffix}")
-            self._padded_size = (size[0] + size[0] % 2, size[1] + size[1] % 2)
+            width, height = self.size
+            self._padded_size = (width + width % 2, height + height % 2)
             if self._padded_size != self.size:
                 warnings.warn(
-                    f"{self.path}: padded {size[0]}x{size[1]} to "
+                    f"{self.path}: padded {width}x{height} to "
                     f"{self._padded_size[0]}x{self._padded_size[1]} (yuv420p needs even sizes)",
                     stacklevel=2,
                 )
-        self._pipe = _RawVideoPipe(self._encoded, self._padded_size, self.fps, output_args, what=f"encoding {self.path}")
+        self._pipe = _RawVideoPipe(
+            self._encoded, self._padded_size, self.fps, output_args, what=f"encoding {self.path}"
+        )
 
     # --- public API ------------------------------------------------------------
 
@@ -299,19 +308,21 @@ class FrameWriter:
                     f"{self.path}: already holds {len(earlier)} frame_*.png files from an earlier run; "
                     f"delete them or choose another folder"
                 )
+        elif self.path.exists():
+            raise ValueError(f"{self.path}: is a file; a frames folder needs a new or existing folder name")
         else:
             check_output_folder(self.path.parent)
             self.path.mkdir()
 
-    def _audio_plan(self, audio_source: str | Path | None, start_s: float) -> tuple[Path, float, str | None] | None:
-        """(source, start second, first audio codec) when the source has audio, else None."""
+    def _audio_plan(self, audio_source: str | Path | None) -> tuple[Path, str | None] | None:
+        """(source, its first audio codec) when the source has audio, else None."""
         if audio_source is None:
             return None
         source = Path(audio_source)
         if not source.is_file():
-            raise ValueError(f"audio source {source}: no such file; pass the input video, or keep_audio=False")
+            raise ValueError(f"audio source {source}: no such file; pass an existing file, or --no-audio")
         media = probe(source)
-        return (source, start_s, media.audio_codec) if media.has_audio else None
+        return (source, media.audio_codec) if media.has_audio else None
 
     def _video_args(self, suffix: str, *, final: bool) -> list[str]:
         """ffmpeg output arguments for the video stream; ``final`` when this file becomes the output."""
@@ -327,26 +338,28 @@ class FrameWriter:
         """Add the audio when there is some; return the file to move onto ``path``."""
         if self._audio is None:
             return self._encoded
-        source, start_s, codec = self._audio
+        source, codec = self._audio
         suffix = self.path.suffix.lower()
         muxed = self._temp_path(f".muxed{suffix}")
         copyable = AUDIO_COPY_CODECS[suffix]
         if copyable is None or codec in copyable:
             try:
-                self._mux_audio(source, start_s, "copy", muxed)
+                self._mux_audio(source, "copy", muxed)
                 return muxed
             except FFmpegError:
                 pass  # the container refused the stream as it is; re-encoding below fixes that
-        self._mux_audio(source, start_s, AUDIO_FALLBACK_CODEC[suffix], muxed)
+        self._mux_audio(source, AUDIO_FALLBACK_CODEC[suffix], muxed)
         return muxed
 
-    def _mux_audio(self, source: Path, start_s: float, audio_codec: str, muxed: Path) -> None:
-        """Write ``muxed``: the encoded video as is, plus ``source``'s audio from ``start_s``, cut to the video's length."""
+    def _mux_audio(self, source: Path, audio_codec: str, muxed: Path) -> None:
+        """Write ``muxed``: the encoded video as is, plus ``source``'s audio from
+        ``audio_start_s`` on, cut to the video's length (to within one audio
+        packet, ~20-90 ms, when copied)."""
         duration_s = float(self._frames_written / self.fps)
         run_ffmpeg(
             [
                 "-i", str(self._encoded),
-                "-ss", f"{start_s:.6f}", "-i", str(source),
+                "-ss", f"{self.audio_start_s:.6f}", "-i", str(source),
                 "-map", "0:v", "-map", "1:a",
                 "-c:v", "copy", "-c:a", audio_codec,
                 "-t", f"{duration_s:.6f}",
@@ -432,11 +445,10 @@ class _RawVideoPipe:
         """Stop ffmpeg at once; the partial file is the caller's to remove."""
         self._process.kill()
         self._process.wait()
-        if self._process.stdin and not self._process.stdin.closed:
-            try:
-                self._process.stdin.close()
-            except BrokenPipeError:
-                pass
+        try:
+            self._process.stdin.close()  # unsent frames are dropped
+        except BrokenPipeError:
+            pass
         self._stderr.close()
 
     def _raise_failure(self) -> None:

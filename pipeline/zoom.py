@@ -74,7 +74,9 @@ class ZoomSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
                 raise ValueError(f"--{name.replace('_', '-')} {value!r}: expected a number from {lo:g} to {hi:g}")
-        self.schedules()  # parse now: a malformed schedule fails before any work
+        zoom = self.schedules()["zoom"]  # parse all now: a malformed schedule fails before any work
+        if zoom.is_constant and not zoom(0, {}) > 0:
+            raise ValueError(f"--zoom {self.zoom!r}: expected a scale factor > 0 (1 = no zoom, 1.02 = 2% closer per frame)")
 
     def schedules(self) -> dict[str, Schedule]:
         """The scheduled fields parsed; None fields are left out."""

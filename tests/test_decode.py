@@ -99,6 +99,16 @@ def test_grey_and_alpha_pictures_load_as_rgb(tmp_path):
     np.testing.assert_array_equal(load_image(tmp_path / "bgra.png"), np.full((4, 6, 3), (30, 20, 10), np.uint8))
 
 
+def test_exif_orientation_is_applied(tmp_path):
+    from PIL import Image  # Pillow comes with imageio; OpenCV cannot write EXIF
+
+    picture = Image.fromarray(np.zeros((20, 40, 3), np.uint8))  # stored landscape
+    exif = picture.getexif()
+    exif[0x0112] = 6  # Orientation: turn 90 degrees clockwise to display
+    picture.save(tmp_path / "phone.jpg", exif=exif)
+    assert load_image(tmp_path / "phone.jpg").shape == (40, 20, 3)
+
+
 def test_load_image_rejects_what_is_not_a_picture(tmp_path):
     (tmp_path / "notes.png").write_text("not a picture")
     for path, message in [
@@ -199,6 +209,7 @@ def test_read_frames_streams_every_frame_in_order(counting_clip):
         (dict(max_frames=4), [0, 1, 2, 3]),
         (dict(start_s=0.1, end_s=0.3, max_frames=2), [3, 4]),
         (dict(end_s=10.0), list(range(12))),
+        (dict(start_s=7 / NTSC, max_frames=np.int64(2)), [7, 8]),  # exact Fraction, numpy count
     ],
 )
 def test_start_end_and_max_frames_select_frames(counting_clip, options, expected):

@@ -1,0 +1,70 @@
+import pytest
+
+from dreamreel.pipeline import presets
+from dreamreel.pipeline.dream import DreamSettings
+
+
+def test_every_builtin_preset_loads_and_has_a_description():
+    names = presets.builtin_names()
+    kinds = {presets.load_preset(n).kind for n in names}
+    assert {"image", "video", "zoom"} <= kinds
+    assert sum(presets.load_preset(n).kind == "image" for n in names) >= 4
+    assert sum(presets.load_preset(n).kind == "zoom" for n in names) >= 5
+    for name in names:
+        preset = presets.load_preset(name)
+        assert preset.description and "\n" not in preset.description
+        for section in preset.sections:
+            presets.build(section, preset, {})  # every section builds its dataclass
+
+
+def test_flags_override_the_preset_and_the_preset_overrides_defaults():
+    preset = presets.load_preset("high-objects")
+    built = presets.build("dream", preset, {"iterations": 3, "step": None})
+    assert built.iterations == 3  # flag
+    assert built.objective == "high" and built.octaves == 5  # preset
+    assert built.tile == DreamSettings().tile  # default
+
+
+def write(tmp_path, text):
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[dream]\niteratons = 3\n", r"mine.toml: \[dream\] unknown key 'iteratons' \(did you mean 'iterations'\?\)"),
+        ("[dream]\niterations = 'many'\n", r"\[dream\] iterations = 'many': expected an integer"),
+        ("[dream]\nstep = true\n", r"\[dream\] step = True: expected a number"),
+        ("[drema]\n", r"unknown key or section 'drema' \(did you mean 'dream'\?\)"),
+        ("dream = 3\n", r"dream must be a \[dream\] table"),
+        ("[dream\n", "not valid TOML"),
+        ("model = 5\n", "model = 5: expected a string"),
+        ("[dream]\niterations = -4\n", r"--iterations -4"),
+        ("[zoom]\nzoom = \"0:(1.0\"\n", "zoom: column"),
+    ],
+)
+def test_bad_presets_name_the_file_the_key_and_what_was_expected(tmp_path, text, message):
+    with pytest.raises(ValueError, match=message):
+        preset = presets.load_preset(write(tmp_path, text))
+        for section in preset.sections:
+            presets.build(section, preset, {})
+
+
+def test_unknown_preset_lists_the_available_ones():
+    with pytest.raises(ValueError, match=r"unknown preset 'mid-creature': did you mean 'mid-creatures'\? available: .*zoom-drift"):
+        presets.load_preset("mid-creature")
+
+
+def test_a_preset_cannot_run_code(tmp_path):
+    text = '[zoom]\nzoom = "__import__(\'os\').system(\'touch pwned\')"\n'
+    with pytest.raises(ValueError):
+        preset = presets.load_preset(write(tmp_path, text))
+        presets.build("zoom", preset, {})
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_huge_preset_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="too large"):
+        presets.load_preset(write(tmp_path, "#" * (presets.MAX_PRESET_BYTES + 1)))
