@@ -42,15 +42,20 @@ WINDOW_S = 2048 / 22050
 # brilliance above), with treble stopped at 8 kHz: above it there is little
 # musical energy, and lossy encoders at low bitrates cut it anyway.
 BANDS_HZ = {"bass": (20.0, 250.0), "mid": (250.0, 2000.0), "treble": (2000.0, 8000.0)}
-ONSET_BAND_HZ = (20.0, 8000.0)
 
 # Frames whose loudness is below -60 dBFS count as silence (ffmpeg's
 # silencedetect uses the same default noise level) and are left out when
 # finding the typical level, so a silent intro does not inflate the music.
 SILENCE_AMPLITUDE = 10 ** (-60 / 20)
 
-# Spectral flux compares log magnitudes; bins below -80 dBFS are clamped there
-# (librosa's top_db of 80), so noise far below the music does not flicker.
+# Spectral flux compares levels in 40 mel bands over 20-8000 Hz rather than
+# single FFT bins: a band sums several bins (at least 4 here), which steadies
+# the frame-to-frame level of noisy sounds (hiss, cymbals, reverb) that would
+# otherwise read as a constant drizzle of onsets; librosa's onset_strength
+# likewise works on a mel spectrogram. Levels below -80 dBFS are clamped there
+# (librosa's top_db of 80 below a full-scale peak).
+ONSET_BAND_HZ = (20.0, 8000.0)
+ONSET_MEL_BANDS = 40
 ONSET_FLOOR_DB = -80.0
 # A typical flux under a hundredth of a dB per frame (the just noticeable level
 # change is about 1 dB) means a track with no onsets at all: report zeros
@@ -66,11 +71,14 @@ RELEASE_S = 0.200
 # Onsets are meant to be spikes; a short release keeps them so.
 ONSET_RELEASE_S = 0.050
 
-# Tempo prior for estimate_bpm: log-normal around 120 BPM, one octave wide
-# (Ellis 2007, "Beat tracking by dynamic programming"; librosa's start_bpm and
-# std_bpm defaults).
-TEMPO_PRIOR_BPM = 120.0
-TEMPO_PRIOR_OCTAVES = 1.0
+# Tempo estimation (estimate_bpm): onsets are measured 100 times a second for
+# it, the usual rate of onset detectors (a 10 ms hop), whatever the video's
+# frame rate; each tempo is scored at its first 4 beat lags, on a 0.05 BPM
+# grid; tempi within 90% of the best score count as ties (see estimate_bpm).
+TEMPO_FPS = 100.0
+TEMPO_MULTIPLES = 4
+TEMPO_STEP_BPM = 0.05
+TEMPO_TIE = 0.9
 
 # Frames per FFT batch; bounds memory to about this many windows at a time
 # whatever the length of the track.
@@ -185,8 +193,9 @@ def analyse(
       :data:`BANDS_HZ` (square root of the band's energy), so 2 means twice
       the typical amplitude rather than a spike squared.
     - ``onset``: positive spectral flux (Bello et al. 2005; the idea of
-      librosa's onset_strength): the mean over 20-8000 Hz bins of how much
-      each bin's level in dB rose since the previous frame, falls ignored.
+      librosa's onset_strength): the mean over 40 mel bands of 20-8000 Hz
+      of how much each band's level in dB rose since the previous frame,
+      falls ignored.
 
     Each feature then goes through an attack/release envelope follower
     (onsets with no attack delay and a short release, so they stay spiky) and
@@ -261,7 +270,7 @@ def _frame_features(samples: np.ndarray, sample_rate: int, fps: float, n_frames:
     window_energy = float(np.sum(window.astype(np.float64) ** 2))
     freqs = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
     band_bins = {name: (freqs >= lo) & (freqs < hi) for name, (lo, hi) in BANDS_HZ.items()}
-    onset_bins = (freqs >= ONSET_BAND_HZ[0]) & (freqs < ONSET_BAND_HZ[1])
+    onset_bands = _mel_band_matrix(freqs)  # (n_bins, ONSET_MEL_BANDS)
     power_floor = 10 ** (ONSET_FLOOR_DB / 10)
 
     # Zero padding centres window k on sample k * sample_rate / fps, also for
@@ -272,7 +281,7 @@ def _frame_features(samples: np.ndarray, sample_rate: int, fps: float, n_frames:
     offsets = np.arange(n_fft)
 
     out = {name: np.empty(n_frames) for name in FEATURE_NAMES}
-    previous_db = np.full(int(onset_bins.sum()), ONSET_FLOOR_DB)  # the track starts from silence
+    previous_db = np.full(ONSET_MEL_BANDS, ONSET_FLOOR_DB)  # the track starts from silence
     for begin in range(0, n_frames, _BATCH_FRAMES):
         batch = slice(begin, begin + _BATCH_FRAMES)
         frames = padded[starts[batch, None] + offsets] * window  # (batch, n_fft)
@@ -280,11 +289,26 @@ def _frame_features(samples: np.ndarray, sample_rate: int, fps: float, n_frames:
         power = np.abs(np.fft.rfft(frames, axis=1) * spectrum_scale).astype(np.float64) ** 2
         for name, bins in band_bins.items():
             out[name][batch] = np.sqrt(power[:, bins].sum(axis=1))
-        level_db = 10 * np.log10(np.maximum(power[:, onset_bins], power_floor))
+        level_db = 10 * np.log10(np.maximum(power @ onset_bands, power_floor))  # (batch, bands)
         rises = np.diff(level_db, axis=0, prepend=previous_db[None, :])
         out["onset"][batch] = np.maximum(rises, 0.0).mean(axis=1)
         previous_db = level_db[-1]
     return out
+
+
+def _mel_band_matrix(freqs: np.ndarray) -> np.ndarray:
+    """0/1 matrix summing FFT bins into ONSET_MEL_BANDS bands, shape (len(freqs), bands).
+
+    Band edges are equally spaced on the mel scale (O'Shaughnessy's
+    2595 * log10(1 + f / 700)) between the ends of ONSET_BAND_HZ.
+    """
+    mel_lo, mel_hi = (2595 * math.log10(1 + f / 700) for f in ONSET_BAND_HZ)
+    edges_hz = 700 * (10 ** (np.linspace(mel_lo, mel_hi, ONSET_MEL_BANDS + 1) / 2595) - 1)
+    band_of_bin = np.searchsorted(edges_hz, freqs, side="right") - 1
+    matrix = np.zeros((freqs.size, ONSET_MEL_BANDS))
+    inside = np.flatnonzero((band_of_bin >= 0) & (band_of_bin < ONSET_MEL_BANDS))
+    matrix[inside, band_of_bin[inside]] = 1.0
+    return matrix
 
 
 def _follow(values: np.ndarray, attack_s: float, release_s: float, step_s: float) -> np.ndarray:
@@ -321,27 +345,35 @@ def _normalise(values: np.ndarray, loud: np.ndarray, min_typical: float) -> np.n
 def estimate_bpm(onset: np.ndarray, fps: float, *, lo: float = 60.0, hi: float = 180.0) -> float | None:
     """Estimate the tempo from an onset envelope by autocorrelation.
 
-    The envelope (mean removed) is correlated with itself; a steady beat makes
-    it line up again after one beat period, so the best lag between the
-    periods of `hi` and `lo` BPM is the beat. The peak is refined between
-    whole frames by fitting a parabola through it and its neighbours, which
-    matters because 120 BPM at 25 fps is a period of 12.5 frames.
+    The envelope (mean removed) is correlated with itself: a steady beat
+    lines up with itself again after each beat period. Each tempo from `lo`
+    to `hi` in steps of :data:`TEMPO_STEP_BPM` is scored by the mean
+    correlation at its first :data:`TEMPO_MULTIPLES` whole-beat lags,
+    interpolated between frames. Using several multiples makes the estimate
+    finer than one frame of lag (at 25 fps, 120 BPM is 12.5 frames, and
+    whole-frame lags are 4-8 BPM apart) and lets none of them decide alone.
 
-    Octave ambiguity: a beat at 120 BPM also lines up every second beat
-    (60 BPM), and strong off-beats line up at 240. Lag scores are weighted
-    by a log-normal tempo prior around 120 BPM, one octave wide
-    (:data:`TEMPO_PRIOR_BPM`; Ellis 2007), so near-ties go to the tempo
-    closer to 120; the default range of 60-180 BPM, about an octave and a
-    half, leaves out most doubles and halves in the first place.
+    Octave ambiguity: a beat that repeats every period also repeats every two
+    periods, so half the true tempo always scores about as well as the true
+    one. Among tempi scoring at least :data:`TEMPO_TIE` of the best, the
+    fastest is taken, the way pitch trackers take the shortest period that
+    explains the signal (de Cheveigne & Kawahara 2002). Off-beats as strong
+    as the beats (straight eighth-note hi-hats and nothing else) make double
+    the tempo a fair reading too, and that is what comes out; the default
+    range of 60-180 BPM leaves out most of these doubles. When it matters,
+    give the tempo.
 
     Args:
         onset: onset strength per frame, shape (n,), e.g. AudioFeatures.onset.
+            A higher frame rate gives a finer estimate; :func:`audio_features`
+            uses :data:`TEMPO_FPS`.
         fps: frames per second of `onset`.
         lo, hi: range of tempi to consider, in BPM.
 
     Returns:
-        Beats per minute within [lo, hi], or None when the envelope is too
-        short (under two periods of `lo`) or shows no repeating pattern.
+        Beats per minute within [lo, hi], or None when the envelope is
+        shorter than TEMPO_MULTIPLES beats at `lo` BPM (4 s at 60 BPM) or
+        flat. Music without a steady beat still gets a number, a poor one.
 
     Raises:
         ValueError: onset is not 1-D, or the range is not 0 < lo < hi.
@@ -351,28 +383,29 @@ def estimate_bpm(onset: np.ndarray, fps: float, *, lo: float = 60.0, hi: float =
         raise ValueError(f"onset must have shape (n,), got {envelope.shape}")
     if not 0 < lo < hi:
         raise ValueError(f"need 0 < lo < hi, got lo={lo}, hi={hi}")
-    shortest_lag = math.ceil(60.0 * fps / hi)
-    longest_lag = math.floor(60.0 * fps / lo)
     n = envelope.size
-    if n < 2 * longest_lag + 2:
+    if n < TEMPO_MULTIPLES * 60.0 * fps / lo + 2:
         return None
     envelope = envelope - envelope.mean()
-    # Autocorrelation through the FFT, zero-padded to 2n so it is not circular.
+    # Autocorrelation through the FFT, zero-padded to 2n so it is not circular,
+    # then unbiased (each lag divided by the number of frame pairs it compares,
+    # so long lags are not penalised for overlapping less) and scaled to 1 at lag 0.
     spectrum = np.fft.rfft(envelope, 2 * n)
-    correlation = np.fft.irfft(np.abs(spectrum) ** 2)[:n]
-    # Unbiased: divide each lag by the number of frame pairs it compares, so
-    # longer lags are not penalised just for overlapping less.
-    correlation /= n - np.arange(n)
-    lags = np.arange(shortest_lag, longest_lag + 1)
-    prior = np.exp(-0.5 * (np.log2(60.0 * fps / lags / TEMPO_PRIOR_BPM) / TEMPO_PRIOR_OCTAVES) ** 2)
-    best = int(lags[np.argmax(correlation[lags] * prior)])
-    if correlation[best] <= 0:
+    correlation = np.fft.irfft(np.abs(spectrum) ** 2)[:n] / (n - np.arange(n))
+    if correlation[0] <= 0:
         return None
-    left, middle, right = correlation[best - 1], correlation[best], correlation[best + 1]
-    curvature = left - 2 * middle + right
-    offset = 0.5 * (left - right) / curvature if curvature < 0 else 0.0
-    bpm = 60.0 * fps / (best + float(np.clip(offset, -0.5, 0.5)))
-    return float(np.clip(bpm, lo, hi))
+    correlation /= correlation[0]
+    tempi = np.arange(lo, hi + TEMPO_STEP_BPM / 2, TEMPO_STEP_BPM)
+    beat_lags = 60.0 * fps / tempi  # frames per beat, shape (n_tempi,)
+    multiples = np.arange(1, TEMPO_MULTIPLES + 1)
+    scores = np.interp(beat_lags[:, None] * multiples, np.arange(n), correlation).mean(axis=1)
+    # The fastest tempo close to the best, then up its own peak.
+    i = int(np.flatnonzero(scores >= TEMPO_TIE * scores.max())[-1])
+    while i > 0 and scores[i - 1] > scores[i]:
+        i -= 1
+    while i < len(tempi) - 1 and scores[i + 1] > scores[i]:
+        i += 1
+    return float(tempi[i])
 
 
 def audio_features(path: str | Path, *, fps: float, bpm: float | None = None) -> AudioFeatures:
@@ -389,7 +422,8 @@ def audio_features(path: str | Path, *, fps: float, bpm: float | None = None) ->
     """
     if bpm is not None and not (math.isfinite(bpm) and bpm > 0):
         raise ValueError(f"bpm must be a positive number, got {bpm}")
-    features = analyse(load_audio(path, sample_rate=DEFAULT_SAMPLE_RATE), DEFAULT_SAMPLE_RATE, fps=fps)
+    samples = load_audio(path, sample_rate=DEFAULT_SAMPLE_RATE)
+    features = analyse(samples, DEFAULT_SAMPLE_RATE, fps=fps)
     if bpm is None:
-        bpm = estimate_bpm(features.onset, fps)
+        bpm = estimate_bpm(analyse(samples, DEFAULT_SAMPLE_RATE, fps=TEMPO_FPS).onset, TEMPO_FPS)
     return dataclasses.replace(features, bpm=bpm)

@@ -87,6 +87,12 @@ def output_kind(path: str | Path) -> OutputKind:
     )
 
 
+def clear_frames_folder(folder: str | Path) -> None:
+    """Remove the ``frame_*.png`` files an interrupted run left in a frames-folder output."""
+    for path in Path(folder).glob("frame_[0-9]*.png"):
+        path.unlink()
+
+
 @dataclass(frozen=True)
 class EncodeSettings:
     """How video files are encoded (GIFs and PNG folders ignore these).

@@ -102,9 +102,10 @@ _DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
 _AUDIO = re.compile(r"Stream #\d+:\d+.*?: Audio: (\w+)[^,]*, \d+ Hz, ([^,]+),")
 _VIDEO = re.compile(r"Stream #\d+:\d+.*?: Video: (.*)")
 # ffmpeg >= 5 reports rotation only as display-matrix side data, printed
-# "displaymatrix: rotation of -90.00 degrees" up to 6.x and "Display Matrix:
-# rotation of ..." from 7.x on. (The legacy "rotate" tag that ffmpeg 4 also
-# printed is clockwise, the opposite sense, so it is not read.)
+# "displaymatrix: rotation of -90.00 degrees" by older releases and "Display
+# Matrix: rotation of -90.00 degrees" by newer ones (9.0, bundled here). The
+# legacy "rotate" tag that ffmpeg 4 printed as well is clockwise, the
+# opposite sense, so it is not read.
 _ROTATION = re.compile(r"display ?matrix: rotation of\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
 
 

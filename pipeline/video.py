@@ -29,7 +29,7 @@ import torch
 
 from . import decode, flow
 from .dream import ComputeSettings, Dreamer, DreamSettings, frame_generator, to_tensor, to_uint8
-from .encode import EncodeSettings, FrameWriter, output_kind
+from .encode import EncodeSettings, FrameWriter, clear_frames_folder, output_kind
 from .sink import FrameSink, StopFlag
 from .workdir import WorkDir
 
@@ -233,6 +233,8 @@ def dream_video(
     resumed = workdir.open()
     done = workdir.done()
     lanes = plan_lanes(total, video.batch, video.warmup, done)
+    if resumed and output_kind(out) == "frames":
+        clear_frames_folder(out)  # the interrupted run's partial copy; re-written from the work folder
     writer = None
     try:
         writer = FrameWriter(out, fps=info.fps, size=(width, height), settings=encode, audio_source=input_path, audio_start_s=start_s)

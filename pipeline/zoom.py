@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .dream import ComputeSettings, Dreamer, DreamSettings, frame_generator, gaussian_blur, noise_image, to_tensor, to_uint8
-from .encode import EncodeSettings, FrameWriter, output_kind
+from .encode import EncodeSettings, FrameWriter, clear_frames_folder, output_kind
 from .schedule import Schedule, check_inputs, frame_env
 from .sink import FrameSink, StopFlag
 from .workdir import WorkDir
@@ -215,6 +215,8 @@ def dream_zoom(
     first = 0
     while first in done:
         first += 1
+    if resumed and output_kind(out) == "frames":
+        clear_frames_folder(out)  # the interrupted run's partial copy; re-written from the work folder
     writer = None
     try:
         fps = Fraction(zoom.fps).limit_denominator(1001)
