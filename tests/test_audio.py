@@ -8,6 +8,7 @@ import pytest
 
 from dreamreel.pipeline.audio import (
     FEATURE_NAMES,
+    TEMPO_FPS,
     AudioFeatures,
     analyse,
     audio_features,
@@ -183,23 +184,36 @@ def test_analyse_rejects_bad_input(samples, sample_rate, fps, message):
 # Tempo
 
 
-def test_estimate_bpm_finds_the_beat_track_tempo(features_25, track):
-    assert estimate_bpm(features_25.onset, 25) == pytest.approx(BPM, abs=2)
-    assert estimate_bpm(analyse(track, SAMPLE_RATE, fps=30).onset, 30) == pytest.approx(BPM, abs=2)
+def test_estimate_bpm_finds_the_beat_track_tempo(track):
+    onset = analyse(track, SAMPLE_RATE, fps=TEMPO_FPS).onset
+    assert estimate_bpm(onset, TEMPO_FPS) == pytest.approx(BPM, abs=2)
 
 
-@pytest.mark.parametrize("bpm", [64, 90, 120, 128, 150, 174])
-@pytest.mark.parametrize("fps", [24, 30])
-def test_estimate_bpm_on_pulse_trains(bpm, fps):
-    # 30 s of decaying pulses, one per beat, with off-beats at half height.
-    t = np.arange(30 * fps) / fps
-    phase = (t * bpm / 60) % 1
-    envelope = np.exp(-phase * 8) + 0.5 * np.exp(-((phase - 0.5) % 1) * 8)
-    assert estimate_bpm(envelope, fps) == pytest.approx(bpm, abs=2)
+def kick_track(bpm: float, duration_s: float, rng: np.random.Generator) -> np.ndarray:
+    """A kick on every beat, a noise snare on every off-beat at a third of its
+    level, and a hiss 40 dB down throughout; float32, shape (n,)."""
+    samples = 0.01 * rng.standard_normal(int(duration_s * SAMPLE_RATE))
+    kick_t = np.arange(int(0.3 * SAMPLE_RATE)) / SAMPLE_RATE
+    kick = 0.8 * np.sin(2 * np.pi * 60 * kick_t) * np.exp(-kick_t / 0.08)
+    snare_t = np.arange(int(0.05 * SAMPLE_RATE)) / SAMPLE_RATE
+    for beat in np.arange(0, duration_s - 0.3, 60 / bpm):
+        start = round(beat * SAMPLE_RATE)
+        samples[start : start + kick.size] += kick
+        start = round((beat + 30 / bpm) * SAMPLE_RATE)
+        samples[start : start + snare_t.size] += 0.3 * rng.standard_normal(snare_t.size) * np.exp(-snare_t / 0.03)
+    return samples.astype(np.float32)
+
+
+@pytest.mark.parametrize("bpm", [64, 90, 128, 150, 174])
+def test_estimate_bpm_across_tempi(bpm):
+    samples = kick_track(bpm, 12.0, np.random.default_rng(bpm))
+    onset = analyse(samples, SAMPLE_RATE, fps=TEMPO_FPS).onset
+    # 174 must not come out as 87: ties between a tempo and its half go to the faster.
+    assert estimate_bpm(onset, TEMPO_FPS) == pytest.approx(bpm, abs=2)
 
 
 def test_estimate_bpm_without_a_beat():
-    assert estimate_bpm(np.ones(50), 25) is None  # too short: under two periods of 60 BPM
+    assert estimate_bpm(np.ones(50), 25) is None  # too short: under four beats at 60 BPM
     assert estimate_bpm(np.zeros(1000), 25) is None  # flat
     with pytest.raises(ValueError, match="lo < hi"):
         estimate_bpm(np.ones(1000), 25, lo=180, hi=60)
