@@ -169,6 +169,12 @@ def cmd_zoom(args) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args) -> int:
+    from dreamreel.pipeline.bench import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def cmd_models(args) -> int:
     from dreamreel.pipeline.models import ZOO, weights_status
 
@@ -274,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_dream_options(p)
     add_common(p)
     p.set_defaults(run=cmd_zoom)
+
+    p = sub.add_parser("bench", help="measure speed, pipeline efficiency and memory (see `dreamreel bench --help`)",
+                       add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(run=cmd_bench, debug=False)
 
     p = sub.add_parser("models", help="list the models and whether their weights are here")
     add_common(p)

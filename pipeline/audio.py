@@ -7,9 +7,10 @@
 variables ``rms``, ``bass``, ``mid``, ``treble`` and ``onset``.
 
 Every feature is scaled so that 1 is the track's typical level and 0 is
-silence, the convention of music visualisers (MilkDrop's ``bass``, ``mid`` and
-``treb`` read "1 = normal, below 0.7 quiet, above 1.3 loud"), so a formula like
-``1.01 + 0.03*bass`` means the same on a quiet recording as on a loud master.
+silence, the convention of music visualisers (MilkDrop presets are written
+for ``bass``, ``mid`` and ``treb`` near 1 on typical music, above 1 when
+louder than usual), so a formula like ``1.01 + 0.03*bass`` means the same on
+a quiet recording as on a loud master.
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ ONSET_FLOOR_DB = -80.0
 ONSET_MIN_TYPICAL_DB = 0.01
 
 # Attack and release of the envelope follower, in seconds: a fast attack so a
-# beat shows on its frame, a slower release so the picture eases back instead
-# of flickering; the usual ranges of compressor and meter ballistics (attack
-# 10-20 ms, release 100-300 ms; Giannoulis, Massberg & Reiss 2012).
+# beat shows on its own frame, a slower release so the picture eases back
+# instead of flickering at the frame rate. These sit in the usual ranges of
+# envelope followers and compressors (attack around 10 ms, release a few
+# hundred ms); the follower itself is described in _follow.
 ATTACK_S = 0.010
 RELEASE_S = 0.200
 # Onsets are meant to be spikes; a short release keeps them so.
@@ -165,7 +167,8 @@ def load_audio(path: str | Path, *, sample_rate: int = DEFAULT_SAMPLE_RATE) -> n
         what=f"decoding the audio of {path}",
         stdout=subprocess.PIPE,
     )
-    samples = np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)  # astype copies: writable, native order
+    # astype copies: the result is writable and in native byte order.
+    samples = np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)
     if samples.size == 0:
         raise ValueError(f"{path}: the audio stream decodes to no samples")
     return samples
@@ -227,9 +230,11 @@ def analyse(
     if not np.isfinite(samples).all():
         raise ValueError("samples contain NaN or infinity")
     if sample_rate < MIN_SAMPLE_RATE:
-        raise ValueError(f"sample_rate must be at least {MIN_SAMPLE_RATE} Hz to cover the treble band, got {sample_rate}")
-    if not fps > 0:
-        raise ValueError(f"fps must be positive, got {fps}")
+        raise ValueError(
+            f"sample_rate must be at least {MIN_SAMPLE_RATE} Hz to cover the treble band, got {sample_rate}"
+        )
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number, got {fps}")
     if min(attack_s, release_s, onset_release_s) < 0:
         raise ValueError("attack and release times must be 0 or more seconds")
 
@@ -281,7 +286,7 @@ def _frame_features(samples: np.ndarray, sample_rate: int, fps: float, n_frames:
     offsets = np.arange(n_fft)
 
     out = {name: np.empty(n_frames) for name in FEATURE_NAMES}
-    previous_db = np.full(ONSET_MEL_BANDS, ONSET_FLOOR_DB)  # the track starts from silence
+    previous_db = None
     for begin in range(0, n_frames, _BATCH_FRAMES):
         batch = slice(begin, begin + _BATCH_FRAMES)
         frames = padded[starts[batch, None] + offsets] * window  # (batch, n_fft)
@@ -290,7 +295,9 @@ def _frame_features(samples: np.ndarray, sample_rate: int, fps: float, n_frames:
         for name, bins in band_bins.items():
             out[name][batch] = np.sqrt(power[:, bins].sum(axis=1))
         level_db = 10 * np.log10(np.maximum(power @ onset_bands, power_floor))  # (batch, bands)
-        rises = np.diff(level_db, axis=0, prepend=previous_db[None, :])
+        # Frame 0 has nothing before it and gets 0: rising from an assumed
+        # silence would make a spike that depends on the recording level.
+        rises = np.diff(level_db, axis=0, prepend=level_db[:1] if previous_db is None else previous_db[None, :])
         out["onset"][batch] = np.maximum(rises, 0.0).mean(axis=1)
         previous_db = level_db[-1]
     return out
@@ -349,9 +356,12 @@ def estimate_bpm(onset: np.ndarray, fps: float, *, lo: float = 60.0, hi: float =
     lines up with itself again after each beat period. Each tempo from `lo`
     to `hi` in steps of :data:`TEMPO_STEP_BPM` is scored by the mean
     correlation at its first :data:`TEMPO_MULTIPLES` whole-beat lags,
-    interpolated between frames. Using several multiples makes the estimate
-    finer than one frame of lag (at 25 fps, 120 BPM is 12.5 frames, and
-    whole-frame lags are 4-8 BPM apart) and lets none of them decide alone.
+    interpolated between frames; several multiples make the estimate finer
+    than one frame of lag and let no single lag decide. Video frame rates
+    are still coarse for this: at 25 fps a beat at 120 BPM is 12.5 frames,
+    so sharp onsets land on alternating frame phases and the envelope only
+    repeats every two beats. :func:`audio_features` therefore measures
+    onsets at :data:`TEMPO_FPS` for the tempo.
 
     Octave ambiguity: a beat that repeats every period also repeats every two
     periods, so half the true tempo always scores about as well as the true
@@ -364,25 +374,28 @@ def estimate_bpm(onset: np.ndarray, fps: float, *, lo: float = 60.0, hi: float =
     give the tempo.
 
     Args:
-        onset: onset strength per frame, shape (n,), e.g. AudioFeatures.onset.
-            A higher frame rate gives a finer estimate; :func:`audio_features`
-            uses :data:`TEMPO_FPS`.
+        onset: onset strength per frame, shape (n,), e.g. the ``onset`` of
+            ``analyse(samples, sample_rate, fps=TEMPO_FPS)``.
         fps: frames per second of `onset`.
         lo, hi: range of tempi to consider, in BPM.
 
     Returns:
         Beats per minute within [lo, hi], or None when the envelope is
-        shorter than TEMPO_MULTIPLES beats at `lo` BPM (4 s at 60 BPM) or
-        flat. Music without a steady beat still gets a number, a poor one.
+        shorter than TEMPO_MULTIPLES beats at `lo` BPM (4 s at 60 BPM), flat,
+        or never repeats. Music without a steady beat may still get a
+        number, a poor one.
 
     Raises:
-        ValueError: onset is not 1-D, or the range is not 0 < lo < hi.
+        ValueError: onset is not 1-D, fps is not positive, or the range is
+            not 0 < lo < hi.
     """
     envelope = np.asarray(onset, dtype=np.float64)
     if envelope.ndim != 1:
         raise ValueError(f"onset must have shape (n,), got {envelope.shape}")
     if not 0 < lo < hi:
         raise ValueError(f"need 0 < lo < hi, got lo={lo}, hi={hi}")
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number, got {fps}")
     n = envelope.size
     if n < TEMPO_MULTIPLES * 60.0 * fps / lo + 2:
         return None
@@ -399,6 +412,8 @@ def estimate_bpm(onset: np.ndarray, fps: float, *, lo: float = 60.0, hi: float =
     beat_lags = 60.0 * fps / tempi  # frames per beat, shape (n_tempi,)
     multiples = np.arange(1, TEMPO_MULTIPLES + 1)
     scores = np.interp(beat_lags[:, None] * multiples, np.arange(n), correlation).mean(axis=1)
+    if scores.max() <= 0:
+        return None
     # The fastest tempo close to the best, then up its own peak.
     i = int(np.flatnonzero(scores >= TEMPO_TIE * scores.max())[-1])
     while i > 0 and scores[i - 1] > scores[i]:

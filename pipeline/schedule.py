@@ -90,7 +90,8 @@ class ScheduleError(ValueError):
     """
 
     def __init__(self, setting: str, problem: str, *, column: int | None = None, frame: int | None = None):
-        where = "".join(f"{label} {value}: " for label, value in (("frame", frame), ("column", column)) if value is not None)
+        where = "".join(f"{label} {value}: " for label, value in (("frame", frame), ("column", column))
+                        if value is not None)
         super().__init__(f"{setting}: {where}{problem}")
         self.setting = setting
         self.problem = problem
@@ -194,6 +195,8 @@ def _require_finite(node: Node, value: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Number:
+    """A literal number, like 1.02."""
+
     value: float
     column: int = field(default=0, compare=False)
 
@@ -214,6 +217,8 @@ class Number:
 
 @dataclass(frozen=True, slots=True)
 class Constant:
+    """A named constant, like pi."""
+
     name: str
     value: float
     column: int = field(default=0, compare=False)
@@ -230,6 +235,8 @@ class Constant:
 
 @dataclass(frozen=True, slots=True)
 class Variable:
+    """A per-frame variable (t, s, b, bass, ...), read from the environment."""
+
     name: str
     column: int = field(default=0, compare=False)
 
@@ -241,7 +248,8 @@ class Variable:
             value = float(env[self.name])
         except KeyError:
             have = ", ".join(sorted(env)) or "none"
-            raise _EvaluationProblem(self, f"no value for '{self.name}' at this frame (values given: {have})") from None
+            problem = f"no value for '{self.name}' at this frame (values given: {have})"
+            raise _EvaluationProblem(self, problem) from None
         if not math.isfinite(value):
             raise _EvaluationProblem(self, f"'{self.name}' is {value}, not a finite number")
         return value
@@ -252,6 +260,8 @@ class Variable:
 
 @dataclass(frozen=True, slots=True)
 class Negate:
+    """A leading minus: -operand."""
+
     operand: Node
     column: int = field(default=0, compare=False)
 
@@ -270,6 +280,8 @@ class Negate:
 
 @dataclass(frozen=True, slots=True)
 class Power:
+    """base**exponent, in floats (math.pow)."""
+
     base: Node
     exponent: Node
 
@@ -298,7 +310,8 @@ class Power:
     def __str__(self) -> str:
         # The base must be an atom ((-2)**2, (2**3)**2); the exponent may be
         # anything a unary allows (2**-1, 2**3**2).
-        return f"{_wrap(self.base, self.base.precedence <= _POWER)}**{_wrap(self.exponent, self.exponent.precedence < _UNARY)}"
+        base = _wrap(self.base, self.base.precedence <= _POWER)
+        return f"{base}**{_wrap(self.exponent, self.exponent.precedence < _UNARY)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +388,8 @@ class Product:
 
 @dataclass(frozen=True, slots=True)
 class Call:
+    """A call of one of FUNCTIONS, like clamp(x, 0, 1)."""
+
     function: str
     args: tuple[Node, ...]
     column: int = field(default=0, compare=False)
@@ -393,7 +408,8 @@ class Call:
         except OverflowError:
             raise _EvaluationProblem(self, f"{self} is too large for a float") from None
         except ValueError:
-            raise _EvaluationProblem(self, f"{self} is undefined: {self.function} needs {function.domain}") from None
+            problem = f"{self} is undefined: {self.function} needs {function.domain}"
+            raise _EvaluationProblem(self, problem) from None
 
     def __str__(self) -> str:
         return f"{self.function}({', '.join(map(str, self.args))})"
@@ -488,9 +504,8 @@ class _Parser:
             kind = "op"
             if not token_text:
                 hint = _CHARACTER_HINTS.get(char)
-                raise ScheduleError(
-                    self.setting, f"unexpected character {char!r}" + (f" ({hint})" if hint else ""), column=column
-                )
+                problem = f"unexpected character {char!r}" + (f" ({hint})" if hint else "")
+                raise ScheduleError(self.setting, problem, column=column)
         self.position = position + len(token_text)
         return _Token(kind, token_text, column)
 
@@ -516,7 +531,8 @@ class _Parser:
     def close(self, opening: _Token, what: str) -> None:
         """Consume the ')' matching `opening`."""
         if not self.at(")"):
-            raise self.error(f"expected {what} to close the '(' at column {opening.column} but found {self.token.describe()}")
+            found = self.token.describe()
+            raise self.error(f"expected {what} to close the '(' at column {opening.column} but found {found}")
         self.advance()
 
     # -- schedule level ------------------------------------------------------
@@ -524,7 +540,8 @@ class _Parser:
     def schedule(self) -> tuple[list[tuple[int, Node]], bool]:
         """Parse the whole text: ([(frame, node), ...], whether it had keyframes)."""
         if self.token.kind == "end":
-            raise self.error("the schedule is empty; give a number like 1.02 or keyframes like 0:(1.02), 120:(1.05)")
+            raise self.error("the schedule is empty; give a number like 1.02 "
+                             "or keyframes like 0:(1.02), 120:(1.05)")
         if not (self.token.kind == "number" and self.peek().text == ":"):
             return [(0, self.whole_expression())], False
         keys = [self.keyframe()]
@@ -539,12 +556,14 @@ class _Parser:
                 raise self.error(f"frame {frame} has two keyframes", frame_token)
             if frame < previous:
                 raise self.error(
-                    f"keyframe {frame} comes after keyframe {previous}; keyframes must be in increasing frame order",
+                    f"keyframe {frame} comes after keyframe {previous}; "
+                    "keyframes must be in increasing frame order",
                     frame_token,
                 )
             keys.append((frame, node))
         if self.token.kind != "end":
-            raise self.error(f"expected ',' before the next keyframe, or the end, but found {self.token.describe()}")
+            found = self.token.describe()
+            raise self.error(f"expected ',' before the next keyframe, or the end, but found {found}")
         return keys, True
 
     def keyframe(self) -> tuple[int, Node]:
@@ -609,7 +628,9 @@ class _Parser:
         # through here, so this is where depth is counted.
         self.depth += 1
         if self.depth > MAX_NESTING:
-            raise self.error(f"nested more than {MAX_NESTING} levels deep (parentheses, signs, powers and calls count)")
+            raise self.error(
+                f"nested more than {MAX_NESTING} levels deep (parentheses, signs, powers and calls count)"
+            )
         if self.at("-"):
             sign = self.advance()
             node: Node = Negate(self.unary(), sign.column)
@@ -763,9 +784,11 @@ class Expression:
         try:
             return self._root.eval(env)
         except _EvaluationProblem as failure:
-            values = ", ".join(f"{name}={env[name]:g}" for name in sorted(_variables_of(failure.node)) if name in env)
+            involved = sorted(_variables_of(failure.node))
+            values = ", ".join(f"{name}={env[name]:g}" for name in involved if name in env)
             problem = failure.problem + (f" (with {values})" if values else "")
-            raise ScheduleError(self.setting, problem, column=failure.node.column or None, frame=frame) from None
+            column = failure.node.column or None  # 0: a node built in code, not parsed
+            raise ScheduleError(self.setting, problem, column=column, frame=frame) from None
 
     def _check_constant_parts(self, node: Node) -> bool:
         """Evaluate each largest variable-free part once; returns whether `node` is one.
@@ -881,7 +904,8 @@ class Schedule:
         if isinstance(text, bool) or not isinstance(text, (str, Real)):
             raise ScheduleError(
                 setting,
-                f'expected a number or a schedule like "0:(1.02), 120:(1.05)", got {type(text).__name__} {text!r:.40}',
+                f'expected a number or a schedule like "0:(1.02), 120:(1.05)", '
+                f"got {type(text).__name__} {text!r:.40}",
             )
         if isinstance(text, str):
             keys, keyframed = _Parser(text, setting, variables).schedule()
@@ -930,7 +954,8 @@ class Schedule:
             m0 = m1 = 0.0  # at the first and last keyframe, where holds begin
             if i > 0:
                 y_before = self._values[i - 1]._evaluate(env, frame)
-                m0 = _pchip_slope(frames[i] - frames[i - 1], width, (y0 - y_before) / (frames[i] - frames[i - 1]), slope)
+                h_before = frames[i] - frames[i - 1]
+                m0 = _pchip_slope(h_before, width, (y0 - y_before) / h_before, slope)
             if i + 2 < len(frames):
                 y_after = self._values[i + 2]._evaluate(env, frame)
                 h_after = frames[i + 2] - frames[i + 1]
@@ -994,7 +1019,9 @@ def frame_env(
         ValueError: the features were analysed at another frame rate.
     """
     if features is not None and not math.isclose(features.fps, fps):
-        raise ValueError(f"audio features were analysed at {features.fps:g} fps but the animation runs at {fps:g} fps")
+        raise ValueError(
+            f"audio features were analysed at {features.fps:g} fps but the animation runs at {fps:g} fps"
+        )
     env = {"t": float(frame), "s": frame / fps}
     if bpm is None and features is not None:
         bpm = features.bpm
@@ -1025,5 +1052,8 @@ def check_inputs(schedules: Iterable[Schedule], *, have_audio: bool, have_bpm: b
             names = ", ".join(f"'{name}'" for name in audio)
             raise ScheduleError(schedule.setting, f"uses {names} but no --audio was given")
         if "b" in schedule.variables and not have_bpm:
-            remedy = "no steady beat was found in the audio, so give --bpm" if have_audio else "give --bpm, or --audio to estimate it"
+            if have_audio:
+                remedy = "no steady beat was found in the audio, so give --bpm"
+            else:
+                remedy = "give --bpm, or --audio to estimate it"
             raise ScheduleError(schedule.setting, f"uses 'b' (beats) but the tempo is unknown: {remedy}")
