@@ -170,9 +170,9 @@ def cmd_zoom(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from dreamreel.pipeline.bench import main as bench_main
+    from dreamreel.pipeline.bench import run_args
 
-    return bench_main(args.bench_args)
+    return run_args(args, args.parser)
 
 
 def cmd_models(args) -> int:
@@ -281,10 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     p.set_defaults(run=cmd_zoom)
 
-    p = sub.add_parser("bench", help="measure speed, pipeline efficiency and memory (see `dreamreel bench --help`)",
-                       add_help=False)
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
-    p.set_defaults(run=cmd_bench, debug=False)
+    from dreamreel.pipeline.bench import add_arguments as add_bench_arguments  # light: no torch import
+
+    p = sub.add_parser("bench", help="measure speed, pipeline efficiency and memory",
+                       description="Benchmark: ms per iteration, GFLOP/s, pipeline efficiency, speed-up, memory.")
+    add_bench_arguments(p)
+    add_common(p)
+    p.set_defaults(run=cmd_bench, parser=p)
 
     p = sub.add_parser("models", help="list the models and whether their weights are here")
     add_common(p)
@@ -340,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"dreamreel: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # disk full, permissions: the message already says what to do
+        if args.debug:
+            raise
+        print(f"dreamreel: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except Exception as exc:  # the last line of defence: one line, exit 1
         if args.debug:
             raise

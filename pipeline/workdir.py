@@ -11,7 +11,9 @@ A job writing ``OUTPUT`` keeps its state in ``OUTPUT.dreamreel/`` beside it:
 Finished frames are the whole state: a video lane or a zoom loop restarts
 from the last frame it wrote (the carried picture is always the 8-bit frame
 that was saved, and each frame's random source depends only on its index),
-so a resumed run produces the same frames as an uninterrupted one.
+so a resumed run produces the same frames as an uninterrupted one. (With
+video ``--batch`` > 1 the batch composition changes float rounding, so a
+resumed run matches only to within the dream's own variation.)
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class JobLocked(ValueError):
     """Another live run owns the work folder."""
 
 
-class DiskError(RuntimeError):
+class DiskError(OSError):
     """Writing to the work folder failed (disk full, permissions)."""
 
 
