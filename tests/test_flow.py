@@ -1,11 +1,11 @@
 """Tests for pipeline/flow.py on generated footage: a textured image panned by whole pixels."""
 
-import cv2
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import textured_frame
 from dreamreel.pipeline.flow import (
     DIS_PRESETS,
     FLOW_METHODS,
@@ -19,21 +19,6 @@ from dreamreel.pipeline.flow import (
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 FLOAT_DTYPES = [torch.float32, torch.float64]
-
-
-def textured_frame(height: int, width: int, seed: int) -> np.ndarray:
-    """Photo-like RGB uint8 texture: smooth blobs from a per-seed palette, grain, sharp blocks."""
-    rng = np.random.default_rng(seed)
-    palette = rng.integers(0, 256, (4, 3)).astype(np.float32)
-    fields = cv2.GaussianBlur(rng.random((height, width, 4), dtype=np.float32), (0, 0), max(height, width) / 20)
-    weights = np.exp(2 * (fields - fields.mean((0, 1))) / fields.std((0, 1)))
-    image = (weights / weights.sum(-1, keepdims=True)) @ palette + rng.normal(0, 12, (height, width, 3))
-    for _ in range(6):
-        y, x = rng.integers(0, height * 5 // 6), rng.integers(0, width * 5 // 6)
-        image[y : y + rng.integers(height // 10, height // 4), x : x + rng.integers(width // 10, width // 4)] = (
-            rng.integers(0, 256, 3)
-        )
-    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def panned_pair(height: int, width: int, shift_xy: tuple[int, int], seed: int = 0):

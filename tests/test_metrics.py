@@ -3,29 +3,14 @@
 import itertools
 import math
 
-import cv2
 import numpy as np
 import pytest
 
+from conftest import textured_frame
 from dreamreel.pipeline.metrics import CoherenceReport, dream_strength, measure, warping_error
 
 HEIGHT, WIDTH, FRAMES = 48, 64, 6
 NOISE_SIGMA = 8.0  # grey levels
-
-
-def textured_frame(height: int, width: int, seed: int) -> np.ndarray:
-    """Photo-like RGB uint8 texture: smooth blobs from a per-seed palette, grain, sharp blocks."""
-    rng = np.random.default_rng(seed)
-    palette = rng.integers(0, 256, (4, 3)).astype(np.float32)
-    fields = cv2.GaussianBlur(rng.random((height, width, 4), dtype=np.float32), (0, 0), max(height, width) / 20)
-    weights = np.exp(2 * (fields - fields.mean((0, 1))) / fields.std((0, 1)))
-    image = (weights / weights.sum(-1, keepdims=True)) @ palette + rng.normal(0, 12, (height, width, 3))
-    for _ in range(6):
-        y, x = rng.integers(0, height * 5 // 6), rng.integers(0, width * 5 // 6)
-        image[y : y + rng.integers(height // 10, height // 4), x : x + rng.integers(width // 10, width // 4)] = (
-            rng.integers(0, 256, 3)
-        )
-    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def panning_clip(frames: int = FRAMES, seed: int = 0):
