@@ -89,6 +89,21 @@ def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, capsys, argv, messag
     assert message in err
 
 
+def test_audio_only_as_video_and_silent_video_as_audio(tmp_path, capsys):
+    from dreamreel.pipeline.ffmpeg import run_ffmpeg
+
+    audio_only = tmp_path / "song.m4a"
+    silent = tmp_path / "silent.mp4"
+    run_ffmpeg(["-f", "lavfi", "-i", "sine=frequency=220:duration=1", str(audio_only)], what="making a test song")
+    run_ffmpeg(["-f", "lavfi", "-i", "testsrc=size=64x48:rate=10:duration=1", "-pix_fmt", "yuv420p", str(silent)],
+               what="making a test clip")
+    assert main(["video", str(audio_only), str(tmp_path / "o.mp4"), "--quiet"]) == 2
+    assert "has no video stream (only audio)" in capsys.readouterr().err
+    assert main(["zoom", str(tmp_path / "z.mp4"), "--audio", str(silent), "--frames", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no audio stream" in err and len(err.splitlines()) == 1
+
+
 def test_argparse_errors_are_one_line_too(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["image"])
