@@ -1,6 +1,9 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
+from conftest import make_tiny_model
 from dreamreel.pipeline import objectives
 from dreamreel.pipeline.models import LOGITS
 from dreamreel.pipeline.objectives import channel, class_logit, layer, parse
@@ -82,3 +85,17 @@ def test_guide_pulls_towards_the_guide_features(tiny_model, textured):
         own = objectives.guide("conv2", tiny_model(x, ["conv2"])["conv2"])
         a = tiny_model(x, ["conv2"])
         assert own(a) >= (a["conv2"] ** 2).sum(1).mean() - 1e-5
+
+
+FUZZ_MODEL = make_tiny_model()
+OBJECTIVE_ALPHABET = st.sampled_from(list("conv123midlowhigh class guide:*+-().0123456789'\"_ eE;[]{}\\\n"))
+
+
+@settings(max_examples=300, deadline=1000)
+@given(st.text(OBJECTIVE_ALPHABET, max_size=80) | st.text(max_size=40))
+def test_any_objective_text_parses_or_raises_a_value_error(text):
+    try:
+        objective = parse(text, FUZZ_MODEL)
+    except (ValueError, TypeError):
+        return
+    assert objective.layers <= {"conv1", "conv2", "conv3", LOGITS}

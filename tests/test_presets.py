@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dreamreel.pipeline import presets
 from dreamreel.pipeline.dream import DreamSettings
@@ -68,3 +70,32 @@ def test_a_preset_cannot_run_code(tmp_path):
 def test_huge_preset_is_refused(tmp_path):
     with pytest.raises(ValueError, match="too large"):
         presets.load_preset(write(tmp_path, "#" * (presets.MAX_PRESET_BYTES + 1)))
+
+
+TOML_VALUES = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=False), st.text(max_size=30), st.booleans())
+SECTION = st.dictionaries(st.sampled_from(["objective", "iterations", "step", "zoom", "angle", "blend", "fps", "crf", "bogus"]),
+                          TOML_VALUES, max_size=4)
+
+
+def toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return repr(float(v)) if isinstance(v, float) else str(v)
+
+
+@settings(max_examples=150, deadline=2000)
+@given(st.dictionaries(st.sampled_from(["dream", "video", "zoom", "encode"]), SECTION, max_size=3) | st.text(max_size=60))
+def test_any_preset_loads_or_raises_a_value_error(content):
+    if isinstance(content, dict):
+        text = "".join(f"[{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in body.items())
+                       for name, body in content.items())
+    else:
+        text = content
+    try:
+        preset = presets.parse_preset(text, name="fuzz", source="fuzz.toml")
+        built = [presets.build(section, preset, {}) for section in preset.sections]
+    except (ValueError, TypeError):
+        return
+    assert len(built) == len(preset.sections) <= len(presets.SECTIONS)
