@@ -13,7 +13,7 @@ the ``video-flow`` preset's look at the given size, octaves and iterations:
    dream → save → encode into an mp4; ``pipeline_efficiency`` is its frame
    rate over the dream-only rate;
 4. **naive reference**: the same algorithm run the way earlier tools run it
-   (fp32, NCHW, batch 1, every stage in turn on one thread, frames
+   (fp32, NCHW, batch norms unfolded, batch 1, every stage in turn on one thread, frames
    round-tripped through JPEG files, the mp4 encoded at the end);
    ``speedup_vs_naive`` is the pipeline's frame rate over its rate;
 5. **stage costs**: each stage alone, per frame, to explain an efficiency
@@ -224,12 +224,11 @@ def ascent_flops(model, images, objective, settings, autocast_dtype) -> int:
 
     h, w = images.shape[-2:]
     amp = torch.autocast(images.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-    memory_format = torch.channels_last if autocast_dtype else torch.contiguous_format
     with FlopCounterMode(display=False) as counter:
         for y0 in range(0, h, settings.tile):
             for x0 in range(0, w, settings.tile):
                 part = images[:, :, y0 : y0 + settings.tile, x0 : x0 + settings.tile].detach()
-                part = part.contiguous(memory_format=memory_format).requires_grad_(True)
+                part = part.contiguous(memory_format=model.input_format).requires_grad_(True)
                 with amp:
                     acts = model(part, objective.layers)
                 objective(acts).sum().backward()
@@ -284,10 +283,11 @@ def naive_video(clip: Path, frames: int, model, settings, video, device, folder:
 
     Same algorithm as :func:`dream_video` (flow-warped residual, consistency
     mask, scene cuts, same steps), run naively: fp32 and NCHW (no autocast, no
-    channels_last), batch 1, and every stage in turn on the calling thread:
-    decode a frame, compute its flow with OpenCV, blend, dream, write the
-    dream as a JPEG and read it back (the carried frame is the one on disk),
-    and encode the JPEG folder to mp4 at the end. ``model`` is already loaded.
+    channels_last), batch norms as layers of their own, batch 1, and every
+    stage in turn on the calling thread: decode a frame, compute its flow
+    with OpenCV, blend, dream, write the dream as a JPEG and read it back (the
+    carried frame is the one on disk), and encode the JPEG folder to mp4 at
+    the end. ``model`` is already loaded.
     """
     import cv2
     import numpy as np
@@ -635,7 +635,7 @@ def _measure(folder: Path, *, model, size, frames, settings, video, device, prec
     # 3. quality: fast settings against fp32 on the first frame (this also
     # builds the fp32 kernels the naive reference uses below)
     log("quality check: fast vs fp32 on the first frame")
-    fp32_model = models.prepare(models.load_model(model), dev, None)
+    fp32_model = models.load_model(model).to(dev)  # as earlier tools: batch norms unfolded
     fp32_objective = parse(settings.objective, fp32_model)
     first = to_tensor(inputs[0], dev)
     fast_out = dreamer(first, generators=[frame_generator(settings.seed, 0)])

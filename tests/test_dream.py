@@ -113,3 +113,15 @@ def test_per_image_generators_make_a_batch_equal_to_each_image_alone(tiny_model,
                     generator=[D.frame_generator(0, 1), D.frame_generator(0, 2)])
     alone = D.dream(tiny_model, other, obj, settings, generator=[D.frame_generator(0, 2)])
     assert (batch[1:] - alone).abs().max() < 1 / 255
+
+
+def test_gaussian_blur_spreads_an_impulse_into_a_normalised_gaussian():
+    x = torch.zeros(1, 1, 21, 21)
+    x[0, 0, 10, 10] = 1.0
+    y = D.gaussian_blur(x, 1.0)[0, 0]
+    assert torch.isclose(y.sum(), torch.tensor(1.0), atol=1e-6)
+    t = torch.arange(-3, 4, dtype=torch.float32)
+    k = torch.exp(-0.5 * t**2)
+    expected = torch.outer(k, k) / k.sum() ** 2
+    assert torch.allclose(y[7:14, 7:14], expected, atol=1e-6)
+    assert torch.allclose(y, y.t())  # separable and symmetric

@@ -142,3 +142,56 @@ def test_device_and_precision_choices():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             models.pick_device("cuda")
+
+
+class ConvBnNet(torch.nn.Module):
+    """conv → batch norm → ReLU twice, with non-trivial running statistics."""
+
+    def __init__(self, bn_first: bool = False):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(3)  # with bn_first, registered after the conv but called before it
+        self.block = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, bias=False), torch.nn.BatchNorm2d(6), torch.nn.ReLU())
+        for bn in (self.bn, self.block[1]):
+            n = bn.num_features
+            bn.running_mean.copy_(torch.randn(n, generator=g))
+            bn.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            bn.weight.data.copy_(torch.randn(n, generator=g))
+            bn.bias.data.copy_(torch.randn(n, generator=g))
+        self.bn_first = bn_first
+        self.head = torch.nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = self.conv(self.bn(x)) if self.bn_first else self.bn(self.conv(x))
+        return self.head(self.block(torch.relu(x)).mean((2, 3)))
+
+
+def conv_bn_model(bn_first: bool = False) -> models.DreamModel:
+    return models.DreamModel(
+        ConvBnNet(bn_first), mean=(0.5,) * 3, std=(0.25,) * 3, layer_names=["block"],
+        aliases={"low": "block", "mid": "block", "high": "block"}, name="convbn",
+    )  # fmt: skip
+
+
+def test_folding_batch_norms_keeps_what_the_network_computes():
+    model = conv_bn_model()
+    folded = models.fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.net.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.net.modules())  # the original is untouched
+    x = torch.rand(2, 3, 20, 20, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a, b = model(x, ["block", LOGITS]), folded(x, ["block", LOGITS])
+    for name in ("block", LOGITS):
+        assert torch.allclose(a[name], b[name], atol=1e-5), name
+
+
+def test_batch_norm_called_before_the_convolution_it_follows_is_left_alone():
+    model = conv_bn_model(bn_first=True)
+    assert models.fold_batchnorm(model) is model
+
+
+def test_prepare_uses_channels_last_on_the_cpu(tiny_model):
+    prepared = models.prepare(tiny_model, torch.device("cpu"))
+    assert prepared.input_format == torch.channels_last
+    assert prepared.net.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)

@@ -300,3 +300,30 @@ def test_killed_and_interrupted_video_resumes_to_the_same_frames(
     for t, (a, b) in enumerate(zip(whole, resumed)):
         np.testing.assert_array_equal(a, b, err_msg=f"frame {t}")
     assert probe_video(out).fps == NTSC
+
+
+@pytest.mark.slow
+def test_long_runs_keep_memory_flat_and_frame_time_steady(tmp_path, make_panning_clip, start_cli):
+    """2000 frames use no more memory than 200, and the last frames come as fast as the first.
+
+    Frames stream and queues are bounded, so neither memory nor the time per
+    frame may grow with the length of the video.
+    """
+    import re
+
+    peaks, gaps = {}, {}
+    for frames in (200, 2000):
+        # A horizontal pan keeps the generated texture 32 px tall (cheap to make).
+        clip = make_panning_clip(tmp_path / f"in{frames}.mp4", frames=frames, size=(32, 32), shift_px=(2, 0), fps=25)
+        proc = start_cli("video", clip, tmp_path / f"out{frames}.mp4", "--quiet", "--octaves", "1",
+                         "--iterations", "1", "--iterations-next", "1")  # fmt: skip
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        peaks[frames] = int(re.search(r"peak rss kB: (\d+)", err)[1])
+        gaps[frames] = [float(g) for g in re.search(r"frame seconds: ([\d. ]+)", err)[1].split()]
+    assert peaks[2000] < 1.1 * peaks[200], peaks
+    assert len(gaps[2000]) == 1999
+    # Medians of the first and last 500 frames of one run: robust to a
+    # passing hiccup of a shared machine, but not to a loop that slows down.
+    first, last = np.median(gaps[2000][:500]), np.median(gaps[2000][-500:])
+    assert last < 1.5 * first, (first, last)
