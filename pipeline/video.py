@@ -220,6 +220,7 @@ def dream_video(
     info = decode.probe_video(input_path)
     out = Path(output)
     output_kind(out)
+    decode.check_output_folder(out.parent)  # before the work folder is made there
     if out.exists() and out.resolve() == input_path.resolve():
         raise ValueError(f"OUTPUT {output} is the input file; choose another name so the input is kept")
     clip = {"start_s": start_s, "end_s": end_s, "max_frames": max_frames, "max_side": max_side}

@@ -187,11 +187,12 @@ def dream_zoom(
     from tqdm import tqdm
 
     from . import audio as audio_mod
-    from .decode import load_image
+    from .decode import check_output_folder, load_image
 
     # 1. check everything before any work
     out = Path(output)
     output_kind(out)
+    check_output_folder(out.parent)  # before the work folder is made there
     if not 1 <= variations <= 16:
         raise ValueError(f"--variations {variations}: expected 1 to 16")
     schedules = zoom.schedules()

@@ -44,11 +44,12 @@ def test_image_of_a_real_photo_keeps_its_size_and_changes_it(tmp_path):
     assert np.abs(dreamed - source).mean() > 3  # visibly dreamed
 
 
-def make_bad_inputs(tmp_path: Path) -> dict[str, Path]:
+def make_bad_inputs(tmp_path: Path) -> None:
     (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "text.mp4").write_text("not a video")
     (tmp_path / "folder").mkdir()
-    return {"empty": tmp_path / "empty.png", "text": tmp_path / "text.mp4", "folder": tmp_path / "folder"}
+    (tmp_path / "hostile.toml").write_text('description = "x"\n[dream]\nobjective = "mid"\ncommand = "rm -rf ~"\n')
 
 
 CASES = [
@@ -71,8 +72,24 @@ CASES = [
     (["zoom", "{tmp}/o.mp4", "--frames", "3", "--seconds", "2"], "not allowed with"),
     (["zoom", "{tmp}/o.mp4", "--preset", "zoom-bass-dream"], "no --audio"),
     (["zoom", "{tmp}/o.xyz"], ".xyz"),
+    (["video", "{tmp}/folder", "{tmp}/o.mp4"], "is a folder"),
+    (["video", "{tmp}/empty.mp4", "{tmp}/o.mp4"], "file is empty"),
+    (["video", "{tmp}/text.mp4", "{tmp}/nofolder/o.mp4"], "text.mp4"),  # the input is checked first
+    (["video", "{tmp}/text.mp4", "{tmp}/o.mp4", "--blend", "2"], "--blend 2"),
+    (["image", "noise", "{tmp}/o.png", "--size", "100000x100000"], "width and height"),
+    (["image", "noise", "{tmp}/o.png", "--max-side", "-5"], "at least 1"),
+    (["image", "noise", "{tmp}/o.png", "--objective", "mid +"], "column"),
+    (["image", "noise", "{tmp}/o.png", "--objective", "__import__('os')"], "column"),
+    (["zoom", "{tmp}/o.mp4", "--init", "{tmp}/missing.png"], "missing.png"),
+    (["zoom", "{tmp}/o.mp4", "--size", "0x0"], "width and height"),
+    (["zoom", "{tmp}/o.mp4", "--angle", "9**9**9"], "angle"),
+    (["zoom", "{tmp}/o.mp4", "--preset", "{tmp}/hostile.toml"], "command"),
+    (["zoom", "{tmp}/o.mp4", "--variations", "0"], "at least 1"),
     (["layers", "vgg17"], "did you mean vgg19 or vgg16"),
+    (["layers", "{tmp}/missing.pt"], "missing.pt"),
     (["presets", "zoom-drfit"], "did you mean 'zoom-drift'"),
+    (["presets", "{tmp}/hostile.toml"], "command"),
+    (["presets", "{tmp}/missing.toml"], "missing.toml"),
 ]
 
 
@@ -126,3 +143,64 @@ def test_layers_lists_names_channels_and_aliases(capsys):
     assert main(["layers", "efficientnet-lite0"]) == 0
     out = capsys.readouterr().out
     assert "blocks.4" in out and "112 channels" in out and "mid" in out
+
+
+# --- whole runs on awkward videos (tiny model) ----------------------------------------
+
+TINY_RUN = ["--octaves", "1", "--iterations", "1", "--iterations-next", "1", "--quiet"]
+
+
+def test_truncated_video_dreams_the_frames_that_decode(tmp_path, make_panning_clip, use_model, capsys):
+    from conftest import make_tiny_model
+
+    from dreamreel.pipeline.decode import probe_video, read_frames
+
+    whole = make_panning_clip(tmp_path / "whole.mp4", frames=40, size=(48, 32))
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    use_model(make_tiny_model())
+    with pytest.warns(UserWarning, match="truncated"):
+        assert main(["video", str(cut), str(tmp_path / "o.mp4"), *TINY_RUN]) == 0
+    frames = list(read_frames(tmp_path / "o.mp4"))
+    assert 0 < len(frames) < 40 and frames[0].shape == (32, 48, 3)  # a valid, playable, shorter file
+    assert probe_video(tmp_path / "o.mp4").fps == probe_video(whole).fps
+
+
+def test_video_with_no_frames_is_refused(tmp_path, capsys):
+    from dreamreel.pipeline.ffmpeg import run_ffmpeg
+
+    empty = tmp_path / "none.mp4"
+    run_ffmpeg(["-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-frames:v", "0", "-pix_fmt", "yuv420p", str(empty)],
+               what="making a clip without frames")  # fmt: skip
+    assert main(["video", str(empty), str(tmp_path / "o.mp4"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "frame" in err and "Traceback" not in err
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_output_equal_to_input_is_refused_and_the_input_kept(tmp_path, make_panning_clip, capsys):
+    clip = make_panning_clip(tmp_path / "clip.mp4", frames=4, size=(32, 32))
+    before = clip.read_bytes()
+    assert main(["video", str(clip), str(clip), "--quiet"]) == 2
+    assert "is the input file" in capsys.readouterr().err
+    assert clip.read_bytes() == before
+    assert main(["image", str(DATA / "chelsea.jpg"), str(DATA / "chelsea.jpg"), "--quiet"]) == 2
+    assert "is the input file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["image", "video", "zoom"])
+def test_unwritable_output_folder_is_one_line(tmp_path, monkeypatch, make_panning_clip, capsys, command):
+    """A folder this user may not write to (simulated: root may write anywhere)."""
+    import os
+
+    clip = make_panning_clip(tmp_path / "clip.mp4", frames=2, size=(32, 32))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != locked and real_access(path, mode, **kw))
+    argv = {"image": ["image", "noise", str(locked / "o.png")], "video": ["video", str(clip), str(locked / "o.mp4")],
+            "zoom": ["zoom", str(locked / "o.mp4"), "--frames", "2"]}[command]  # fmt: skip
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not writable" in err
+    assert list(locked.iterdir()) == []
