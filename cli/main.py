@@ -146,21 +146,43 @@ def cmd_video(args) -> int:
     return EXIT_OK
 
 
+def variations_arg(text: str) -> int | list[str]:
+    """``K`` (seeds) or ``PRESET,PRESET,...`` (looks)."""
+    if text.strip().isdigit():
+        return positive_int(text)
+    names = [name.strip() for name in text.split(",")]
+    if len(names) < 2 or not all(names):
+        raise argparse.ArgumentTypeError(f"expected a count such as 4 or presets such as zoom-drift,zoom-spiral, got {text!r}")
+    return names
+
+
 def cmd_zoom(args) -> int:
-    from dreamreel.pipeline.presets import build
+    from dreamreel.pipeline.presets import build, load_preset
     from dreamreel.pipeline.zoom import dream_zoom
 
-    preset = load_preset_arg(args, "zoom-drift")
-    zoom = build("zoom", preset, {
+    loop_flags = {
         "zoom": args.zoom, "angle": args.angle, "translate_x": args.translate_x, "translate_y": args.translate_y,
         "fps": args.fps, "sharpen": args.sharpen,
-    })
+    }  # fmt: skip
+    if isinstance(args.variations, list):  # one look per preset, every flag applied to each
+        if args.preset:
+            raise ValueError("--preset and --variations PRESET,PRESET both choose the look; give the presets to --variations only")
+        presets = [load_preset(name) for name in args.variations]
+        models = {p.model for p in presets if p.model}
+        if args.model is None and len(models) > 1:
+            raise ValueError(f"--variations: the presets dream with different models ({', '.join(sorted(models))}); pass --model")
+        preset = presets[0]
+        variations = [(dream_settings(args, p), build("zoom", p, loop_flags)) for p in presets]
+    else:
+        preset = load_preset_arg(args, "zoom-drift")
+        variations = args.variations
+    zoom = build("zoom", preset, loop_flags)
     frames = args.frames if args.seconds is None else max(1, round(args.seconds * zoom.fps))
     try:
         result = dream_zoom(
             args.output, dream_settings(args, preset), compute_settings(args, preset), zoom,
             encode_settings(args, preset), frames=frames, size=args.size, init=args.init, audio=args.audio,
-            bpm=args.bpm, variations=args.variations, progress=not args.quiet,
+            bpm=args.bpm, variations=variations, progress=not args.quiet,
         )
     except KeyboardInterrupt:
         resume_hint(args.output)
@@ -275,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--sharpen", type=float, help="unsharp amount after each resampling")
     z.add_argument("--audio", help="music file: drives bass/mid/treble/rms/onset and is muxed into the output")
     z.add_argument("--bpm", type=float, help="tempo for the beat variable b (default: estimated from --audio)")
-    z.add_argument("--variations", type=positive_int, default=1, help="K seeds rendered as one batch, side by side")
+    z.add_argument("--variations", type=variations_arg, default=1,
+                   help="K seeds, or PRESET,PRESET,... looks, rendered side by side as one batch")
     add_encode_options(p)
     add_dream_options(p)
     add_common(p)

@@ -15,7 +15,7 @@ a batch are independent (each has its own score and its own step size).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
 
@@ -209,13 +209,14 @@ def ascent_step(
     settings: DreamSettings,
     generators: list[torch.Generator],
     autocast_dtype: torch.dtype | None,
-    step: float | None = None,
+    step: float | Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One normalised gradient-ascent step (B, 3, H, W) → (B, 3, H, W), and the score (B,).
 
     The gradient is divided by its mean absolute value per image, so ``step``
     is in pixel units whatever the layer's scale (the DeepDream notebook's rule).
-    ``generators`` holds one random source for the whole batch, or one per image.
+    ``generators`` holds one random source for the whole batch, or one per image;
+    ``step`` is one size for the batch or one per image.
     """
     h, w = x.shape[-2:]
     # Random rolls hide the network's stride grid and move tile borders; with
@@ -228,6 +229,8 @@ def ascent_step(
     grad = gaussian_blur(grad, settings.smooth)
     grad = grad / (grad.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-8)
     size = settings.step if step is None else step
+    if isinstance(size, Sequence):
+        size = torch.tensor(size, device=x.device, dtype=grad.dtype).view(-1, 1, 1, 1)
     return (x + size * grad).clamp(0, 1), score
 
 
@@ -240,7 +243,7 @@ def dream(
     autocast_dtype: torch.dtype | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
     iterations: int | None = None,
-    step: float | None = None,
+    step: float | Sequence[float] | None = None,
     on_step: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Dream a batch of pictures.
@@ -255,7 +258,8 @@ def dream(
             image; defaults to one seeded with ``settings.seed`` (CPU
             generators, so results do not depend on the device).
         iterations: overrides ``settings.iterations`` (video frames after the first).
-        step: overrides ``settings.step`` (schedules in zoom animations).
+        step: overrides ``settings.step``, for the batch or per image
+            (schedules and looks in zoom animations).
         on_step: called after every ascent step with the (B,) scores.
 
     Returns:
@@ -327,8 +331,8 @@ class Dreamer:
         self.autocast_dtype = models.pick_precision(compute.precision, self.device)
         model = models.load_model(compute.model, weights=compute.weights, labels=compute.labels)
         self.model = models.prepare(model, self.device)
-        guide_acts = self._guide_activations(compute.guide) if compute.guide else None
-        self.objective = objectives.parse(settings.objective, self.model, guide_acts=guide_acts)
+        self._guide_acts = self._guide_activations(compute.guide) if compute.guide else None
+        self.objective = objectives.parse(settings.objective, self.model, guide_acts=self._guide_acts)
         self.generator = torch.Generator().manual_seed(settings.seed)
 
     def _guide_activations(self, path: str) -> Callable[[str], torch.Tensor]:
@@ -348,26 +352,36 @@ class Dreamer:
 
         return acts
 
+    def parse(self, objective: str) -> Objective:
+        """Another objective expression on this dreamer's model (and guide)."""
+        from . import objectives
+
+        return objectives.parse(objective, self.model, guide_acts=self._guide_acts)
+
     def __call__(
         self,
         images: torch.Tensor,
         *,
         iterations: int | None = None,
-        step: float | None = None,
+        step: float | Sequence[float] | None = None,
         on_step: Callable[[torch.Tensor], None] | None = None,
         generators: list[torch.Generator] | None = None,
+        settings: DreamSettings | None = None,
+        objective: Objective | None = None,
     ) -> torch.Tensor:
         """Dream (B, 3, H, W) pictures in [0, 1] on the dreamer's device.
 
         Without ``generators``, successive calls continue one random stream
         seeded by ``settings.seed``; videos and animations pass one generator
         per image, seeded per frame, so a resumed run repeats the same frames.
+        ``settings`` and ``objective`` replace the dreamer's own for this call
+        (zoom variations of several presets).
         """
         return dream(
             self.model,
             images.to(self.device),
-            self.objective,
-            self.settings,
+            objective or self.objective,
+            settings or self.settings,
             autocast_dtype=self.autocast_dtype,
             generator=generators or self.generator,
             iterations=iterations,

@@ -24,7 +24,7 @@ Grammar (no ``eval``; a hand-written recursive-descent parser)::
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -137,6 +137,23 @@ def guide(name: str, guide_acts: torch.Tensor) -> Objective:
         return (x * best).sum(1).mean(1)
 
     return Objective(score, frozenset([name]), f"guide:{name}")
+
+
+def per_image(objectives: Sequence[Objective]) -> Objective:
+    """Image k of a batch scored by ``objectives[k]``: several looks dreamed as one batch.
+
+    Each image's score reads only its own activations, so the batch is
+    dreamed exactly as if each image were dreamed alone with its objective.
+    """
+    objectives = list(objectives)
+
+    def score(acts: Activations) -> torch.Tensor:
+        if len(next(iter(acts.values()))) != len(objectives):
+            raise ValueError(f"per-image objective of {len(objectives)} images got a batch of {len(next(iter(acts.values())))}")
+        return torch.cat([obj({name: a[k : k + 1] for name, a in acts.items()}) for k, obj in enumerate(objectives)])
+
+    layers = frozenset().union(*(obj.layers for obj in objectives))
+    return Objective(score, layers, " | ".join(obj.name for obj in objectives))
 
 
 # --- parser ----------------------------------------------------------------

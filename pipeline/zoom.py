@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from .sink import FrameSink, StopFlag
 from .workdir import WorkDir
 
 SCHEDULED = ("zoom", "angle", "translate_x", "translate_y", "step", "iterations", "blend")
+MAX_VARIATIONS = 16  # looks side by side in one video
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class ZoomSettings:
         iterations: ascent steps per octave per frame after the first; None
             uses the [dream] iterations.
         blend: share of the fed-back frame in the next start; the rest is the
-            (equally transformed) first frame's input, which anchors the loop.
+            start picture (``--init`` or the noise), which anchors the loop.
             1 = pure feedback.
         sharpen: unsharp-mask amount applied after each resampling (0 = off).
         color_coherence: how strongly Lab statistics are pulled to frame 0, 0..1.
@@ -157,6 +159,48 @@ class ZoomResult:
     resumed_from: int
 
 
+@dataclass(frozen=True)
+class Look:
+    """One variation of a zoom render: its random seed, dream and loop settings."""
+
+    seed: int
+    dream: DreamSettings
+    zoom: ZoomSettings
+
+
+def make_looks(settings: DreamSettings, zoom: ZoomSettings, variations) -> list[Look]:
+    """The looks of a render: ``variations`` K seeds of one look, or one per (dream, zoom) pair.
+
+    Raises:
+        ValueError: no looks, more than 16, or looks of different fps (one video has one rate).
+    """
+    if isinstance(variations, int) and not isinstance(variations, bool):
+        looks = [Look(settings.seed + k, settings, zoom) for k in range(variations)]
+    else:
+        looks = [Look(dream.seed, dream, loop) for dream, loop in variations]
+    if not 1 <= len(looks) <= MAX_VARIATIONS:
+        raise ValueError(f"--variations {len(looks)}: expected 1 to {MAX_VARIATIONS} looks side by side")
+    rates = sorted({look.zoom.fps for look in looks})
+    if len(rates) > 1:
+        raise ValueError(f"--variations: the looks ask for different frame rates ({', '.join(f'{r:g}' for r in rates)} fps); pass --fps")
+    return looks
+
+
+def feed_back(previous: torch.Tensor, anchor: torch.Tensor, reference: torch.Tensor, zoom: ZoomSettings, value: dict) -> torch.Tensor:
+    """The start of the next frame: the last frame moved, blended with the anchor, sharpened, colour-matched.
+
+    Args:
+        previous: (B, 3, H, W) last frames in [0, 1].
+        anchor: (B, 3, H, W) the start pictures (mixed in when ``blend`` < 1).
+        reference: (B, 2, 3) Lab mean and std of frame 0.
+        zoom: the loop settings (sharpen, colour coherence).
+        value: this frame's scheduled values (zoom, angle, translate_x/y, blend).
+    """
+    start = affine_step(previous, zoom=value["zoom"], angle_deg=value["angle"], shift_x=value["translate_x"], shift_y=value["translate_y"])
+    if value["blend"] < 1:
+        start = value["blend"] * start + (1 - value["blend"]) * anchor
+    return match_color(sharpen(start, zoom.sharpen), reference, zoom.color_coherence)
+
 def dream_zoom(
     output: str | Path,
     settings: DreamSettings,
@@ -169,7 +213,7 @@ def dream_zoom(
     init: str | Path | None = None,
     audio: str | Path | None = None,
     bpm: float | None = None,
-    variations: int = 1,
+    variations: int | Sequence[tuple[DreamSettings, ZoomSettings]] = 1,
     progress: bool = True,
 ) -> ZoomResult:
     """Render a feedback animation to ``output`` (video file, .gif or PNG folder).
@@ -180,7 +224,10 @@ def dream_zoom(
         init: start picture (resized to ``size``); None = seeded noise.
         audio: music whose features drive the schedules; muxed into the output.
         bpm: tempo for ``b``; None = estimated from the audio.
-        variations: K seeds (seed, seed+1, ...) rendered as one batch, side by side.
+        variations: K seeds (seed, seed+1, ...) of ``settings`` and ``zoom``,
+            or one (dream, zoom) pair per look (say, from K presets); rendered
+            side by side, and dreamed as one batch wherever the looks share
+            their pyramid and step count.
 
     Resumable like :func:`~dreamreel.pipeline.video.dream_video`.
     """
@@ -188,28 +235,30 @@ def dream_zoom(
 
     from . import audio as audio_mod
     from .decode import check_output_folder, load_image
+    from .objectives import per_image
 
     # 1. check everything before any work
     out = Path(output)
     output_kind(out)
     check_output_folder(out.parent)  # before the work folder is made there
-    if not 1 <= variations <= 16:
-        raise ValueError(f"--variations {variations}: expected 1 to 16")
-    schedules = zoom.schedules()
-    features = audio_mod.audio_features(audio, fps=zoom.fps, bpm=bpm) if audio else None
-    check_inputs(schedules.values(), have_audio=features is not None, have_bpm=bpm is not None or (features is not None and features.bpm is not None))
+    looks = make_looks(settings, zoom, variations)
+    fps_value = looks[0].zoom.fps
+    schedules = [look.zoom.schedules() for look in looks]
+    features = audio_mod.audio_features(audio, fps=fps_value, bpm=bpm) if audio else None
+    have_bpm = bpm is not None or (features is not None and features.bpm is not None)
+    check_inputs([s for each in schedules for s in each.values()], have_audio=features is not None, have_bpm=have_bpm)
     if frames is None:
-        frames = features.n_frames if features is not None else round(5 * zoom.fps)
+        frames = features.n_frames if features is not None else round(5 * fps_value)
     if not 1 <= frames <= 1_000_000:
         raise ValueError(f"--frames {frames}: expected 1 to 1000000")
     width, height = size
     init_rgb = load_image(init) if init else None
 
     # 2. the work folder
-    job = {"kind": "zoom", "dream": asdict(settings), "zoom": asdict(zoom), "model": compute.model,
+    job = {"kind": "zoom", "looks": [asdict(look) for look in looks], "model": compute.model,
            "weights": compute.weights, "guide": compute.guide, "precision": compute.precision, "frames": frames,
            "size": [width, height], "init": str(Path(init).resolve()) if init else None,
-           "audio": str(Path(audio).resolve()) if audio else None, "bpm": bpm, "variations": variations}
+           "audio": str(Path(audio).resolve()) if audio else None, "bpm": bpm}  # fmt: skip
     workdir = WorkDir(out, job)
     resumed = workdir.open()
     done = workdir.done()
@@ -220,20 +269,20 @@ def dream_zoom(
         clear_frames_folder(out)  # the interrupted run's partial copy; re-written from the work folder
     writer = None
     try:
-        fps = Fraction(zoom.fps).limit_denominator(1001)
-        writer = FrameWriter(out, fps=fps, size=(width * variations, height), settings=encode, audio_source=audio)
-        # 3. the model; the start pictures (frame 0's input, or the last frame on disk)
-        dreamer = Dreamer(settings, compute)
-        seeds = [settings.seed + k for k in range(variations)]
+        fps = Fraction(fps_value).limit_denominator(1001)
+        writer = FrameWriter(out, fps=fps, size=(width * len(looks), height), settings=encode, audio_source=audio)
+        # 3. the model and each look's objective; the start pictures (frame 0's
+        # input), and the last frame on disk when resuming
+        dreamer = Dreamer(looks[0].dream, compute)
+        parsed = {look.dream.objective: dreamer.parse(look.dream.objective) for look in looks}
         if init_rgb is not None:
-            base = to_tensor(cv2.resize(init_rgb, (width, height), interpolation=cv2.INTER_AREA))
+            base = to_tensor(cv2.resize(init_rgb, (width, height), interpolation=cv2.INTER_AREA)).expand(len(looks), -1, -1, -1)
         else:
-            base = torch.cat([noise_image(width, height, seed) for seed in seeds])
-        base = base.expand(variations, -1, -1, -1).contiguous()
+            base = torch.cat([noise_image(width, height, look.seed) for look in looks])
         previous = reference = None
         if first > 0:
-            previous = _split(to_tensor(workdir.load_frame(first - 1)), variations)
-            reference = lab_stats(_split(to_tensor(workdir.load_frame(0)), variations))
+            previous = _split(to_tensor(workdir.load_frame(first - 1)), len(looks))
+            reference = lab_stats(_split(to_tensor(workdir.load_frame(0)), len(looks)))
         bar = tqdm(total=frames, initial=len(done), desc="zooming", unit="frame", disable=not progress)
         sink = FrameSink(workdir, frames, writer, on_saved=lambda _: bar.update(1))
         stop = StopFlag()
@@ -242,22 +291,34 @@ def dream_zoom(
             for t in range(first, frames):
                 if stop.requested:
                     break
-                # 4. this frame's settings from the schedules
-                env = frame_env(t, zoom.fps, bpm, features)
-                value = {name: s(t, env) for name, s in schedules.items()}
-                # 5. feed back: transform the last frame (and the anchor), blend, keep colours
+                # 4. this frame's settings, from each look's schedules
+                env = frame_env(t, fps_value, bpm, features)
+                values = [{name: s(t, env) for name, s in each.items()} for each in schedules]
+                # 5. feed back: move each look's last frame, blend, keep its colours
                 if previous is None:
-                    start, n_iter = base, settings.iterations
+                    start = base
+                    steps_per_octave = [look.dream.iterations for look in looks]
                 else:
-                    motion = dict(zoom=value["zoom"], angle_deg=value["angle"], shift_x=value["translate_x"], shift_y=value["translate_y"])
-                    start = affine_step(previous, **motion)
-                    if value["blend"] < 1:
-                        start = value["blend"] * start + (1 - value["blend"]) * base
-                    start = match_color(sharpen(start, zoom.sharpen), reference, zoom.color_coherence)
-                    n_iter = settings.iterations if "iterations" not in value else max(0, round(value["iterations"]))
-                # 6. dream, one random stream per variation and frame
-                generators = [frame_generator(seed, t) for seed in seeds]
-                dreamed = dreamer(start, iterations=n_iter, step=value.get("step"), generators=generators)
+                    start = torch.cat([
+                        feed_back(previous[k : k + 1], base[k : k + 1], reference[k : k + 1], look.zoom, values[k])
+                        for k, look in enumerate(looks)
+                    ])  # fmt: skip
+                    steps_per_octave = [
+                        look.dream.iterations if "iterations" not in value else max(0, round(value["iterations"]))
+                        for look, value in zip(looks, values)
+                    ]  # fmt: skip
+                # 6. dream: one batch per pyramid and step count, one random stream per look and frame
+                dreamed = torch.empty_like(start)
+                for members in _batches(looks, steps_per_octave):
+                    objectives = [parsed[looks[k].dream.objective] for k in members]
+                    dreamed[members] = dreamer(
+                        start[members],
+                        iterations=steps_per_octave[members[0]],
+                        step=[values[k].get("step", looks[k].dream.step) for k in members],
+                        generators=[frame_generator(looks[k].seed, t) for k in members],
+                        settings=looks[members[0]].dream,
+                        objective=objectives[0] if len(set(map(id, objectives))) == 1 else per_image(objectives),
+                    ).to(dreamed.dtype)
                 rgb = to_uint8(dreamed)
                 previous = to_tensor(list(rgb))  # carry the 8-bit frame, exactly as saved
                 if reference is None:
@@ -276,7 +337,16 @@ def dream_zoom(
         workdir.release()
         raise
     workdir.remove()
-    return ZoomResult(out, frames, zoom.fps, time.perf_counter() - start_time, resumed)
+    return ZoomResult(out, frames, fps_value, time.perf_counter() - start_time, resumed)
+
+
+def _batches(looks: list[Look], steps_per_octave: list[int]) -> list[list[int]]:
+    """Indices of the looks that can be dreamed as one batch: same pyramid, same step count."""
+    groups: dict[tuple, list[int]] = {}
+    for k, (look, n) in enumerate(zip(looks, steps_per_octave)):
+        pyramid = replace(look.dream, objective="", step=0.0, seed=0, iterations=0)
+        groups.setdefault((pyramid, n), []).append(k)
+    return list(groups.values())
 
 
 def _split(side_by_side: torch.Tensor, variations: int) -> torch.Tensor:

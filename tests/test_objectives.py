@@ -21,6 +21,20 @@ def test_layer_score_is_mean_square_per_image(tiny_model, textured):
     assert torch.allclose(score, acts["conv2"].pow(2).mean((1, 2, 3)))
 
 
+
+def test_per_image_scores_each_image_with_its_own_objective(tiny_model, textured):
+    x = torch.cat([textured, textured.flip(-1)]).requires_grad_(True)
+    acts = acts_of(tiny_model, x)
+    mixed = objectives.per_image([layer("conv1"), channel("conv3", 2)])
+    assert mixed.layers == {"conv1", "conv3"} and mixed.name == "conv1 | conv3:2"
+    expected = torch.stack([layer("conv1")(acts)[0], channel("conv3", 2)(acts)[1]])
+    assert torch.allclose(mixed(acts), expected)
+    # image 0's score depends on image 0 alone
+    (grad,) = torch.autograd.grad(mixed(acts)[0], x)
+    assert grad[0].abs().sum() > 0 and grad[1].abs().sum() == 0
+    with pytest.raises(ValueError, match="batch of 2"):
+        objectives.per_image([layer("conv1")] * 3)(acts)
+
 def test_arithmetic_builds_readable_names_and_adds_scores(tiny_model, textured):
     acts = acts_of(tiny_model, textured)
     combo = layer("conv1") + 0.5 * channel("conv2", 3) - class_logit(2, "tabby cat")

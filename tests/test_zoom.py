@@ -22,7 +22,8 @@ from dreamreel.pipeline.decode import probe_video, read_frames, save_image
 from dreamreel.pipeline.dream import ComputeSettings, DreamSettings, gaussian_blur, to_tensor
 from dreamreel.pipeline.encode import EncodeSettings
 from dreamreel.pipeline.ffmpeg import run_ffmpeg
-from dreamreel.pipeline.zoom import ZoomSettings, affine_step, dream_zoom, lab_stats, match_color
+from dreamreel.pipeline import dream as dream_module
+from dreamreel.pipeline.zoom import ZoomSettings, affine_step, dream_zoom, lab_stats, make_looks, match_color
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -167,6 +168,45 @@ def test_variations_render_side_by_side_and_differ(tmp_path, tiny_model, use_mod
         left, right = frame[:, :48].astype(int), frame[:, 48:].astype(int)
         assert np.abs(left - right).mean() > 5
 
+
+
+def test_looks_of_different_presets_dream_as_one_batch_like_each_alone(tmp_path, tiny_model, use_model, monkeypatch):
+    use_model(tiny_model)
+    calls = []
+    dream_call = dream_module.Dreamer.__call__
+    monkeypatch.setattr(dream_module.Dreamer, "__call__", lambda self, images, **kw: calls.append(len(images)) or dream_call(self, images, **kw))
+    a = (DreamSettings(objective="low", octaves=1, iterations=2, step=0.05, jitter=4, seed=3), ZoomSettings(zoom=1.03, iterations=1))
+    b = (DreamSettings(objective="high:3", octaves=1, iterations=2, step=0.02, jitter=4, seed=3),
+         ZoomSettings(zoom=0.98, angle=2.0, iterations=1, color_coherence=0.3))  # fmt: skip
+    options = dict(frames=3, size=(40, 32), progress=False)
+    dream_zoom(tmp_path / "both", *a[:1], CPU, a[1], ENCODE, variations=[a, b], **options)
+    assert calls == [2, 2, 2]  # one batch of both looks per frame
+    dream_zoom(tmp_path / "a", a[0], CPU, a[1], ENCODE, **options)
+    dream_zoom(tmp_path / "b", b[0], CPU, b[1], ENCODE, **options)
+    for both, alone_a, alone_b in zip(*(read_png_frames(tmp_path / name) for name in ("both", "a", "b"))):
+        assert both.shape == (32, 80, 3)
+        # batched convolutions round differently from single ones: within a level
+        assert np.abs(both[:, :40].astype(int) - alone_a).mean() < 0.5
+        assert np.abs(both[:, 40:].astype(int) - alone_b).mean() < 0.5
+    assert np.abs(alone_a.astype(int) - alone_b).mean() > 5  # two different looks
+
+
+def test_looks_must_share_one_frame_rate():
+    looks = [(DreamSettings(), ZoomSettings(fps=24.0)), (DreamSettings(), ZoomSettings(fps=30.0))]
+    with pytest.raises(ValueError, match="different frame rates"):
+        make_looks(DreamSettings(), ZoomSettings(), looks)
+    assert [look.seed for look in make_looks(DreamSettings(seed=5), ZoomSettings(), 3)] == [5, 6, 7]
+
+
+def test_cli_variations_of_presets(tmp_path, tiny_model, use_model, capsys):
+    use_model(tiny_model)
+    out = tmp_path / "looks"
+    argv = ["zoom", str(out), "--variations", "zoom-drift,zoom-ambient", "--frames", "2", "--size", "32x32",
+            "--octaves", "1", "--iterations", "1", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    assert read_png_frames(out)[0].shape == (32, 64, 3)
+    assert main([*argv, "--preset", "zoom-spiral"]) == 2
+    assert "--preset and --variations" in capsys.readouterr().err
 
 @pytest.fixture(scope="module")
 def beat_track(tmp_path_factory) -> Path:
