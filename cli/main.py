@@ -142,7 +142,8 @@ def cmd_video(args) -> int:
     except KeyboardInterrupt:
         resume_hint(args.output)
         return EXIT_INTERRUPTED
-    print(f"wrote {result.output}: {result.frames} frames at {result.fps:.3f} fps in {result.seconds:.1f} s")
+    lanes = f", {result.lanes} lanes" if result.lanes > 1 else ""
+    print(f"wrote {result.output}: {result.frames} frames at {result.fps:.3f} fps in {result.seconds:.1f} s{lanes}")
     return EXIT_OK
 
 
@@ -271,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--blend", type=float, help="share of the previous dream carried into the next frame, 0..1")
     v.add_argument("--flow", choices=["dis", "farneback", "none"], help="optical flow method (none = plain blending)")
     v.add_argument("--iterations-next", type=int, help="ascent steps per octave for frames after the first")
-    v.add_argument("--batch", type=positive_int, help="lanes dreamed as one batch (1 = strictly sequential)")
+    v.add_argument("--batch", type=positive_int,
+                   help="lanes dreamed as one batch (1 = strictly sequential; default: 1 on a CPU, what fits on a GPU)")
     v.add_argument("--start", type=float, default=0.0, help="first second to dream")
     v.add_argument("--end", type=float, help="second to stop before")
     v.add_argument("--max-frames", type=positive_int, help="dream at most N frames")

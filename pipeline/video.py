@@ -21,6 +21,7 @@ converge, so use ``--batch 1`` for final renders at high blend.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +38,10 @@ from .sink import FrameSink, StopFlag
 from .workdir import WorkDir
 
 PREFETCH_FRAMES = 4  # decoded + flowed frames waiting per lane
+# --batch auto on CUDA: lanes fill this share of the free GPU memory; the rest
+# is headroom for the allocator's fragmentation and the octaves' other sizes.
+GPU_MEMORY_SHARE = 0.8
+MAX_AUTO_LANES = 16
 
 
 @dataclass(frozen=True)
@@ -49,14 +54,15 @@ class VideoSettings:
         flow: ``dis`` (OpenCV DIS), ``farneback`` or ``none`` (plain blending).
         iterations_next: ascent steps per octave for frames after a lane's
             first (the carried dream needs fewer); None = ``iterations``.
-        batch: lanes dreamed as one batch (1 = strictly sequential).
+        batch: lanes dreamed as one batch (1 = strictly sequential); None =
+            auto: 1 on a CPU, as many as fit in free memory on a CUDA GPU.
         warmup: frames each lane after the first dreams before its first kept frame.
     """
 
     blend: float = 0.6
     flow: str = "dis"
     iterations_next: int | None = None
-    batch: int = 1
+    batch: int | None = None
     warmup: int = 6
 
     def __post_init__(self):
@@ -65,7 +71,7 @@ class VideoSettings:
         if self.flow not in flow.FLOW_METHODS:
             raise ValueError(f"--flow {self.flow!r}: expected one of {', '.join(flow.FLOW_METHODS)}")
         for name, value, lo in (("iterations-next", self.iterations_next, 0), ("batch", self.batch, 1), ("warmup", self.warmup, 0)):
-            if value is None and name == "iterations-next":
+            if value is None and name in ("iterations-next", "batch"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= 10_000:
                 raise ValueError(f"--{name} {value!r}: expected a whole number from {lo} to 10000")
@@ -78,6 +84,38 @@ class VideoResult:
     fps: float
     seconds: float
     resumed_from: int
+    lanes: int
+
+
+def lanes_that_fit(free_bytes: int, lane_bytes: int, total: int, warmup: int) -> int:
+    """Lanes for ``--batch auto`` on a GPU with ``free_bytes`` free and ``lane_bytes`` needed per lane.
+
+    As many as fit in ``GPU_MEMORY_SHARE`` of the free memory, at most
+    ``MAX_AUTO_LANES``, and few enough that the warm-up frames (``warmup``
+    per lane after the first) stay within a quarter of the ``total`` frames.
+    """
+    fit = int(GPU_MEMORY_SHARE * free_bytes) // max(1, lane_bytes)
+    worth_it = 1 + total // (4 * warmup) if warmup else MAX_AUTO_LANES
+    return max(1, min(fit, worth_it, MAX_AUTO_LANES))
+
+
+def auto_lanes(dreamer: Dreamer, height: int, width: int, total: int, warmup: int) -> int:
+    """``--batch auto``: 1 lane off CUDA; on CUDA, what :func:`lanes_that_fit` allows.
+
+    A CPU keeps one lane: torch already spreads one picture over every core,
+    and each extra lane dreams ``warmup`` frames that are thrown away. On CUDA
+    one lane's memory is measured with one ascent step per octave at full size.
+    """
+    if dreamer.device.type != "cuda":
+        return 1
+    device = dreamer.device
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    dreamer(torch.rand(1, 3, height, width), iterations=1)
+    lane_bytes = torch.cuda.max_memory_allocated(device) - before
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    return lanes_that_fit(free_bytes, lane_bytes, total, warmup)
 
 
 def carry_residual(
@@ -236,14 +274,17 @@ def dream_video(
     workdir = WorkDir(out, _job(input_path, settings, compute, video, clip))
     resumed = workdir.open()
     done = workdir.done()
-    lanes = plan_lanes(total, video.batch, video.warmup, done)
     if resumed and output_kind(out) == "frames":
         clear_frames_folder(out)  # the interrupted run's partial copy; re-written from the work folder
     writer = None
     try:
         writer = FrameWriter(out, fps=info.fps, size=(width, height), settings=encode, audio_source=input_path, audio_start_s=start_s)
-        # 3. the model, loaded once; a reader and flow worker per lane
+        # 3. the model, loaded once; the lanes; a reader and flow worker per lane
         dreamer = Dreamer(settings, compute)
+        lane_count = video.batch or auto_lanes(dreamer, height, width, total, video.warmup)
+        if video.batch is None and progress and lane_count > 1:
+            print(f"dreamreel: --batch auto: {lane_count} lanes fit in the free GPU memory", file=sys.stderr)
+        lanes = plan_lanes(total, lane_count, video.warmup, done)
         prefetch = []
         for lane in lanes:
             prefetch.append(_Prefetch(frames(lane.first - lane.resumed), video.flow))
@@ -300,7 +341,7 @@ def dream_video(
         workdir.release()
         raise
     workdir.remove()
-    return VideoResult(out, total, float(info.fps), time.perf_counter() - start_time, resumed)
+    return VideoResult(out, total, float(info.fps), time.perf_counter() - start_time, resumed, len(lanes))
 
 
 def _carry(lane: _Lane, current: np.ndarray, item: dict, blend: float) -> torch.Tensor:

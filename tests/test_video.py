@@ -25,6 +25,7 @@ from dreamreel.pipeline.dream import ComputeSettings, DreamSettings
 from dreamreel.pipeline.encode import EncodeSettings
 from dreamreel.pipeline.ffmpeg import probe, run_ffmpeg
 from dreamreel.pipeline.metrics import measure
+from dreamreel.pipeline import video as video_module
 from dreamreel.pipeline.video import VideoSettings, carry_residual, dream_video, plan_lanes
 from dreamreel.pipeline.workdir import work_folder
 
@@ -138,6 +139,22 @@ def test_lanes_cover_every_frame_once_and_later_lanes_warm_up_first(total, batch
     for lane in lanes:
         assert lane.index == lane.first and not lane.resumed
 
+
+
+@pytest.mark.parametrize(
+    "free_gib, lane_gib, total, warmup, lanes",
+    [(70, 2, 10_000, 6, 16), (70, 8, 10_000, 6, 7), (1, 8, 10_000, 6, 1), (70, 2, 120, 6, 6), (70, 2, 120, 0, 16)],
+)
+def test_auto_batch_fills_free_gpu_memory_while_warm_up_stays_cheap(free_gib, lane_gib, total, warmup, lanes):
+    assert video_module.lanes_that_fit(free_gib * 2**30, lane_gib * 2**30, total, warmup) == lanes
+
+
+def test_auto_batch_is_one_lane_on_the_cpu(tiny_model, use_model):
+    from dreamreel.pipeline.dream import Dreamer
+
+    use_model(tiny_model)
+    dreamer = Dreamer(DreamSettings(), ComputeSettings(device="cpu"))
+    assert video_module.auto_lanes(dreamer, 64, 64, total=1000, warmup=6) == 1
 
 def test_resumed_lanes_skip_finished_frames_without_warming_up_again():
     # Lanes [0, 10), [10, 20), [20, 30): the first finished 4 frames, the second all, the third none.
