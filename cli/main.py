@@ -42,7 +42,7 @@ def size_arg(text: str) -> tuple[int, int]:
 
 # --- shared option groups -------------------------------------------------------
 
-DREAM_FLAGS = ("objective", "octaves", "octave_scale", "iterations", "step", "jitter", "smooth", "tile", "seed")
+DREAM_FLAGS = ("objective", "octaves", "octave_scale", "iterations", "step", "jitter", "smooth", "tile", "tile_batch", "seed")
 
 
 def add_dream_options(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +60,7 @@ def add_dream_options(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--jitter", type=int, help="largest random roll in pixels")
     p.add_argument("--smooth", type=float, help="Gaussian smoothing of the gradient, sigma in pixels (0 = off)")
     p.add_argument("--tile", type=int, help="largest side processed at once, in pixels")
+    p.add_argument("--tile-batch", type=int, help="tiles that go through the network together (more is faster on a GPU)")
     p.add_argument("--max-side", type=positive_int, help="downscale the input so its longest side is at most PX")
     p.add_argument("--seed", type=int, help="random seed (same seed, same output)")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps (default: auto)")

@@ -220,18 +220,15 @@ def ascent_flops(model, images, objective, settings, autocast_dtype) -> int:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .dream import gaussian_blur
+    from .dream import gaussian_blur, tile_batches
 
-    h, w = images.shape[-2:]
     amp = torch.autocast(images.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     with FlopCounterMode(display=False) as counter:
-        for y0 in range(0, h, settings.tile):
-            for x0 in range(0, w, settings.tile):
-                part = images[:, :, y0 : y0 + settings.tile, x0 : x0 + settings.tile].detach()
-                part = part.contiguous(memory_format=model.input_format).requires_grad_(True)
-                with amp:
-                    acts = model(part, objective.layers)
-                objective(acts).sum().backward()
+        for part, _ in tile_batches(images.detach(), settings.tile, settings.tile_batch):
+            part = part.contiguous(memory_format=model.input_format).requires_grad_(True)
+            with amp:
+                acts = model(part, objective.layers)
+            objective(acts).sum().backward()
         gaussian_blur(images, settings.smooth)
     return counter.get_total_flops()
 
@@ -752,6 +749,7 @@ def _measure(folder: Path, *, model, size, frames, settings, video, device, prec
             "jitter": settings.jitter,
             "smooth": settings.smooth,
             "tile": settings.tile,
+            "tile_batch": settings.tile_batch,
             "blend": video.blend,
             "flow": video.flow,
             "batch": video.batch,

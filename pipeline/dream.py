@@ -15,7 +15,7 @@ a batch are independent (each has its own score and its own step size).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
 
@@ -44,6 +44,8 @@ class DreamSettings:
         jitter: largest random roll in pixels before each step.
         smooth: sigma in pixels of a Gaussian blur of the gradient; 0 is off.
         tile: largest side in pixels processed at once; larger pictures are tiled.
+        tile_batch: tiles of one picture that go through the network together:
+            1 keeps memory bounded by one tile; more fills a GPU on large sizes.
         seed: seeds the jitter and tile offsets (and noise inputs).
     """
 
@@ -58,6 +60,7 @@ class DreamSettings:
     # 512 px tiles dream a frame in 3.4 s fp32 / 2.9 s bf16 at 1.1-1.2 GB
     # peak; one 1280 px tile takes 4.2 s / 2.7 s at 1.4-1.9 GB.
     tile: int = 512
+    tile_batch: int = 1
     seed: int = 0
 
     def __post_init__(self):
@@ -74,6 +77,7 @@ def check_settings(s: DreamSettings) -> None:
         "jitter": (s.jitter, 0, 1024),
         "smooth": (s.smooth, 0.0, 20.0),
         "tile": (s.tile, 64, 8192),
+        "tile_batch": (s.tile_batch, 1, 256),
         "seed": (s.seed, 0, 2**63 - 1),
     }
     for name, (value, lo, hi) in rules.items():
@@ -154,6 +158,27 @@ def octave_sizes(height: int, width: int, octaves: int, scale: float) -> list[tu
 # --- gradient ascent -----------------------------------------------------------
 
 
+def tile_batches(x: torch.Tensor, tile: int, tile_batch: int) -> Iterator[tuple[torch.Tensor, list[tuple[int, int]]]]:
+    """Cut (B, C, H, W) pictures into tiles of at most ``tile`` px and stack equal ones.
+
+    Tiles of one shape (all inner tiles; the last row and column are smaller)
+    are stacked along the batch, ``tile_batch`` tiles at a time, tile-major:
+    rows ``k*B .. (k+1)*B - 1`` of a stack are tile ``k`` of every picture.
+
+    Yields:
+        (stack (G*B, C, th, tw), the G tiles' top-left corners (y0, x0)).
+    """
+    h, w = x.shape[-2:]
+    by_shape: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for y0 in range(0, h, tile):
+        for x0 in range(0, w, tile):
+            by_shape.setdefault((min(tile, h - y0), min(tile, w - x0)), []).append((y0, x0))
+    for (th, tw), corners in by_shape.items():
+        for i in range(0, len(corners), tile_batch):
+            group = corners[i : i + tile_batch]
+            yield torch.cat([x[:, :, y0 : y0 + th, x0 : x0 + tw] for y0, x0 in group]), group
+
+
 def objective_gradient(
     model: DreamModel,
     x: torch.Tensor,
@@ -161,36 +186,40 @@ def objective_gradient(
     *,
     tile: int,
     autocast_dtype: torch.dtype | None,
+    tile_batch: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient of the objective with respect to the picture, tile by tile.
 
     A tile's score is weighted by its share of the picture's area, so a tiled
     gradient matches the untiled one away from tile borders; the caller rolls
-    the picture before each call so those borders move every step.
+    the picture before each call so those borders move every step. Up to
+    ``tile_batch`` tiles of one shape go through the network together (faster
+    on a GPU; memory grows with it).
 
     Args:
         x: (B, 3, H, W) pictures in [0, 1].
         tile: largest tile side in pixels.
         autocast_dtype: bf16/fp16 autocast, or None for fp32.
+        tile_batch: tiles per forward pass.
 
     Returns:
         (gradient (B, 3, H, W) float32, score (B,) float32 detached).
     """
     h, w = x.shape[-2:]
+    b = x.shape[0]
     grad = torch.zeros_like(x)
-    score = torch.zeros(x.shape[0], device=x.device)
+    score = torch.zeros(b, device=x.device)
     amp = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-    for y0 in range(0, h, tile):
-        for x0 in range(0, w, tile):
-            part = x[:, :, y0 : y0 + tile, x0 : x0 + tile].detach()
-            part = part.contiguous(memory_format=model.input_format).requires_grad_(True)
-            weight = part.shape[-2] * part.shape[-1] / (h * w)
-            with amp:
-                acts = model(part, objective.layers)
-            s = objective(acts) * weight
-            (g,) = torch.autograd.grad(s.sum(), part)
-            grad[:, :, y0 : y0 + tile, x0 : x0 + tile] = g.float()
-            score += s.detach().float()
+    for part, corners in tile_batches(x.detach(), tile, tile_batch):
+        th, tw = part.shape[-2:]
+        part = part.contiguous(memory_format=model.input_format).requires_grad_(True)
+        with amp:
+            acts = model(part, objective.layers)
+        s = objective(acts) * (th * tw / (h * w))
+        (g,) = torch.autograd.grad(s.sum(), part)
+        for k, (y0, x0) in enumerate(corners):
+            grad[:, :, y0 : y0 + th, x0 : x0 + tw] = g[k * b : (k + 1) * b].float()
+        score += s.detach().float().view(len(corners), b).sum(0)
     return grad, score
 
 
@@ -224,7 +253,9 @@ def ascent_step(
     limit = settings.jitter + (settings.tile if max(h, w) > settings.tile else 0)
     shifts = [tuple(torch.randint(-limit, limit + 1, (2,), generator=g).tolist()) if limit else (0, 0) for g in generators]
     rolled = _roll(x, shifts)
-    grad, score = objective_gradient(model, rolled, objective, tile=settings.tile, autocast_dtype=autocast_dtype)
+    grad, score = objective_gradient(
+        model, rolled, objective, tile=settings.tile, autocast_dtype=autocast_dtype, tile_batch=settings.tile_batch
+    )
     grad = _roll(grad, shifts, sign=-1)
     grad = gaussian_blur(grad, settings.smooth)
     grad = grad / (grad.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-8)

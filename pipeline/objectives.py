@@ -143,14 +143,19 @@ def per_image(objectives: Sequence[Objective]) -> Objective:
     """Image k of a batch scored by ``objectives[k]``: several looks dreamed as one batch.
 
     Each image's score reads only its own activations, so the batch is
-    dreamed exactly as if each image were dreamed alone with its objective.
+    dreamed exactly as if each image were dreamed alone with its objective. A
+    batch of several tiles of each image (tile-major, as ``dream.tile_batches``
+    stacks them) scores row i with ``objectives[i % K]``.
     """
     objectives = list(objectives)
 
     def score(acts: Activations) -> torch.Tensor:
-        if len(next(iter(acts.values()))) != len(objectives):
-            raise ValueError(f"per-image objective of {len(objectives)} images got a batch of {len(next(iter(acts.values())))}")
-        return torch.cat([obj({name: a[k : k + 1] for name, a in acts.items()}) for k, obj in enumerate(objectives)])
+        rows = len(next(iter(acts.values())))
+        if rows % len(objectives):
+            raise ValueError(f"per-image objective of {len(objectives)} images got a batch of {rows}")
+        return torch.cat([
+            objectives[i % len(objectives)]({name: a[i : i + 1] for name, a in acts.items()}) for i in range(rows)
+        ])  # fmt: skip
 
     layers = frozenset().union(*(obj.layers for obj in objectives))
     return Objective(score, layers, " | ".join(obj.name for obj in objectives))

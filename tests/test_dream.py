@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from dreamreel.pipeline import dream as D
+from dreamreel.pipeline import objectives
 from dreamreel.pipeline.dream import DreamSettings
 from dreamreel.pipeline.objectives import parse
 
@@ -125,3 +126,26 @@ def test_gaussian_blur_spreads_an_impulse_into_a_normalised_gaussian():
     expected = torch.outer(k, k) / k.sum() ** 2
     assert torch.allclose(y[7:14, 7:14], expected, atol=1e-6)
     assert torch.allclose(y, y.t())  # separable and symmetric
+
+
+def test_batched_tiles_give_the_same_gradient_as_one_tile_at_a_time(tiny_model):
+    x = torch.rand(2, 3, 150, 130, generator=torch.Generator().manual_seed(0))  # tiles 64, 64, 22 by 64, 64, 2
+    looks = objectives.per_image([parse("conv1", tiny_model), parse("conv3:2", tiny_model)])
+    for obj in (parse("conv2", tiny_model), looks):
+        one, s_one = D.objective_gradient(tiny_model, x, obj, tile=64, autocast_dtype=None)
+        for tile_batch in (2, 4, 9):
+            many, s_many = D.objective_gradient(tiny_model, x, obj, tile=64, autocast_dtype=None, tile_batch=tile_batch)
+            assert torch.allclose(one, many, atol=1e-6) and torch.allclose(s_one, s_many, atol=1e-6)
+
+
+def test_tile_batches_cover_every_pixel_once():
+    x = torch.arange(2 * 1 * 150 * 130, dtype=torch.float32).view(2, 1, 150, 130)
+    covered = torch.zeros_like(x)
+    stacks = list(D.tile_batches(x, 64, 4))
+    assert max(len(corners) for _, corners in stacks) == 4
+    for stack, corners in stacks:
+        th, tw = stack.shape[-2:]
+        for k, (y0, x0) in enumerate(corners):
+            assert torch.equal(stack[2 * k : 2 * k + 2], x[:, :, y0 : y0 + th, x0 : x0 + tw])
+            covered[:, :, y0 : y0 + th, x0 : x0 + tw] += 1
+    assert torch.all(covered == 1)
