@@ -13,8 +13,8 @@ the ``video-flow`` preset's look at the given size, octaves and iterations:
    dream → save → encode into an mp4; ``pipeline_efficiency`` is its frame
    rate over the dream-only rate;
 4. **naive reference**: the same algorithm run the way earlier tools run it
-   (fp32, NCHW, batch norms unfolded, batch 1, every stage in turn on one thread, frames
-   round-tripped through JPEG files, the mp4 encoded at the end);
+   (fp32, NCHW, batch norms unfolded, batch 1, every stage in turn on one
+   thread, frames round-tripped through JPEG files, the mp4 encoded at the end);
    ``speedup_vs_naive`` is the pipeline's frame rate over its rate;
 5. **stage costs**: each stage alone, per frame, to explain an efficiency
    below 1 (on a small CPU the stages share the cores with the model);

@@ -549,23 +549,25 @@ def fold_batchnorm(model: DreamModel) -> DreamModel:
     """
     if isinstance(model.net, torch.jit.ScriptModule):
         return model
-    folded = copy.deepcopy(model)
-    pairs = 0
-    for parent in list(folded.net.modules()):
+    pairs = []  # (parent module name, conv attribute, batch-norm attribute)
+    for parent_name, parent in model.net.named_modules():
         children = list(parent.named_children())
-        for (_, conv), (bn_name, bn) in zip(children, children[1:]):
-            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.running_var is not None):
-                continue
-            scale = (bn.weight if bn.affine else 1) / torch.sqrt(bn.running_var + bn.eps)
-            shift = bn.bias if bn.affine else 0
-            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-            conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1), requires_grad=False)
-            conv.bias = nn.Parameter((bias - bn.running_mean) * scale + shift, requires_grad=False)
-            after = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
-            setattr(parent, bn_name, nn.Sequential(*after) if after else nn.Identity())
-            pairs += 1
-    if pairs == 0:
+        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.running_var is not None:
+                pairs.append((parent_name, conv_name, bn_name))
+    if not pairs:
         return model
+    folded = copy.deepcopy(model)
+    for parent_name, conv_name, bn_name in pairs:
+        parent = folded.net.get_submodule(parent_name)
+        conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+        scale = (bn.weight if bn.affine else 1) / torch.sqrt(bn.running_var + bn.eps)
+        shift = bn.bias if bn.affine else 0
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1), requires_grad=False)
+        conv.bias = nn.Parameter((bias - bn.running_mean) * scale + shift, requires_grad=False)
+        after = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+        setattr(parent, bn_name, nn.Sequential(*after) if after else nn.Identity())
     folded._modules_by_name = dict(folded.net.named_modules())
     probe = torch.rand(1, 3, FOLD_CHECK_SIDE, FOLD_CHECK_SIDE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
