@@ -114,6 +114,13 @@ class FrameSink:
         self.check()
         self.writer.close()
 
+    def end(self, *, stopped: bool) -> None:
+        """:meth:`finish` the output; after a Ctrl-C (``stopped``), :meth:`abort` and raise KeyboardInterrupt."""
+        if stopped:
+            self.abort()
+            raise KeyboardInterrupt
+        self.finish()
+
     def abort(self) -> None:
         """Stop after saving what is queued; the output is not written."""
         if self._saver.is_alive():

@@ -329,12 +329,8 @@ def dream_video(
                         sink.put(lane.index, rgb)
                     lane.index += 1
                 active = [k for k in active if lanes[k].index < lanes[k].stop]
-        if stop.requested:
-            sink.abort()
-            bar.close()
-            raise KeyboardInterrupt
-        sink.finish()
         bar.close()
+        sink.end(stopped=stop.requested)
     except BaseException:
         if writer is not None:
             writer.abort()

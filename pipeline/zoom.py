@@ -325,12 +325,8 @@ def dream_zoom(
                     reference = lab_stats(previous)
                 # 7. save and encode (side by side)
                 sink.put(t, np.concatenate(list(rgb), axis=1))
-        if stop.requested:
-            sink.abort()
-            bar.close()
-            raise KeyboardInterrupt
-        sink.finish()
         bar.close()
+        sink.end(stopped=stop.requested)
     except BaseException:
         if writer is not None:
             writer.abort()
