@@ -168,7 +168,9 @@ class Look:
     zoom: ZoomSettings
 
 
-def make_looks(settings: DreamSettings, zoom: ZoomSettings, variations) -> list[Look]:
+def make_looks(
+    settings: DreamSettings, zoom: ZoomSettings, variations: int | Sequence[tuple[DreamSettings, ZoomSettings]]
+) -> list[Look]:
     """The looks of a render: ``variations`` K seeds of one look, or one per (dream, zoom) pair.
 
     Raises:
