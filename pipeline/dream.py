@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,14 @@ from .objectives import Objective
 # Octaves stop before the picture gets smaller than this: below ~32 px the
 # low layers of ImageNet networks see only a few positions.
 MIN_OCTAVE_SIDE = 32
+# Tile side of ``tile = None`` on a CPU. Measured on the development CPU at
+# 1280x720 (3 octaves x 5 steps): 512 px tiles dream a frame in 3.4 s fp32 /
+# 2.9 s bf16 at 1.1-1.2 GB peak; one 1280 px tile takes 4.2 s / 2.7 s at
+# 1.4-1.9 GB.
+CPU_TILE = 512
+# Share of the free GPU memory an automatic tile may fill; the rest is for
+# the other octaves' captured graphs and the allocator's fragmentation.
+GPU_TILE_MEMORY_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,10 @@ class DreamSettings:
             applied to the gradient normalised to mean |g| = 1.
         jitter: largest random roll in pixels before each step.
         smooth: sigma in pixels of a Gaussian blur of the gradient; 0 is off.
-        tile: largest side in pixels processed at once; larger pictures are tiled.
+        tile: largest side in pixels processed at once; larger pictures are
+            tiled. None = auto: ``CPU_TILE`` on a CPU; on a GPU the largest
+            side whose ascent step fits in half the free memory (a whole
+            1080p frame on a current GPU).
         tile_batch: tiles of one picture that go through the network together:
             1 keeps memory bounded by one tile; more fills a GPU on large sizes.
         seed: seeds the jitter and tile offsets (and noise inputs).
@@ -56,10 +67,7 @@ class DreamSettings:
     step: float = 0.01
     jitter: int = 32
     smooth: float = 0.5
-    # 512: measured on the development CPU at 1280x720 (3 octaves x 5 steps),
-    # 512 px tiles dream a frame in 3.4 s fp32 / 2.9 s bf16 at 1.1-1.2 GB
-    # peak; one 1280 px tile takes 4.2 s / 2.7 s at 1.4-1.9 GB.
-    tile: int = 512
+    tile: int | None = None
     tile_batch: int = 1
     seed: int = 0
 
@@ -80,6 +88,8 @@ def check_settings(s: DreamSettings) -> None:
         "tile_batch": (s.tile_batch, 1, 256),
         "seed": (s.seed, 0, 2**63 - 1),
     }
+    if s.tile is None:
+        del rules["tile"]
     for name, (value, lo, hi) in rules.items():
         flag = "--" + name.replace("_", "-")
         expected = int if isinstance(lo, int) and isinstance(hi, int) else (int, float)
@@ -157,6 +167,14 @@ def octave_sizes(height: int, width: int, octaves: int, scale: float) -> list[tu
 
 # --- gradient ascent -----------------------------------------------------------
 
+# fp16 gradients of a mean over a large layer (1/N per element, N ~ 1e6 at
+# 720p) fall below fp16's smallest normal number; the score is scaled by this
+# before the backward pass and the gradient divided by it after.
+FP16_LOSS_SCALE = 2.0**12
+# Eager runs of an ascent step before its CUDA graph is captured: the first
+# run allocates and picks kernels, the second reuses them as the graph will.
+GRAPH_WARMUP_RUNS = 2
+
 
 def tile_batches(x: torch.Tensor, tile: int, tile_batch: int) -> Iterator[tuple[torch.Tensor, list[tuple[int, int]]]]:
     """Cut (B, C, H, W) pictures into tiles of at most ``tile`` px and stack equal ones.
@@ -187,6 +205,7 @@ def objective_gradient(
     tile: int,
     autocast_dtype: torch.dtype | None,
     tile_batch: int = 1,
+    autocast_cache: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient of the objective with respect to the picture, tile by tile.
 
@@ -194,13 +213,16 @@ def objective_gradient(
     gradient matches the untiled one away from tile borders; the caller rolls
     the picture before each call so those borders move every step. Up to
     ``tile_batch`` tiles of one shape go through the network together (faster
-    on a GPU; memory grows with it).
+    on a GPU; memory grows with it). In fp16 the backward pass runs on the
+    unweighted score times ``FP16_LOSS_SCALE`` so small gradients do not
+    underflow; the weight and scale are applied to the fp32 result.
 
     Args:
         x: (B, 3, H, W) pictures in [0, 1].
         tile: largest tile side in pixels.
         autocast_dtype: bf16/fp16 autocast, or None for fp32.
         tile_batch: tiles per forward pass.
+        autocast_cache: autocast's weight-cast cache; CUDA graph capture needs it off.
 
     Returns:
         (gradient (B, 3, H, W) float32, score (B,) float32 detached).
@@ -209,26 +231,113 @@ def objective_gradient(
     b = x.shape[0]
     grad = torch.zeros_like(x)
     score = torch.zeros(b, device=x.device)
-    amp = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    amp = torch.autocast(x.device.type, dtype=autocast_dtype, cache_enabled=autocast_cache) if autocast_dtype else nullcontext()
+    loss_scale = FP16_LOSS_SCALE if autocast_dtype == torch.float16 else 1.0
     for part, corners in tile_batches(x.detach(), tile, tile_batch):
         th, tw = part.shape[-2:]
+        area = th * tw / (h * w)
         part = part.contiguous(memory_format=model.input_format).requires_grad_(True)
         with amp:
             acts = model(part, objective.layers)
-        s = objective(acts) * (th * tw / (h * w))
-        (g,) = torch.autograd.grad(s.sum(), part)
+        s = objective(acts).float()
+        (g,) = torch.autograd.grad(s.sum() * loss_scale, part)
         for k, (y0, x0) in enumerate(corners):
-            grad[:, :, y0 : y0 + th, x0 : x0 + tw] = g[k * b : (k + 1) * b].float()
-        score += s.detach().float().view(len(corners), b).sum(0)
+            grad[:, :, y0 : y0 + th, x0 : x0 + tw] = g[k * b : (k + 1) * b].float() * (area / loss_scale)
+        score += s.detach().view(len(corners), b).sum(0) * area
     return grad, score
 
 
-def _roll(x: torch.Tensor, shifts: list[tuple[int, int]], sign: int = 1) -> torch.Tensor:
-    """Roll each image of (B, C, H, W) by its own (dy, dx), or all by one shift."""
-    if len(shifts) == 1:
-        dy, dx = shifts[0]
-        return torch.roll(x, shifts=(sign * dy, sign * dx), dims=(2, 3))
-    return torch.stack([torch.roll(img, shifts=(sign * dy, sign * dx), dims=(1, 2)) for img, (dy, dx) in zip(x, shifts)])
+def roll(x: torch.Tensor, shifts: torch.Tensor, sign: int = 1) -> torch.Tensor:
+    """Roll each image of (B, C, H, W) by its own (dy, dx), wrapping around.
+
+    Written as two index gathers so the shifts are a tensor on ``x``'s device:
+    a captured CUDA graph replays with new shifts copied into it.
+
+    Args:
+        x: (B, C, H, W).
+        shifts: (B, 2) or (1, 2) integer (dy, dx) in pixels, on ``x``'s device.
+        sign: -1 undoes the roll.
+
+    Returns:
+        (B, C, H, W), like ``torch.roll`` per image.
+    """
+    b, c, h, w = x.shape
+    shifts = (sign * shifts).expand(b, 2)
+    rows = (torch.arange(h, device=x.device) - shifts[:, :1]) % h
+    cols = (torch.arange(w, device=x.device) - shifts[:, 1:]) % w
+    x = x.gather(2, rows[:, None, :, None].expand(b, c, h, w))
+    return x.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+
+
+def jitter_shifts(generators: list[torch.Generator], steps: int, limit: int) -> torch.Tensor:
+    """Random rolls for ``steps`` ascent steps: (steps, G, 2) int64 on the CPU, in [-limit, limit].
+
+    Drawn step by step, generator by generator, from CPU generators, so a
+    picture gets the same rolls on every device and whether or not it shares
+    a batch (one generator per image).
+    """
+    if limit == 0:
+        return torch.zeros(steps, len(generators), 2, dtype=torch.int64)
+    return torch.stack([
+        torch.stack([torch.randint(-limit, limit + 1, (2,), generator=g) for g in generators]) for _ in range(steps)
+    ])  # fmt: skip
+
+
+def temporal_pull(x: torch.Tensor, anchor: torch.Tensor, weight: torch.Tensor, strength: float | torch.Tensor) -> torch.Tensor:
+    """A proximal step towards ``anchor``: ``x - strength * weight * (x - anchor)``.
+
+    The temporal term of video dreaming (Ruder et al. 2016): the picture is
+    pulled towards the previous output warped onto this frame, where the
+    consistency mask ``weight`` says that frame can be trusted.
+
+    Args:
+        x, anchor: (B, 3, H, W).
+        weight: (B, 1, H, W) in [0, 1].
+        strength: 0 (off) to 1 (snap to the anchor) per step.
+    """
+    return x - strength * weight * (x - anchor)
+
+
+def ascent_update(
+    model: DreamModel,
+    x: torch.Tensor,
+    objective: Objective,
+    shifts: torch.Tensor,
+    step: float | torch.Tensor,
+    settings: DreamSettings,
+    autocast_dtype: torch.dtype | None,
+    anchor: tuple[torch.Tensor, torch.Tensor, float | torch.Tensor] | None = None,
+    autocast_cache: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One normalised gradient-ascent step (B, 3, H, W) → (B, 3, H, W), and the score (B,).
+
+    The gradient of the rolled picture is rolled back, smoothed and divided
+    by its mean absolute value per image, so ``step`` is in pixel units
+    whatever the layer's scale (the DeepDream notebook's rule). Every
+    operation stays on the device with no host sync, so the whole step can be
+    captured as one CUDA graph.
+
+    Args:
+        shifts: (B, 2) or (1, 2) int64 rolls on ``x``'s device.
+        step: one size, or (B, 1, 1, 1) sizes on ``x``'s device.
+        anchor: (anchor picture (B, 3, H, W), weight (B, 1, H, W), strength)
+            for :func:`temporal_pull`, or None.
+    """
+    grad, score = objective_gradient(
+        model, roll(x, shifts), objective, tile=settings.tile, autocast_dtype=autocast_dtype,
+        tile_batch=settings.tile_batch, autocast_cache=autocast_cache,
+    )  # fmt: skip
+    grad = gaussian_blur(roll(grad, shifts, sign=-1), settings.smooth)
+    grad = grad / (grad.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-8)
+    x = x + step * grad
+    if anchor is not None:
+        x = temporal_pull(x, *anchor)
+    return x.clamp(0, 1), score
+
+
+def jitter_limit(settings: DreamSettings, height: int, width: int) -> int:
+    """Largest roll in pixels: the jitter, plus a tile when tiled so tile borders move every step."""
+    return settings.jitter + (settings.tile if max(height, width) > settings.tile else 0)
 
 
 def ascent_step(
@@ -240,29 +349,96 @@ def ascent_step(
     autocast_dtype: torch.dtype | None,
     step: float | Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One normalised gradient-ascent step (B, 3, H, W) → (B, 3, H, W), and the score (B,).
+    """One step of :func:`ascent_update` with rolls drawn from ``generators`` (one, or one per image)."""
+    shifts = jitter_shifts(generators, 1, jitter_limit(settings, *x.shape[-2:]))[0].to(x.device)
+    return ascent_update(model, x, objective, shifts, _step_sizes(settings, step, x), settings, autocast_dtype)
 
-    The gradient is divided by its mean absolute value per image, so ``step``
-    is in pixel units whatever the layer's scale (the DeepDream notebook's rule).
-    ``generators`` holds one random source for the whole batch, or one per image;
-    ``step`` is one size for the batch or one per image.
-    """
-    h, w = x.shape[-2:]
-    # Random rolls hide the network's stride grid and move tile borders; with
-    # one generator per image each image is dreamed exactly as it would be alone.
-    limit = settings.jitter + (settings.tile if max(h, w) > settings.tile else 0)
-    shifts = [tuple(torch.randint(-limit, limit + 1, (2,), generator=g).tolist()) if limit else (0, 0) for g in generators]
-    rolled = _roll(x, shifts)
-    grad, score = objective_gradient(
-        model, rolled, objective, tile=settings.tile, autocast_dtype=autocast_dtype, tile_batch=settings.tile_batch
-    )
-    grad = _roll(grad, shifts, sign=-1)
-    grad = gaussian_blur(grad, settings.smooth)
-    grad = grad / (grad.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-8)
+
+def _step_sizes(settings: DreamSettings, step: float | Sequence[float] | None, x: torch.Tensor) -> float | torch.Tensor:
     size = settings.step if step is None else step
     if isinstance(size, Sequence):
-        size = torch.tensor(size, device=x.device, dtype=grad.dtype).view(-1, 1, 1, 1)
-    return (x + size * grad).clamp(0, 1), score
+        return torch.tensor(size, device=x.device, dtype=torch.float32).view(-1, 1, 1, 1)
+    return size
+
+
+class CapturedStep:
+    """One ascent step at a fixed shape, captured as a CUDA graph and replayed.
+
+    A Python-launched step costs thousands of kernel launches, which on a
+    fast GPU take longer than the kernels; a replay launches them all at once.
+    Inputs that change between steps (picture, rolls, step sizes, anchor) live
+    in static buffers that :meth:`run` fills; the graph writes the new picture
+    back into its input buffer, so replays follow each other with no copies.
+    """
+
+    def __init__(self, model, objective, settings, autocast_dtype, x, shifts, step, anchor):
+        self.objective = objective  # kept alive: the cache is keyed by its id
+        self.x = x.clone()
+        self.shifts = shifts.clone()
+        self.step = step.clone()
+        self.anchor = tuple(t.clone() for t in anchor) if anchor is not None else None
+
+        def run_once():
+            return ascent_update(model, self.x, objective, self.shifts, self.step, settings, autocast_dtype, self.anchor, False)
+
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(GRAPH_WARMUP_RUNS):
+                run_once()
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            new_x, self.score = run_once()
+            self.x.copy_(new_x)
+
+    def run(self, x, shifts, step, anchor, on_step) -> torch.Tensor:
+        """``len(shifts)`` steps from ``x`` with rolls ``shifts`` (steps, B, 2); returns a new tensor."""
+        self.x.copy_(x)
+        self.step.copy_(step)
+        if anchor is not None:
+            for buffer, value in zip(self.anchor, anchor):
+                buffer.copy_(value)
+        for rolls in shifts:
+            self.shifts.copy_(rolls)
+            self.graph.replay()
+            if on_step is not None:
+                on_step(self.score.clone())
+        return self.x.clone()
+
+
+def _octave_ascent(
+    model, x, objective, settings, generators, autocast_dtype, step, n_iter, anchor, on_step, graphs
+) -> torch.Tensor:
+    """``n_iter`` ascent steps at one octave: replayed from a CUDA graph where ``graphs`` allows, else eager."""
+    shifts = jitter_shifts(generators, n_iter, jitter_limit(settings, *x.shape[-2:]))
+    if x.device.type == "cuda":
+        shifts = shifts.pin_memory()
+    shifts = shifts.to(x.device, non_blocking=True)
+    step = _step_sizes(settings, step, x)
+    if graphs is not None and n_iter > 0:
+        step = torch.as_tensor(step, device=x.device, dtype=torch.float32).expand(x.shape[0], 1, 1, 1)
+        anchor_t = None if anchor is None else (*anchor[:2], torch.as_tensor(anchor[2], device=x.device, dtype=torch.float32))
+        captured = graphs.get(model, objective, settings, autocast_dtype, x, shifts[0], step, anchor_t)
+        return captured.run(x, shifts, step, anchor_t, on_step)
+    for rolls in shifts:
+        x, score = ascent_update(model, x, objective, rolls, step, settings, autocast_dtype, anchor)
+        if on_step is not None:
+            on_step(score)
+    return x
+
+
+class StepGraphs:
+    """The captured ascent steps of one dreamer, built on first use of a shape and kept."""
+
+    def __init__(self):
+        self._steps: dict[tuple, CapturedStep] = {}
+
+    def get(self, model, objective, settings, autocast_dtype, x, shifts, step, anchor) -> CapturedStep:
+        key = (id(objective), tuple(x.shape), settings.tile, settings.tile_batch, settings.smooth, shifts.shape[0], anchor is not None)
+        if key not in self._steps:
+            self._steps[key] = CapturedStep(model, objective, settings, autocast_dtype, x, shifts, step, anchor)
+        return self._steps[key]
 
 
 def dream(
@@ -275,7 +451,9 @@ def dream(
     generator: torch.Generator | list[torch.Generator] | None = None,
     iterations: int | None = None,
     step: float | Sequence[float] | None = None,
+    anchor: tuple[torch.Tensor, torch.Tensor, float] | None = None,
     on_step: Callable[[torch.Tensor], None] | None = None,
+    graphs: StepGraphs | None = None,
 ) -> torch.Tensor:
     """Dream a batch of pictures.
 
@@ -291,7 +469,12 @@ def dream(
         iterations: overrides ``settings.iterations`` (video frames after the first).
         step: overrides ``settings.step``, for the batch or per image
             (schedules and looks in zoom animations).
+        anchor: (picture (B, 3, H, W), weight (B, 1, H, W) in [0, 1],
+            strength): every step is pulled towards the picture where the
+            weight allows (:func:`temporal_pull`), at every octave resized.
         on_step: called after every ascent step with the (B,) scores.
+        graphs: CUDA-graph cache; with one, steps on a CUDA device are
+            captured once per shape and replayed.
 
     Returns:
         (B, 3, H, W) dreamed pictures in [0, 1], same size, device and dtype.
@@ -303,6 +486,10 @@ def dream(
     generators = list(generator) if isinstance(generator, (list, tuple)) else [generator]
     if len(generators) not in (1, images.shape[0]):
         raise ValueError(f"got {len(generators)} generators for a batch of {images.shape[0]}")
+    if images.device.type != "cuda":
+        graphs = None
+    if settings.tile is None:
+        settings = replace(settings, tile=CPU_TILE)
     n_iter = settings.iterations if iterations is None else iterations
     base = images.float()
     h, w = base.shape[-2:]
@@ -312,11 +499,9 @@ def dream(
         octave_base = resize(base, size)
         detail = torch.zeros_like(octave_base) if detail is None else resize(detail, size)
         x = (octave_base + detail).clamp(0, 1)
+        octave_anchor = None if anchor is None else (resize(anchor[0].float(), size), resize(anchor[1].float(), size), anchor[2])
         # 2. gradient ascent at this octave
-        for _ in range(n_iter):
-            x, score = ascent_step(model, x, objective, settings, generators, autocast_dtype, step)
-            if on_step is not None:
-                on_step(score)
+        x = _octave_ascent(model, x, objective, settings, generators, autocast_dtype, step, n_iter, octave_anchor, on_step, graphs)
         # 3. keep only what the dream added, to carry it up
         detail = x - octave_base
     return (base + detail).clamp(0, 1).to(images.dtype)
@@ -365,6 +550,8 @@ class Dreamer:
         self._guide_acts = self._guide_activations(compute.guide) if compute.guide else None
         self.objective = objectives.parse(settings.objective, self.model, guide_acts=self._guide_acts)
         self.generator = torch.Generator().manual_seed(settings.seed)
+        self.graphs = StepGraphs() if self.device.type == "cuda" else None
+        self._step_bytes_per_pixel: float | None = None
 
     def _guide_activations(self, path: str) -> Callable[[str], torch.Tensor]:
         from .decode import load_image
@@ -372,10 +559,10 @@ class Dreamer:
         guide = to_tensor(load_image(path), self.device)
         # Guides are matched position by position; a guide much larger than
         # the dream only costs memory, so cap it at the dream tile size.
-        side = max(guide.shape[-2:])
-        if side > self.settings.tile:
+        side, cap = max(guide.shape[-2:]), self.settings.tile or CPU_TILE
+        if side > cap:
             h, w = guide.shape[-2:]
-            guide = resize(guide, (round(h * self.settings.tile / side), round(w * self.settings.tile / side)))
+            guide = resize(guide, (round(h * cap / side), round(w * cap / side)))
 
         def acts(name: str) -> torch.Tensor:
             with torch.no_grad():
@@ -399,6 +586,7 @@ class Dreamer:
         generators: list[torch.Generator] | None = None,
         settings: DreamSettings | None = None,
         objective: Objective | None = None,
+        anchor: tuple[torch.Tensor, torch.Tensor, float] | None = None,
     ) -> torch.Tensor:
         """Dream (B, 3, H, W) pictures in [0, 1] on the dreamer's device.
 
@@ -406,19 +594,47 @@ class Dreamer:
         seeded by ``settings.seed``; videos and animations pass one generator
         per image, seeded per frame, so a resumed run repeats the same frames.
         ``settings`` and ``objective`` replace the dreamer's own for this call
-        (zoom variations of several presets).
+        (zoom variations of several presets). ``anchor`` is the temporal
+        term of :func:`dream`. On CUDA each step shape is captured as a CUDA
+        graph on first use and replayed after.
         """
+        settings = settings or self.settings
+        images = images.to(self.device, non_blocking=True)
+        if settings.tile is None and self.device.type == "cuda":
+            settings = replace(settings, tile=self.gpu_tile(images.shape[0], *images.shape[-2:], settings))
         return dream(
             self.model,
-            images.to(self.device),
+            images,
             objective or self.objective,
-            settings or self.settings,
+            settings,
             autocast_dtype=self.autocast_dtype,
             generator=generators or self.generator,
             iterations=iterations,
             step=step,
+            anchor=anchor,
             on_step=on_step,
+            graphs=self.graphs,
         )
+
+    def gpu_tile(self, batch: int, height: int, width: int, settings: DreamSettings) -> int:
+        """Tile side for ``tile = None`` on CUDA: the whole picture if one ascent step fits.
+
+        The memory of a step is measured once (one eager step on a 256x256
+        picture) as bytes per pixel and scaled to ``batch`` x ``height`` x
+        ``width``; a tile may take ``GPU_TILE_MEMORY_SHARE`` of the free memory.
+        """
+        if self._step_bytes_per_pixel is None:
+            probe = torch.rand(1, 3, 256, 256, device=self.device)
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            probe_settings = replace(settings, tile=256, tile_batch=1)
+            ascent_step(self.model, probe, self.objective, probe_settings, [self.generator], self.autocast_dtype)
+            self._step_bytes_per_pixel = (torch.cuda.max_memory_allocated(self.device) - before) / 256**2
+        free, _ = torch.cuda.mem_get_info(self.device)
+        pixels = GPU_TILE_MEMORY_SHARE * free / self._step_bytes_per_pixel / (batch * settings.tile_batch)
+        side = max(height, width) if height * width <= pixels else int(math.sqrt(pixels)) // 32 * 32
+        return max(64, min(side, 8192))
 
 
 def to_tensor(rgb, device: torch.device | str = "cpu") -> torch.Tensor:
