@@ -276,7 +276,7 @@ def jitter_shifts(generators: list[torch.Generator], steps: int, limit: int) -> 
     picture gets the same rolls on every device and whether or not it shares
     a batch (one generator per image).
     """
-    if limit == 0:
+    if limit == 0 or steps == 0:
         return torch.zeros(steps, len(generators), 2, dtype=torch.int64)
     return torch.stack([
         torch.stack([torch.randint(-limit, limit + 1, (2,), generator=g) for g in generators]) for _ in range(steps)
@@ -643,6 +643,14 @@ def to_tensor(rgb, device: torch.device | str = "cpu") -> torch.Tensor:
 
     batch = np.stack(rgb) if isinstance(rgb, (list, tuple)) else rgb[None]
     return torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)
+
+
+def quantize_8bit(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) rounded to the 8-bit values a saved frame holds, on the same device.
+
+    Equal to ``to_tensor(to_uint8(images))`` without the round trip through the host.
+    """
+    return images.detach().clamp(0, 1).mul(255).round().div(255)
 
 
 def to_uint8(images: torch.Tensor):
