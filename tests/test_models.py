@@ -74,7 +74,7 @@ def test_wrong_label_count_and_wrong_file_are_clear(tmp_path):
     net = torchvision.models.googlenet(weights=None, num_classes=3, aux_logits=False, init_weights=False)
     torch.save(net.state_dict(), tmp_path / "mine.pth")
     (tmp_path / "labels.txt").write_text("a\nb\n")
-    with pytest.raises(ValueError, match="2 names but the model has 3 classes"):
+    with pytest.raises(ValueError, match=r"--labels .*labels\.txt has 2 names but model googlenet has 3 outputs"):
         load_model("googlenet", weights=tmp_path / "mine.pth", labels=tmp_path / "labels.txt")
     with pytest.raises(ValueError, match="not a vgg16 state dict"):
         load_model("vgg16", weights=tmp_path / "mine.pth")
@@ -99,36 +99,98 @@ def test_cached_torchvision_weights_are_found_offline(tmp_path, monkeypatch):
     assert models.weights_status("googlenet").startswith("cached")
 
 
-def test_download_checks_the_hash_in_the_file_name(tmp_path):
-    payload = tmp_path / "payload.bin"
-    payload.write_bytes(b"weights" * 100)
-    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
-    good = tmp_path / f"net-{digest[:8]}.pth"
-    good.write_bytes(payload.read_bytes())
-    dest = tmp_path / "cache" / good.name
-    models.download_weights(good.as_uri(), dest, progress=False)
-    assert dest.read_bytes() == payload.read_bytes()
-    bad = tmp_path / "net-deadbeef.pth"
-    bad.write_bytes(payload.read_bytes())
-    with pytest.raises(WeightsUnavailable, match="does not match"):
-        models.download_weights(bad.as_uri(), tmp_path / "cache" / bad.name, progress=False)
-    assert not (tmp_path / "cache" / bad.name).exists()
-    assert list((tmp_path / "cache").glob("*.partial")) == []
-    with pytest.raises(WeightsUnavailable, match="could not download"):
-        models.download_weights((tmp_path / "missing-abcdef12.pth").as_uri(), tmp_path / "x.pth", progress=False)
+@pytest.fixture
+def weights_server(tmp_path):
+    """``(folder, base URL)``: a local HTTP server on 127.0.0.1 serving ``folder``."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
 
 
-def test_torchscript_model_dreams_its_logits(tmp_path):
+def test_download_checks_the_hash_in_the_file_name(tmp_path, weights_server):
+    folder, base = weights_server
+    payload = b"weights" * 100
+    digest = hashlib.sha256(payload).hexdigest()
+    (folder / f"net-{digest[:8]}.pth").write_bytes(payload)
+    (folder / "net-deadbeef.pth").write_bytes(payload)
+    cache = tmp_path / "cache"
+    dest = models.download_weights(f"{base}/net-{digest[:8]}.pth", cache / f"net-{digest[:8]}.pth", progress=False)
+    assert dest.read_bytes() == payload
+    with pytest.raises(WeightsUnavailable, match=r"could not download .*net-deadbeef\.pth .*invalid hash value"):
+        models.download_weights(f"{base}/net-deadbeef.pth", cache / "net-deadbeef.pth", progress=False)
+    with pytest.raises(WeightsUnavailable, match=r"could not download .*HTTPError.*put the file at"):
+        models.download_weights(f"{base}/missing-abcdef12.pth", cache / "missing-abcdef12.pth", progress=False)
+    assert sorted(p.name for p in cache.iterdir()) == [f"net-{digest[:8]}.pth"]  # no partial files left
+    # file:// URLs go through the same code (a mirror on a shared drive)
+    models.download_weights((folder / f"net-{digest[:8]}.pth").as_uri(), tmp_path / "copy.pth", progress=False)
+    assert (tmp_path / "copy.pth").read_bytes() == payload
+
+
+def test_missing_torchvision_weights_are_downloaded_into_the_cache(tmp_path, monkeypatch, weights_server):
+    folder, base = weights_server
+    net = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False)
+    torch.save(net.state_dict(), tmp_path / "state.pth")
+    digest = hashlib.sha256((tmp_path / "state.pth").read_bytes()).hexdigest()
+    (tmp_path / "state.pth").rename(folder / f"googlenet-{digest[:8]}.pth")
+
+    real = models.torchvision_weights("googlenet")
+
+    class Served:  # the weights enum entry, its file on the local server
+        url = f"{base}/googlenet-{digest[:8]}.pth"
+        meta, transforms = real.meta, staticmethod(real.transforms)
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(models, "torchvision_weights", lambda name: Served)
+    model = load_model("googlenet", offline=False, progress=False)
+    assert models.cache_path(Served.url).is_file()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = net.eval()((x - model.mean) / model.std)
+        assert torch.allclose(model(x, [LOGITS])[LOGITS], expected, atol=1e-5)
+
+
+def test_torchscript_model_dreams_its_logits_and_refuses_layers(tmp_path):
     from conftest import TinyNet
 
     scripted = torch.jit.script(TinyNet().eval())
     scripted.save(str(tmp_path / "net.pt"))
     model = load_model(str(tmp_path / "net.pt"))
-    assert model.resolve_layer("mid") == LOGITS
+    assert model.resolve_layer(LOGITS) == LOGITS
+    for name in ("low", "mid", "high", "conv2"):
+        with pytest.raises(ValueError, match=rf"layer '{name}': .*net\.pt is a TorchScript file, whose layers cannot be hooked"):
+            model.resolve_layer(name)
     assert model(torch.rand(1, 3, 32, 32), [LOGITS])[LOGITS].shape == (1, 5)
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    with pytest.raises(ValueError, match=r"--labels .*labels\.txt has 3 names but model .*net\.pt has 5 outputs"):
+        load_model(str(tmp_path / "net.pt"), labels=tmp_path / "labels.txt")
     (tmp_path / "bad.pt").write_text("nope")
     with pytest.raises(ValueError, match="not a TorchScript file"):
         load_model(str(tmp_path / "bad.pt"))
+
+
+def test_efficientnet_weights_of_another_layout_are_one_line_exit_2(tmp_path, capsys):
+    from dreamreel.cli.main import main
+
+    state = {f"_blocks.{i}.weight": torch.zeros(2) for i in range(3)}  # lukemelas-style names, not timm's
+    torch.save(state, tmp_path / "other.pth")
+    assert main(["layers", "efficientnet-lite0", "--weights", str(tmp_path / "other.pth")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--weights" in err and "other.pth" in err
+    assert "not a timm tf_efficientnet_lite0 state dict (no 'classifier.weight' key)" in err
 
 
 def test_device_and_precision_choices():
@@ -142,6 +204,14 @@ def test_device_and_precision_choices():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             models.pick_device("cuda")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_never_picks_emulated_bf16_on_cuda(monkeypatch, native):
+    # A GPU before Ampere runs bf16 only through emulation: slower than fp16.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    expected = torch.bfloat16 if native else torch.float16
+    assert models.pick_precision("auto", torch.device("cuda")) is expected
 
 
 class ConvBnNet(torch.nn.Module):
