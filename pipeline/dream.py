@@ -670,5 +670,10 @@ def noise_image(width: int, height: int, seed: int) -> torch.Tensor:
 
 
 def frame_generator(seed: int, frame: int) -> torch.Generator:
-    """The random source of one frame: depends only on the seed and frame index."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + frame)
+    """The random source of one frame: depends only on the seed and frame index.
+
+    The mix is taken modulo 2**64, the range ``manual_seed`` takes, which
+    torch itself applies to negative seeds: every seed works, and seeds
+    below about 1.8e13 keep the generators they always had.
+    """
+    return torch.Generator().manual_seed((seed * 1_000_003 + frame) % 2**64)

@@ -149,3 +149,11 @@ def test_tile_batches_cover_every_pixel_once():
             assert torch.equal(stack[2 * k : 2 * k + 2], x[:, :, y0 : y0 + th, x0 : x0 + tw])
             covered[:, :, y0 : y0 + th, x0 : x0 + tw] += 1
     assert torch.all(covered == 1)
+
+
+def test_frame_generators_take_any_seed_and_keep_small_seeds_streams():
+    # seed * 1_000_003 passes 2**64 from about 1.8e13 on: manual_seed refused it
+    for seed in (18_446_744_073_709, 2**63, 2**80, -5):
+        assert D.frame_generator(seed, 3).initial_seed() == (seed * 1_000_003 + 3) % 2**64
+    assert torch.equal(torch.rand(4, generator=D.frame_generator(7, 2)),
+                       torch.rand(4, generator=torch.Generator().manual_seed(7 * 1_000_003 + 2)))  # fmt: skip
