@@ -279,3 +279,17 @@ def check_resume(start_cli):
         assert finished() and not work.exists()
 
     return check
+
+
+# --- devices ----------------------------------------------------------------------
+
+CUDA = pytest.param(
+    "cuda",
+    marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")],
+)
+
+
+@pytest.fixture(params=["cpu", CUDA])
+def device(request) -> str:
+    """Each test that takes ``device`` runs on the CPU, and again on CUDA where a GPU is present."""
+    return request.param

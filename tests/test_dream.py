@@ -157,3 +157,65 @@ def test_frame_generators_take_any_seed_and_keep_small_seeds_streams():
         assert D.frame_generator(seed, 3).initial_seed() == (seed * 1_000_003 + 3) % 2**64
     assert torch.equal(torch.rand(4, generator=D.frame_generator(7, 2)),
                        torch.rand(4, generator=torch.Generator().manual_seed(7 * 1_000_003 + 2)))  # fmt: skip
+
+
+# --- devices, captured steps, precision ---------------------------------------------
+
+
+def test_roll_matches_torch_roll_per_image():
+    x = torch.rand(3, 2, 5, 7, generator=torch.Generator().manual_seed(0))
+    shifts = torch.tensor([[1, -2], [0, 9], [-6, 3]])
+    rolled = D.roll(x, shifts)
+    for img, out, (dy, dx) in zip(x, rolled, shifts.tolist()):
+        assert torch.equal(out, torch.roll(img, (dy, dx), dims=(1, 2)))
+    assert torch.equal(D.roll(rolled, shifts, sign=-1), x)
+    assert torch.equal(D.roll(x, torch.tensor([[2, 3]])), torch.roll(x, (2, 3), dims=(2, 3)))
+
+
+def test_jitter_shifts_are_those_of_each_image_alone():
+    together = D.jitter_shifts([D.frame_generator(0, 1), D.frame_generator(0, 2)], 3, 8)
+    alone = D.jitter_shifts([D.frame_generator(0, 2)], 3, 8)
+    assert together.shape == (3, 2, 2) and torch.equal(together[:, 1:], alone)
+    assert together.abs().max() <= 8 and D.jitter_shifts([D.frame_generator(0, 1)], 0, 8).shape == (0, 1, 2)
+
+
+def test_dream_on_each_device_matches_the_cpu(tiny_model, textured, device):
+    """The CPU path and the GPU path (steps captured as CUDA graphs) dream the same picture."""
+    settings = DreamSettings(objective="mid", octaves=2, iterations=4, jitter=4)
+    obj = parse("mid", tiny_model)
+    on_cpu = D.dream(tiny_model, textured, obj, settings, generator=[D.frame_generator(0, 0)])
+    model = tiny_model.to(device)
+    graphs = D.StepGraphs()
+    scores = []
+    out = D.dream(model, textured.to(device), parse("mid", model), settings, generator=[D.frame_generator(0, 0)],
+                  graphs=graphs, on_step=scores.append)
+    again = D.dream(model, textured.to(device), parse("mid", model), settings, generator=[D.frame_generator(0, 0)],
+                    graphs=graphs)
+    assert out.device.type == device and len(scores) == 8
+    assert (out.cpu() - on_cpu).abs().max() < 2 / 255
+    assert torch.allclose(out, again, atol=1e-6)  # a replayed graph repeats itself
+
+
+def test_temporal_anchor_pulls_towards_it_where_weighted(tiny_model, textured, device):
+    model = tiny_model.to(device)
+    x = textured.to(device)
+    settings = DreamSettings(objective="mid", octaves=1, iterations=6, jitter=2)
+    anchor = torch.zeros_like(x)
+    weight = torch.zeros_like(x[:, :1])
+    weight[..., :, :32] = 1  # left half: trusted
+    run = lambda a: D.dream(model, x, parse("mid", model), settings, generator=[D.frame_generator(0, 0)], anchor=a,  # noqa: E731
+                            graphs=D.StepGraphs())
+    free, pulled, off = run(None), run((anchor, weight, 0.5)), run((anchor, weight, 0.0))
+    assert torch.allclose(free, off, atol=1e-6)  # strength 0 is no anchor
+    assert pulled[..., :32].mean() < 0.5 * free[..., :32].mean()  # pulled to black where trusted
+    assert (pulled[..., 40:] - free[..., 40:]).abs().mean() < 0.5 * (pulled[..., :32] - free[..., :32]).abs().mean()
+
+
+def test_fp16_gradient_of_small_tiles_does_not_underflow(tiny_model):
+    """A tile's area weight times 1/N per activation is below fp16's range; the loss scale keeps it."""
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    obj = parse("conv1", tiny_model)
+    fp32, _ = D.objective_gradient(tiny_model, x, obj, tile=64, autocast_dtype=None)
+    fp16, _ = D.objective_gradient(tiny_model, x, obj, tile=64, autocast_dtype=torch.float16)
+    assert (fp16 != 0).float().mean() > 0.95
+    assert torch.nn.functional.cosine_similarity(fp16.flatten(), fp32.flatten(), dim=0) > 0.99
