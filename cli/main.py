@@ -48,8 +48,9 @@ DREAM_FLAGS = ("objective", "octaves", "octave_scale", "iterations", "step", "ji
 def add_dream_options(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument_group("dream (defaults come from the preset; see `dreamreel presets NAME`)")
     p.add_argument("--preset", help="built-in preset name or a .toml file")
-    p.add_argument("--model", help="zoo model (see `dreamreel models`) or a TorchScript file; default efficientnet-lite0")
-    p.add_argument("--weights", help="state-dict file: your own fine-tuned weights, or torchvision's file when offline")
+    p.add_argument("--model", help="zoo model (see `dreamreel models`), timm:NAME, or an .onnx or TorchScript file; "
+                   "default efficientnet-lite0")
+    p.add_argument("--weights", help="state-dict file: your own weights for a zoo or timm:NAME model, or torchvision's file when offline")
     p.add_argument("--labels", help="class names file, one per line (for class:NAME)")
     p.add_argument("--objective", help='what to amplify, e.g. "mid", "blocks.4:97", "class:285", "low + 0.5*high"')
     p.add_argument("--guide", help="guide image for guide:LAYER objectives")
@@ -205,12 +206,18 @@ def cmd_models(args) -> int:
     width = max(map(len, ZOO))
     for name, entry in ZOO.items():
         print(f"{name:<{width}}  {entry.description}\n{'':<{width}}  weights: {weights_status(name)}")
-    print("\nYour own model: --model FILE.pt (TorchScript), or --model ARCH --weights FILE.pth [--labels FILE]")
+    print(
+        "\nYour own model (--labels FILE names its classes):\n"
+        "  --model ARCH --weights FILE.pth       a zoo architecture with your state dict\n"
+        "  --model timm:NAME --weights FILE.pth  any timm architecture with your state dict\n"
+        "  --model FILE.onnx                     ONNX, e.g. from TensorFlow/Keras via tf2onnx (pip install 'dreamreel[onnx]')\n"
+        "  --model FILE.pt                       TorchScript (class objectives only)"
+    )
     return EXIT_OK
 
 
 def cmd_layers(args) -> int:
-    from dreamreel.pipeline.models import load_model
+    from dreamreel.pipeline.models import LOGITS, load_model
 
     model = load_model(args.model, weights=args.weights, labels=args.labels)
     channels = model.layer_channels()
@@ -219,6 +226,8 @@ def cmd_layers(args) -> int:
         print(f"{name:<{width}}  {count:>5} channels")
     for alias, target in model.aliases.items():
         print(f"{alias:<{width}}  = {target}")
+    if not model.hookable:
+        print(f"(a TorchScript file: only {LOGITS} can be dreamed, with class:N objectives)")
     return EXIT_OK
 
 
@@ -320,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_models)
 
     p = sub.add_parser("layers", help="list the dreamable layers of a model")
-    p.add_argument("model", metavar="MODEL", help="zoo name or TorchScript file")
+    p.add_argument("model", metavar="MODEL", help="zoo name, timm:NAME (with --weights), or an .onnx or TorchScript file")
     p.add_argument("--weights", help="state-dict file")
     p.add_argument("--labels", help="class names file")
     add_common(p)

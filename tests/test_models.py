@@ -265,3 +265,167 @@ def test_prepare_uses_channels_last_on_the_cpu(tiny_model):
     prepared = models.prepare(tiny_model, torch.device("cpu"))
     assert prepared.input_format == torch.channels_last
     assert prepared.net.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+# --- your own models: ONNX files and timm architectures --------------------------
+
+
+class SmallClassifier(torch.nn.Module):
+    """conv → BN → ReLU → strided conv → ReLU → mean → 3 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+        self.block = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.ReLU())
+        self.head = torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x)).mean((2, 3)))
+
+
+@pytest.fixture
+def onnx_classifier(tmp_path):
+    """``(path of an .onnx file, the torch network it was exported from, labels file)``."""
+    import warnings
+
+    torch.manual_seed(0)
+    net = SmallClassifier().eval()
+    path = tmp_path / "classifier.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated, and needs no onnxscript
+        torch.onnx.export(
+            net, (torch.rand(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17, input_names=["image"],
+            dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}},
+        )  # fmt: skip
+    (tmp_path / "classes.txt").write_text("me\nmy dog\nmy cat\n")
+    return path, net, tmp_path / "classes.txt"
+
+
+def test_onnx_model_keeps_its_named_layers_and_computes_what_was_exported(onnx_classifier):
+    path, net, labels = onnx_classifier
+    model = load_model(str(path), labels=labels)
+    assert model.layer_names == ["stem_stem_0_Conv", "stem_stem_2_Relu", "block_block_0_Conv", "block_block_1_Relu"]
+    assert model.class_names == ["me", "my dog", "my cat"] and model.resolve_class("my_dog") == 1
+    assert {model.resolve_layer(a) for a in ("low", "mid", "high")} <= set(model.layer_names)
+    x = torch.rand(2, 3, 40, 36, generator=torch.Generator().manual_seed(0))
+    acts = model(x, ["block_block_1_Relu", LOGITS])
+    with torch.no_grad():
+        normalised = (x - model.mean) / model.std
+        assert torch.allclose(acts[LOGITS], net(normalised), atol=1e-5)
+        assert torch.allclose(acts["block_block_1_Relu"], net.block(net.stem(normalised)), atol=1e-5)
+    prepared = models.prepare(model, torch.device("cpu"))  # channels_last, folding checked: the same logits
+    assert torch.allclose(prepared(x, [LOGITS])[LOGITS], acts[LOGITS], atol=1e-5)
+
+
+def picture_activations(model, picture_path, layer: str) -> torch.Tensor:
+    """Activations of ``layer`` for a saved picture (what the CLI wrote)."""
+    import cv2
+
+    rgb = cv2.imread(str(picture_path))[:, :, ::-1].copy()
+    with torch.no_grad():
+        return model(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255, [layer])[layer]
+
+
+def test_onnx_model_dreams_a_class_and_a_layer_from_the_command_line(onnx_classifier, tmp_path, capsys):
+    import cv2
+
+    from dreamreel.cli.main import main
+
+    path, _, labels = onnx_classifier
+    model = load_model(str(path), labels=labels)
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), (load_photo(48).squeeze(0).permute(1, 2, 0).flip(-1) * 255).round().byte().numpy())
+    scores = {  # what each objective raises, read from the pictures
+        "class:my_dog": lambda picture: picture_activations(model, picture, LOGITS)[0, 1],
+        "block_block_1_Relu:5": lambda picture: picture_activations(model, picture, "block_block_1_Relu")[0, 5].mean(),
+    }
+    for objective, score in scores.items():
+        out = tmp_path / f"{objective.replace(':', '_')}.png"
+        argv = ["image", str(photo), str(out), "--model", str(path), "--labels", str(labels), "--objective", objective,
+                "--octaves", "1", "--iterations", "10", "--step", "0.02", "--device", "cpu", "--precision", "fp32",
+                "--quiet"]  # fmt: skip
+        assert main(argv) == 0, capsys.readouterr().err
+        before, after = float(score(photo)), float(score(out))
+        assert after > before + 0.05 * abs(before), (objective, before, after)
+
+
+def test_layers_command_lists_the_onnx_layers(onnx_classifier, capsys):
+    from dreamreel.cli.main import main
+
+    path, _, labels = onnx_classifier
+    assert main(["layers", str(path), "--labels", str(labels)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:5] == [
+        "stem_stem_0_Conv        8 channels",
+        "stem_stem_2_Relu        8 channels",
+        "block_block_0_Conv     16 channels",
+        "block_block_1_Relu     16 channels",
+        "logits                  3 channels",
+    ]
+    assert [line.split()[0] for line in lines[5:]] == ["low", "mid", "high"]
+
+
+def tiny_onnx_graph(path: Path, op: str, input_shape: list[int]) -> Path:
+    """An ONNX graph of one ``op`` node on a float input, then global pooling and flattening."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node(op, ["x"], ["a"]),
+        helper.make_node("GlobalAveragePool", ["a"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_onnx_op_that_onnx2torch_cannot_convert_is_one_line_naming_it(tmp_path, capsys):
+    from dreamreel.cli.main import main
+
+    path = tiny_onnx_graph(tmp_path / "odd.onnx", "ThresholdedRelu", [1, 3, 32, 32])
+    assert main(["layers", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "odd.onnx: onnx2torch cannot convert the op ThresholdedRelu (opset 17)" in err
+
+
+def test_onnx_input_layout_and_missing_extra_are_clear(tmp_path, monkeypatch):
+    nhwc = tiny_onnx_graph(tmp_path / "keras.onnx", "Relu", [1, 224, 224, 3])
+    with pytest.raises(ValueError, match=r"channels-last \(1x224x224x3\); .*tf2onnx .*--inputs-as-nchw x"):
+        load_model(str(nhwc))
+    (tmp_path / "junk.onnx").write_bytes(b"\x00not onnx")
+    with pytest.raises(ValueError, match=r"junk\.onnx: not an ONNX file"):
+        load_model(str(tmp_path / "junk.onnx"))
+    monkeypatch.setitem(__import__("sys").modules, "onnx2torch", None)  # as if the extra were not installed
+    with pytest.raises(ValueError, match=r"ONNX models need the onnx extra: pip install 'dreamreel\[onnx\]'"):
+        load_model(str(nhwc))
+
+
+def test_timm_model_by_name_with_a_weights_file(tmp_path, capsys):
+    import timm
+
+    from dreamreel.cli.main import main
+
+    torch.manual_seed(0)
+    net = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=4).eval()
+    torch.save(net.state_dict(), tmp_path / "mine.pth")
+    (tmp_path / "classes.txt").write_text("a\nb\nc\nd\n")
+    model = load_model("timm:mobilenetv3_small_050", weights=tmp_path / "mine.pth", labels=tmp_path / "classes.txt")
+    assert model.layer_names == [info["module"] for info in net.feature_info]
+    assert model.aliases == {"low": "blocks.1", "mid": "blocks.3", "high": "blocks.5"}  # strides 8, 16, 32
+    assert model.resolve_class("c") == 2
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(model(x, [LOGITS])[LOGITS], net((x - model.mean) / model.std), atol=1e-5)
+    assert main(["layers", "timm:mobilenetv3_small_050", "--weights", str(tmp_path / "mine.pth")]) == 0
+    assert "blocks.3" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"timm:mobilenetv3_small_050 needs --weights FILE"):
+        load_model("timm:mobilenetv3_small_050")
+    with pytest.raises(ValueError, match=r"timm has no model of that name \(did you mean timm:mobilenetv3_small_050"):
+        load_model("timm:mobilenetv3_smal_050", weights=tmp_path / "mine.pth")
+    with pytest.raises(ValueError, match=r"--weights .*mine\.pth: not a timm resnet18 state dict \(no 'fc\.weight' key\)"):
+        load_model("timm:resnet18", weights=tmp_path / "mine.pth")
