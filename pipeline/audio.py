@@ -1,9 +1,10 @@
-"""Audio features for audio-reactive animation: loudness, three bands, onsets, tempo.
+"""Audio features for audio-reactive animation: loudness, three bands, onsets, tempo, beats.
 
 :func:`load_audio` decodes any file ffmpeg reads to mono float32 samples;
 :func:`analyse` turns them into one value per video frame for each feature in
-:data:`FEATURE_NAMES`; :func:`estimate_bpm` finds the tempo; and
-:func:`audio_features` does all three. Schedules see the features as the
+:data:`FEATURE_NAMES`; :func:`estimate_bpm` finds the tempo;
+:func:`beat_grid` refines it and finds the first beat; and
+:func:`audio_features` does all of it. Schedules see the features as the
 variables ``rms``, ``bass``, ``mid``, ``treble`` and ``onset``.
 
 Every feature is scaled so that 1 is the track's typical level and 0 is
@@ -82,6 +83,25 @@ TEMPO_MULTIPLES = 4
 TEMPO_STEP_BPM = 0.05
 TEMPO_TIE = 0.9
 
+# Beat phase (beat_grid). The beat is found in the rises of the bass band
+# (the mel bands under BANDS_HZ["bass"]'s top, 250 Hz), where the kick drum
+# lives: in the whole-spectrum flux, off-beat hi-hats or snares are often the
+# larger rises. Measured on kicks with off-beat snares or hi-hats (0.3-0.8 of
+# full scale), the whole-spectrum flux put the beat half a beat late on every
+# track; the bass flux was within 50 ms on all of them.
+BEAT_BAND_HZ = BANDS_HZ["bass"]
+# The flux of a window centred on time t rises most when a hit enters the
+# window's leading half, about 30 ms before the hit (the window is 93 ms
+# long): measured on kicks and clicks at 100 to 128 BPM, the beat phase of the
+# flux came out 28-37 ms early. Beat times are moved this much later.
+ONSET_LEAD_S = 0.030
+# The refined tempo is searched within this share of the estimate (the
+# estimate's error was at most 0.3% on generated beat tracks).
+TEMPO_REFINE_SPAN = 0.01
+# The first beat is the first grid point where the track's loudness reaches
+# this share of its typical level (beat_grid): a quiet intro has no beats.
+FIRST_BEAT_SHARE = 0.5
+
 # Frames per FFT batch; bounds memory to about this many windows at a time
 # whatever the length of the track.
 _BATCH_FRAMES = 256
@@ -99,6 +119,8 @@ class AudioFeatures:
             float32, shape (n_frames,).
         onset: onset strength (positive spectral flux), float32, shape (n_frames,).
         bpm: tempo in beats per minute, or None when unknown.
+        first_beat_s: time of the first beat in seconds; beats fall at
+            ``first_beat_s + k * 60 / bpm`` (0 when unknown).
 
     All five features are 0 in silence and 1 at the track's typical level.
     """
@@ -111,6 +133,7 @@ class AudioFeatures:
     treble: np.ndarray
     onset: np.ndarray
     bpm: float | None = None
+    first_beat_s: float = 0.0
 
     def __post_init__(self):
         lengths = {name: len(getattr(self, name)) for name in FEATURE_NAMES}
@@ -264,7 +287,8 @@ def _frame_features(samples: np.ndarray, sample_rate: int, fps: float, n_frames:
     """Unsmoothed, unnormalised features: name -> float64 array of shape (n_frames,).
 
     rms and bands are amplitudes (a full-scale sine reads about 1); onset is
-    in dB per frame.
+    in dB per frame, and so is ``beat``, the onset of the mel bands inside
+    :data:`BEAT_BAND_HZ` (see :func:`beat_grid`).
     """
     n_fft = _window_length(sample_rate)
     window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)  # periodic Hann
@@ -276,6 +300,7 @@ def _frame_features(samples: np.ndarray, sample_rate: int, fps: float, n_frames:
     freqs = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
     band_bins = {name: (freqs >= lo) & (freqs < hi) for name, (lo, hi) in BANDS_HZ.items()}
     onset_bands = _mel_band_matrix(freqs)  # (n_bins, ONSET_MEL_BANDS)
+    beat_bands = _mel_band_edges()[1:] <= BEAT_BAND_HZ[1]  # (ONSET_MEL_BANDS,) bands inside the bass
     power_floor = 10 ** (ONSET_FLOOR_DB / 10)
 
     # Zero padding centres window k on sample k * sample_rate / fps, also for
@@ -285,7 +310,7 @@ def _frame_features(samples: np.ndarray, sample_rate: int, fps: float, n_frames:
     starts = np.round(np.arange(n_frames) * (sample_rate / fps)).astype(np.int64)
     offsets = np.arange(n_fft)
 
-    out = {name: np.empty(n_frames) for name in FEATURE_NAMES}
+    out = {name: np.empty(n_frames) for name in (*FEATURE_NAMES, "beat")}
     previous_db = None
     for begin in range(0, n_frames, _BATCH_FRAMES):
         batch = slice(begin, begin + _BATCH_FRAMES)
@@ -299,6 +324,7 @@ def _frame_features(samples: np.ndarray, sample_rate: int, fps: float, n_frames:
         # silence would make a spike that depends on the recording level.
         rises = np.diff(level_db, axis=0, prepend=level_db[:1] if previous_db is None else previous_db[None, :])
         out["onset"][batch] = np.maximum(rises, 0.0).mean(axis=1)
+        out["beat"][batch] = np.maximum(rises[:, beat_bands], 0.0).mean(axis=1)
         previous_db = level_db[-1]
     return out
 
@@ -309,13 +335,18 @@ def _mel_band_matrix(freqs: np.ndarray) -> np.ndarray:
     Band edges are equally spaced on the mel scale (O'Shaughnessy's
     2595 * log10(1 + f / 700)) between the ends of ONSET_BAND_HZ.
     """
-    mel_lo, mel_hi = (2595 * math.log10(1 + f / 700) for f in ONSET_BAND_HZ)
-    edges_hz = 700 * (10 ** (np.linspace(mel_lo, mel_hi, ONSET_MEL_BANDS + 1) / 2595) - 1)
+    edges_hz = _mel_band_edges()
     band_of_bin = np.searchsorted(edges_hz, freqs, side="right") - 1
     matrix = np.zeros((freqs.size, ONSET_MEL_BANDS))
     inside = np.flatnonzero((band_of_bin >= 0) & (band_of_bin < ONSET_MEL_BANDS))
     matrix[inside, band_of_bin[inside]] = 1.0
     return matrix
+
+
+def _mel_band_edges() -> np.ndarray:
+    """Edges of the ONSET_MEL_BANDS bands in Hz, shape (ONSET_MEL_BANDS + 1,)."""
+    mel_lo, mel_hi = (2595 * math.log10(1 + f / 700) for f in ONSET_BAND_HZ)
+    return 700 * (10 ** (np.linspace(mel_lo, mel_hi, ONSET_MEL_BANDS + 1) / 2595) - 1)
 
 
 def _follow(values: np.ndarray, attack_s: float, release_s: float, step_s: float) -> np.ndarray:
@@ -423,8 +454,85 @@ def estimate_bpm(onset: np.ndarray, fps: float, *, lo: float = 60.0, hi: float =
     return float(tempi[i])
 
 
+def beat_grid(samples: np.ndarray, sample_rate: int, bpm: float, *, refine_tempo: bool = True) -> tuple[float, float]:
+    """The tempo and the time of the first beat: beats at ``first_beat_s + k * 60 / bpm``.
+
+    Beats are found in the rises of the bass band :data:`BEAT_BAND_HZ`
+    (positive spectral flux, as ``onset`` in :func:`analyse` but unsmoothed,
+    :data:`TEMPO_FPS` times a second), where kick drums mark the beat; a
+    track with no rises there uses the flux of the whole 20-8000 Hz. A
+    steady beat makes that envelope repeat at the beat frequency f, and its
+    Fourier coefficient Z(f) = sum_n envelope[n] exp(-2 pi i f n) says where
+    in each period the rises gather: its angle is the beat's phase (the
+    circular mean of the rises, as in Grosche & Mueller's predominant local
+    pulse, 2011), and its magnitude peaks at the true tempo. With
+    `refine_tempo` the tempo is that peak within :data:`TEMPO_REFINE_SPAN` of
+    `bpm`: one fit over the whole track, so beats do not drift away over a
+    long song (0.1% off is a tenth of a beat every 100 beats). Beat times
+    are moved :data:`ONSET_LEAD_S` later, as the flux rises before the hit.
+
+    The first beat is the first point of that grid where the track is
+    playing: its loudness (``rms``) at least :data:`FIRST_BEAT_SHARE` of its
+    typical level, so a quiet intro is skipped. Before it the grid goes on
+    (``b`` is negative there), so a pulse on ``b`` keeps its beat.
+
+    Args:
+        samples: mono audio, float32 in [-1, 1], shape (n,).
+        sample_rate: in Hz, at least :data:`MIN_SAMPLE_RATE`.
+        bpm: the tempo, from :func:`estimate_bpm` or the user.
+        refine_tempo: search near `bpm` for the best fit; False keeps `bpm`
+            (a tempo the user gave).
+
+    Returns:
+        (bpm, first_beat_s); first_beat_s is 0 when the track has no rises
+        or is silent.
+
+    Raises:
+        ValueError: bpm is not a positive number.
+    """
+    if not (math.isfinite(bpm) and bpm > 0):
+        raise ValueError(f"bpm must be a positive number, got {bpm}")
+    n = math.ceil(round(samples.size * TEMPO_FPS / sample_rate, 6))
+    raw = _frame_features(np.asarray(samples, dtype=np.float32), sample_rate, TEMPO_FPS, n)
+    envelope = raw["beat"] if raw["beat"].mean() >= ONSET_MIN_TYPICAL_DB else raw["onset"]
+    envelope = envelope - envelope.mean()
+    loud = raw["rms"] > SILENCE_AMPLITUDE
+    if not (loud.any() and np.abs(envelope).max() > 0):
+        return float(bpm), 0.0
+    frames = np.arange(n)
+    frequency = bpm / 60.0 / TEMPO_FPS  # beats per envelope frame
+    if refine_tempo:
+        # |Z| peaks over a width of about 1/n: 8 candidates per width, the
+        # best refined by a parabola through it and its neighbours.
+        count = max(21, int(2 * TEMPO_REFINE_SPAN * frequency * 8 * n) + 1)
+        candidates = frequency * (1 + np.linspace(-TEMPO_REFINE_SPAN, TEMPO_REFINE_SPAN, count))
+        magnitude = np.array([abs(np.exp(-2j * np.pi * f * frames) @ envelope) for f in candidates])
+        best = int(np.argmax(magnitude))
+        frequency = candidates[best]
+        if 0 < best < count - 1:
+            left, middle, right = magnitude[best - 1 : best + 2]
+            if left - 2 * middle + right < 0:
+                frequency += 0.5 * (left - right) / (left - 2 * middle + right) * (candidates[1] - candidates[0])
+    period = 1.0 / frequency  # frames per beat
+    phase = -np.angle(np.exp(-2j * np.pi * frequency * frames) @ envelope) / (2 * np.pi * frequency)
+    # The grid's points inside the track, in frames, and the first one where
+    # it plays. A hit in the first ONSET_LEAD_S makes no rise, so a point
+    # that early counts too.
+    lead = ONSET_LEAD_S * TEMPO_FPS
+    points = (phase + lead) % period - period + period * np.arange(math.ceil(n / period) + 2)
+    points = points[(points >= -lead) & (points < n - 0.5)]
+    typical = raw["rms"][loud].mean()
+    playing = np.flatnonzero(raw["rms"][np.round(points).astype(np.int64).clip(0)] >= FIRST_BEAT_SHARE * typical)
+    first = points[playing[0]] if playing.size else points[0]
+    return float(60.0 * TEMPO_FPS / period), float(first / TEMPO_FPS)
+
+
 def audio_features(path: str | Path, *, fps: float, bpm: float | None = None) -> AudioFeatures:
     """Load a track and analyse it for an animation at `fps`.
+
+    The tempo is estimated (:func:`estimate_bpm`) and refined, and the first
+    beat found (:func:`beat_grid`); a tempo given is kept as it is, and only
+    the first beat is found.
 
     Args:
         path: an audio file, or a video with sound.
@@ -439,6 +547,10 @@ def audio_features(path: str | Path, *, fps: float, bpm: float | None = None) ->
         raise ValueError(f"bpm must be a positive number, got {bpm}")
     samples = load_audio(path, sample_rate=DEFAULT_SAMPLE_RATE)
     features = analyse(samples, DEFAULT_SAMPLE_RATE, fps=fps)
-    if bpm is None:
+    given = bpm is not None
+    if not given:
         bpm = estimate_bpm(analyse(samples, DEFAULT_SAMPLE_RATE, fps=TEMPO_FPS).onset, TEMPO_FPS)
-    return dataclasses.replace(features, bpm=bpm)
+    if bpm is None:
+        return features
+    bpm, first_beat_s = beat_grid(samples, DEFAULT_SAMPLE_RATE, bpm, refine_tempo=not given)
+    return dataclasses.replace(features, bpm=bpm, first_beat_s=first_beat_s)

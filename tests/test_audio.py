@@ -1,5 +1,6 @@
 """Audio features on a generated beat track: bands, onsets, tempo, decoding."""
 
+import dataclasses
 import math
 import wave
 
@@ -12,11 +13,13 @@ from dreamreel.pipeline.audio import (
     AudioFeatures,
     analyse,
     audio_features,
+    beat_grid,
     estimate_bpm,
     load_audio,
 )
 from dreamreel.pipeline.ffmpeg import run_ffmpeg
-from dreamreel.pipeline.schedule import DEFAULT_VARIABLES
+from dreamreel.pipeline.presets import load_preset
+from dreamreel.pipeline.schedule import DEFAULT_VARIABLES, frame_env, parse_schedule
 
 SAMPLE_RATE = 22050
 BPM = 120
@@ -59,6 +62,23 @@ def kick_track(bpm: float, duration_s: float, rng: np.random.Generator) -> np.nd
         start = round((beat + 30 / bpm) * SAMPLE_RATE)
         snare = 0.3 * rng.standard_normal(snare_t.size) * np.exp(-snare_t / 0.03)
         samples[start : start + snare.size] += snare
+    return samples.astype(np.float32)
+
+
+def kicks_from(first_beat_s: float, bpm: float, duration_s: float, rng: np.random.Generator, *, hats: float) -> np.ndarray:
+    """Hiss 50 dB down throughout; from `first_beat_s` on, a kick (a 110 to 50 Hz
+    sine sweep) on every beat and a noise hi-hat of amplitude `hats` on every
+    off-beat; float32, shape (duration_s * 22050,)."""
+    samples = 0.003 * rng.standard_normal(int(duration_s * SAMPLE_RATE))
+    kick_t = np.arange(int(0.3 * SAMPLE_RATE)) / SAMPLE_RATE
+    kick = 0.8 * np.sin(2 * np.pi * (50 + 60 * np.exp(-kick_t / 0.02)) * kick_t) * np.exp(-kick_t / 0.1)
+    hat_t = np.arange(int(0.06 * SAMPLE_RATE)) / SAMPLE_RATE
+    for beat in np.arange(first_beat_s, duration_s - 0.4, 60 / bpm):
+        start = round(beat * SAMPLE_RATE)
+        samples[start : start + kick.size] += kick
+        start = round((beat + 30 / bpm) * SAMPLE_RATE)
+        hat = hats * rng.standard_normal(hat_t.size) * np.exp(-hat_t / 0.02)
+        samples[start : start + hat.size] += hat
     return samples.astype(np.float32)
 
 
@@ -230,6 +250,58 @@ def test_estimate_bpm_without_a_beat():
     assert estimate_bpm(np.zeros(1000), 25) is None  # flat
     with pytest.raises(ValueError, match="lo < hi"):
         estimate_bpm(np.ones(1000), 25, lo=180, hi=60)
+
+
+# --------------------------------------------------------------------------
+# Beats: tempo and phase
+
+
+@pytest.mark.parametrize(
+    "first_beat_s, bpm, hats",
+    [
+        (0.37, 128.0, 0.8),  # off-beat hi-hats louder than the kicks' rise: the beat is the kick
+        (4.0, 100.0, 0.2),  # a 4-second quiet intro (hiss only)
+    ],
+)
+def test_zoom_beat_pulse_lunges_on_the_beats(tmp_path, first_beat_s, bpm, hats):
+    fps, duration_s = 24, 14.0
+    path = tmp_path / "song.wav"
+    write_wav(path, kicks_from(first_beat_s, bpm, duration_s, np.random.default_rng(1), hats=hats))
+    features = audio_features(path, fps=fps)
+    assert features.bpm == pytest.approx(bpm, rel=0.005)
+    assert features.first_beat_s == pytest.approx(first_beat_s, abs=1 / fps)
+    zoom = parse_schedule(load_preset("zoom-beat-pulse").sections["zoom"]["zoom"], setting="zoom")
+    values = np.array([zoom(t, frame_env(t, fps, features=features)) for t in range(features.n_frames)])
+    beats = np.arange(first_beat_s, duration_s - 0.4, 60 / bpm) * fps  # true beats, in frames
+    peaks = local_peaks(np.concatenate([[0.0], values]), above=1.02) - 1  # frame 0 may be a peak too
+    music = peaks[(peaks >= beats[0] - 1) & (peaks <= beats[-1] + 1)]  # the grid goes on before and after
+    # One lunge per beat, each within a frame of it.
+    assert len(music) == len(beats)
+    assert np.abs(music - beats).max() <= 1.0
+
+
+def test_beat_grid_keeps_a_given_tempo_and_finds_its_phase():
+    samples = kicks_from(0.37, 120.0, 10.0, np.random.default_rng(2), hats=0.3)
+    bpm, first_beat_s = beat_grid(samples, SAMPLE_RATE, 120.0, refine_tempo=False)
+    assert bpm == 120.0
+    assert first_beat_s == pytest.approx(0.37, abs=0.02)
+    # A track that starts on a beat: that beat is the first, though no rise comes before it.
+    bpm, first_beat_s = beat_grid(kicks_from(0.0, 120.0, 10.0, np.random.default_rng(3), hats=0.3), SAMPLE_RATE, 120.0)
+    assert first_beat_s == pytest.approx(0.0, abs=0.02)
+
+
+def test_beat_grid_of_silence_starts_at_zero():
+    assert beat_grid(np.zeros(5 * SAMPLE_RATE, np.float32), SAMPLE_RATE, 120.0) == (120.0, 0.0)
+    with pytest.raises(ValueError, match="bpm must be a positive number"):
+        beat_grid(np.zeros(100, np.float32), SAMPLE_RATE, 0.0)
+
+
+def test_b_counts_beats_from_the_first_beat(features_25):
+    features = dataclasses.replace(features_25, bpm=120.0, first_beat_s=0.4)
+    assert frame_env(10, 25.0, features=features)["b"] == pytest.approx(0.0)  # 0.4 s
+    assert frame_env(35, 25.0, features=features)["b"] == pytest.approx(2.0)  # 1.4 s: two beats later
+    assert frame_env(0, 25.0, features=features)["b"] == pytest.approx(-0.8)  # before the first beat
+    assert frame_env(10, 25.0, bpm=120.0)["b"] == pytest.approx(0.8)  # a tempo alone counts from 0 s
 
 
 # --------------------------------------------------------------------------
