@@ -292,7 +292,7 @@ def flow_to_tensor(
     return torch.from_numpy(np.stack(arrays)).to(device=device, dtype=dtype)
 
 
-def consistency_mask(forward_flow: np.ndarray, backward_flow: np.ndarray, *, erode_px: int = 1) -> np.ndarray:
+def consistency_mask(forward_flow, backward_flow, *, erode_px: int = 1):
     """Pixels of the current frame that the previous frame explains: 1 kept, 0 not.
 
     The forward-backward check of Sundaram et al. 2010 as used by Ruder et al.
@@ -302,11 +302,15 @@ def consistency_mask(forward_flow: np.ndarray, backward_flow: np.ndarray, *, ero
     or when ``p + w`` lies outside the previous frame (content that entered
     through the border).
 
+    Computed with torch on the flows' device: the video stage passes tensors
+    already on the GPU (the numpy version of this check took 114 ms a 1280x720
+    frame on a 16-core host, more than the dream itself).
+
     Args:
-        forward_flow: (H, W, 2) float flow previous → current,
-            ``estimator(prev, cur)``.
-        backward_flow: (H, W, 2) float flow current → previous,
-            ``estimator(cur, prev)``.
+        forward_flow: flow previous → current, ``estimator(prev, cur)``:
+            an (H, W, 2) float array, or a (B, H, W, 2) floating tensor.
+        backward_flow: flow current → previous, ``estimator(cur, prev)``,
+            of the same kind and shape.
         erode_px: grow the inconsistent regions by this many pixels (0 keeps the
             raw check). DIS matches 8 px patches, so flow next to an occlusion
             edge is dragged along by the other side of it and the check misses
@@ -317,13 +321,16 @@ def consistency_mask(forward_flow: np.ndarray, backward_flow: np.ndarray, *, ero
             kept pixels; 2 and 3 px kept improving it by less each.
 
     Returns:
-        float32 array (H, W) of 0.0 and 1.0, in the current frame's coordinates.
+        0.0 and 1.0 in the current frame's coordinates: a float32 (H, W) array
+        for arrays, a (B, 1, H, W) tensor of the flows' dtype and device for tensors.
 
     Raises:
-        ValueError: a flow is not (H, W, 2), the shapes differ, or erode_px < 0.
+        ValueError: a flow is not (H, W, 2) / (B, H, W, 2), the shapes differ, or erode_px < 0.
     """
-    _check_flow_array("forward_flow", forward_flow)
-    _check_flow_array("backward_flow", backward_flow)
+    arrays = isinstance(forward_flow, np.ndarray) or isinstance(backward_flow, np.ndarray)
+    if arrays:
+        _check_flow_array("forward_flow", forward_flow)
+        _check_flow_array("backward_flow", backward_flow)
     if forward_flow.shape != backward_flow.shape:
         raise ValueError(
             f"forward_flow has shape {forward_flow.shape} but backward_flow has {backward_flow.shape}; "
@@ -331,36 +338,49 @@ def consistency_mask(forward_flow: np.ndarray, backward_flow: np.ndarray, *, ero
         )
     if isinstance(erode_px, bool) or not isinstance(erode_px, int) or erode_px < 0:
         raise ValueError(f"erode_px={erode_px!r} must be an integer >= 0 (0 turns erosion off)")
-    backward = backward_flow.astype(np.float32, copy=False)
-    forward = forward_flow.astype(np.float32, copy=False)
-    height, width = backward.shape[:2]
-    grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
-    map_x = grid_x + backward[..., 0]
-    map_y = grid_y + backward[..., 1]
+    if arrays:
+        forward, backward = (torch.from_numpy(np.asarray(f, np.float32))[None] for f in (forward_flow, backward_flow))
+        return _consistency_mask(forward, backward, erode_px)[0, 0].numpy()
+    return _consistency_mask(forward_flow, backward_flow, erode_px)
 
+
+def _consistency_mask(forward: torch.Tensor, backward: torch.Tensor, erode_px: int) -> torch.Tensor:
+    """:func:`consistency_mask` of (B, H, W, 2) tensors → (B, 1, H, W)."""
+    _, height, width, _ = backward.shape
+    backward_c = backward.permute(0, 3, 1, 2)
     # Forward flow at p + w, i.e. where p came from in the previous frame.
-    forward_at_source = cv2.remap(forward, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    round_trip = np.sum((backward + forward_at_source) ** 2, axis=-1)
-    magnitudes = np.sum(backward**2, axis=-1) + np.sum(forward_at_source**2, axis=-1)
+    forward_at_source = warp_with_flow(forward.permute(0, 3, 1, 2), backward)
+    round_trip = ((backward_c + forward_at_source) ** 2).sum(1, keepdim=True)
+    backward_sq = (backward_c**2).sum(1, keepdim=True)
+    magnitudes = backward_sq + (forward_at_source**2).sum(1, keepdim=True)
     consistent = round_trip <= OCCLUSION_RELATIVE_TOL * magnitudes + OCCLUSION_ABSOLUTE_TOL_PX2
 
-    # Motion boundaries: central differences of the backward flow, in px / px.
-    du_dy, du_dx = np.gradient(backward[..., 0])
-    dv_dy, dv_dx = np.gradient(backward[..., 1])
-    gradient_sq = du_dx**2 + du_dy**2 + dv_dx**2 + dv_dy**2
-    boundary_tolerance = MOTION_BOUNDARY_RELATIVE_TOL * np.sum(backward**2, axis=-1) + MOTION_BOUNDARY_ABSOLUTE_TOL
-    consistent &= gradient_sq <= boundary_tolerance
+    # Motion boundaries: central differences of the backward flow (one-sided at the edges, as np.gradient), in px / px.
+    gradient_sq = (_central_difference(backward_c, 2) ** 2 + _central_difference(backward_c, 3) ** 2).sum(1, keepdim=True)
+    consistent &= gradient_sq <= MOTION_BOUNDARY_RELATIVE_TOL * backward_sq + MOTION_BOUNDARY_ABSOLUTE_TOL
 
     # p + w must land on the previous frame; each pixel covers +-0.5 px around its centre.
-    consistent &= (map_x >= -0.5) & (map_x <= width - 0.5) & (map_y >= -0.5) & (map_y <= height - 0.5)
+    xs = torch.arange(width, device=backward.device, dtype=backward.dtype).view(1, 1, 1, width) + backward_c[:, :1]
+    ys = torch.arange(height, device=backward.device, dtype=backward.dtype).view(1, 1, height, 1) + backward_c[:, 1:]
+    consistent &= (xs >= -0.5) & (xs <= width - 0.5) & (ys >= -0.5) & (ys <= height - 0.5)
 
-    mask = consistent.astype(np.float32)
+    mask = consistent.to(backward.dtype)
     if erode_px:
-        # Erosion's default border counts outside pixels as 1, so the frame
-        # edge itself does not eat into the mask.
-        kernel = np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8)
-        mask = cv2.erode(mask, kernel)
+        # Outside pixels count as consistent, so the frame edge itself does not eat into the mask.
+        padded = torch.nn.functional.pad(mask, (erode_px,) * 4, value=1.0)
+        mask = -torch.nn.functional.max_pool2d(-padded, 2 * erode_px + 1, stride=1)
     return mask
+
+
+def _central_difference(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """np.gradient along ``dim``: (f[i+1] - f[i-1]) / 2 inside, one-sided differences at both ends."""
+    n = values.shape[dim]
+    if n < 2:
+        return torch.zeros_like(values)
+    inner = (values.narrow(dim, 2, n - 2) - values.narrow(dim, 0, n - 2)) / 2
+    first = values.narrow(dim, 1, 1) - values.narrow(dim, 0, 1)
+    last = values.narrow(dim, n - 1, 1) - values.narrow(dim, n - 2, 1)
+    return torch.cat([first, inner, last], dim)
 
 
 def color_histogram_distance(prev_rgb: np.ndarray, cur_rgb: np.ndarray) -> float:
