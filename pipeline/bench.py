@@ -293,10 +293,10 @@ def naive_video(clip: Path, frames: int, model, settings, video, device, folder:
     from . import decode, flow
     from .dream import dream, frame_generator, to_tensor, to_uint8
     from .ffmpeg import run_ffmpeg
-    from .objectives import parse
+    from .objectives import parse_objective
     from .video import carry_residual
 
-    objective = parse(settings.objective, model)
+    objective = parse_objective(settings.objective, model)
     estimator = flow.FlowEstimator(video.flow) if video.flow != "none" else None
     reader = decode.read_frames(clip, max_frames=frames)  # probes the file now: not timed
     fps = decode.probe_video(clip).fps
@@ -585,7 +585,7 @@ def _measure(folder: Path, *, model, size, frames, settings, video, device, prec
     from . import decode, models
     from .dream import ComputeSettings, Dreamer, ascent_step, dream, frame_generator, to_tensor
     from .encode import EncodeSettings
-    from .objectives import parse
+    from .objectives import parse_objective
     from .sink import QUEUE_FRAMES
     from .video import PREFETCH_FRAMES, dream_video
 
@@ -633,7 +633,7 @@ def _measure(folder: Path, *, model, size, frames, settings, video, device, prec
     # builds the fp32 kernels the naive reference uses below)
     log("quality check: fast vs fp32 on the first frame")
     fp32_model = models.load_model(model).to(dev)  # as earlier tools: batch norms unfolded
-    fp32_objective = parse(settings.objective, fp32_model)
+    fp32_objective = parse_objective(settings.objective, fp32_model)
     first = to_tensor(inputs[0], dev)
     fast_out = dreamer(first, generators=[frame_generator(settings.seed, 0)])
     fp32_out = dream(fp32_model, first, fp32_objective, settings, generator=frame_generator(settings.seed, 0))

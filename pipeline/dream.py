@@ -559,7 +559,7 @@ class Dreamer:
         model = models.load_model(compute.model, weights=compute.weights, labels=compute.labels)
         self.model = models.prepare(model, self.device)
         self._guide_acts = self._guide_activations(compute.guide) if compute.guide else None
-        self.objective = objectives.parse(settings.objective, self.model, guide_acts=self._guide_acts)
+        self.objective = objectives.parse_objective(settings.objective, self.model, guide_acts=self._guide_acts)
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.graphs = StepGraphs() if self.device.type == "cuda" else None
         self._step_bytes_per_pixel: float | None = None
@@ -581,11 +581,11 @@ class Dreamer:
 
         return acts
 
-    def parse(self, objective: str) -> Objective:
+    def parse_objective(self, objective: str) -> Objective:
         """Another objective expression on this dreamer's model (and guide)."""
         from . import objectives
 
-        return objectives.parse(objective, self.model, guide_acts=self._guide_acts)
+        return objectives.parse_objective(objective, self.model, guide_acts=self._guide_acts)
 
     def __call__(
         self,

@@ -6,36 +6,39 @@ up like numbers (after lucid's ``optvis/objectives.py``)::
 
     layer("blocks.4") + 0.5 * channel("blocks.5", 97)
 
-and :func:`parse` reads the same thing from the command line::
+and :func:`parse_objective` reads the same thing from the command line::
 
     --objective "mid + 0.5*blocks.5:97"
 
-Grammar (no ``eval``; a hand-written recursive-descent parser)::
+The text is a formula of :mod:`expr` (never ``eval``), whose targets are::
 
-    expr   := term (("+" | "-") term)*
-    term   := unary ("*" unary)*           one factor at most is not a number
-    unary  := "-" unary | atom
-    atom   := NUMBER | "(" expr ")" | target
-    target := LAYER [":" CHANNEL]          layer or one channel of it
-            | "class:" (INDEX | NAME | "quoted name")
-            | "guide:" LAYER               needs a guide image
+    LAYER                   a layer or alias: mean of its squared activations
+    LAYER:CHANNEL           the mean activation of one channel
+    class:INDEX | class:NAME | class:"quoted name"     a class logit
+    guide:LAYER             match a guide image's activations (needs --guide)
+
+Objectives add and subtract; a product has one objective and any number of
+number factors (``0.5*mid``, ``mid/2``, ``2**-3*high``); a leading minus
+negates.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from .expr import (
+    Expression, ExprError, Negate, Node, Number, Power, Product, Sum, Syntax, Target, Token, parse_formula, walk,
+)
 from .models import LOGITS, DreamModel
 
 Activations = Mapping[str, torch.Tensor]
 
-# Objective strings come from presets written by strangers: bound their size.
+# Objective strings come from presets written by strangers: bound their size
+# (nesting is bounded by expr.MAX_NESTING, as for schedules).
 MAX_OBJECTIVE_CHARS = 500
-MAX_NESTING = 16
 
 
 @dataclass(frozen=True)
@@ -161,148 +164,10 @@ def per_image(objectives: Sequence[Objective]) -> Objective:
     return Objective(score, layers, " | ".join(obj.name for obj in objectives))
 
 
-# --- parser ----------------------------------------------------------------
-
-_TOKEN = re.compile(
-    r"\s*(?:(?P<number>\d+\.\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)"
-    r"|(?P<name>[A-Za-z_][A-Za-z0-9_.]*)"
-    r"|(?P<string>\"[^\"]*\"|'[^']*')"
-    r"|(?P<op>[-+*:()]))"
-)
+# --- reading objectives from text --------------------------------------------
 
 
-class _Parser:
-    def __init__(self, text: str, model: DreamModel, guide_acts: Callable[[str], torch.Tensor] | None):
-        self.text = text
-        self.model = model
-        self.guide_acts = guide_acts
-        self.tokens: list[tuple[str, str, int]] = []
-        pos = 0
-        while pos < len(text):
-            m = _TOKEN.match(text, pos)
-            if not m or m.end() == pos:
-                if text[pos:].strip() == "":
-                    break
-                self.fail(pos + len(text[pos:]) - len(text[pos:].lstrip()), "unexpected character")
-            kind = m.lastgroup
-            if kind is None:  # only whitespace left
-                break
-            self.tokens.append((kind, m[kind], m.start(kind)))
-            pos = m.end()
-        self.i = 0
-        self.depth = 0
-
-    def fail(self, column: int, message: str):
-        raise ValueError(f"--objective {self.text!r}: column {column + 1}: {message}")
-
-    def peek(self) -> tuple[str, str, int]:
-        return self.tokens[self.i] if self.i < len(self.tokens) else ("end", "", len(self.text))
-
-    def take(self) -> tuple[str, str, int]:
-        tok = self.peek()
-        self.i += 1
-        return tok
-
-    def expect(self, value: str) -> None:
-        kind, text, col = self.take()
-        if text != value:
-            self.fail(col, f"expected {value!r} but found {text or 'the end'!r}")
-
-    def parse(self) -> Objective:
-        value = self.expr()
-        kind, text, col = self.peek()
-        if kind != "end":
-            self.fail(col, f"unexpected {text!r}")
-        if not isinstance(value, Objective):
-            self.fail(0, "the expression is a plain number; name a layer, a channel, a class or a guide")
-        return value
-
-    def expr(self):
-        value = self.term()
-        while self.peek()[1] in ("+", "-"):
-            _, op, col = self.take()
-            right = self.term()
-            value = self.combine(value, right, op, col)
-        return value
-
-    def combine(self, left, right, op, col):
-        if isinstance(left, Objective) and isinstance(right, Objective):
-            return left + right if op == "+" else left - right
-        if not isinstance(left, Objective) and not isinstance(right, Objective):
-            return left + right if op == "+" else left - right
-        self.fail(col, f"cannot {'add' if op == '+' else 'subtract'} a plain number and an objective; weight it with '*'")
-
-    def term(self):
-        value = self.unary()
-        while self.peek()[1] == "*":
-            _, _, col = self.take()
-            right = self.unary()
-            if isinstance(value, Objective) and isinstance(right, Objective):
-                self.fail(col, "cannot multiply two objectives; one factor must be a number")
-            value = value * right
-        return value
-
-    def unary(self):
-        if self.peek()[1] == "-":
-            self.take()
-            return -self.unary()
-        return self.atom()
-
-    def atom(self):
-        kind, text, col = self.take()
-        if kind == "number":
-            return float(text)
-        if text == "(":
-            self.depth += 1
-            if self.depth > MAX_NESTING:
-                self.fail(col, f"nested deeper than {MAX_NESTING} parentheses")
-            value = self.expr()
-            self.expect(")")
-            self.depth -= 1
-            return value
-        if kind != "name":
-            self.fail(col, f"expected a layer name, a number or '(' but found {text or 'the end'!r}")
-        if text in ("class", "guide") and self.peek()[1] == ":":
-            self.take()
-            return self.class_target(col) if text == "class" else self.guide_target(col)
-        name = self.layer_name(text, col)
-        if self.peek()[1] == ":":
-            self.take()
-            kind, index, icol = self.take()
-            if kind != "number" or not index.isdigit():
-                self.fail(icol, f"expected a channel number after '{text}:' but found {index or 'the end'!r}")
-            return channel(name, int(index))
-        return layer(name)
-
-    def layer_name(self, text: str, col: int) -> str:
-        try:
-            return self.model.resolve_layer(text)
-        except ValueError as exc:
-            self.fail(col, str(exc))
-
-    def class_target(self, col: int) -> Objective:
-        kind, label, lcol = self.take()
-        if kind not in ("number", "name", "string"):
-            self.fail(lcol, "expected a class number or name after 'class:'")
-        label = label.strip("\"'")
-        try:
-            index = self.model.resolve_class(label)
-        except ValueError as exc:
-            self.fail(lcol, str(exc))
-        names = self.model.class_names
-        return class_logit(index, names[index] if names and not label.isdigit() else None)
-
-    def guide_target(self, col: int) -> Objective:
-        kind, text, lcol = self.take()
-        if kind != "name":
-            self.fail(lcol, "expected a layer name after 'guide:'")
-        name = self.layer_name(text, lcol)
-        if self.guide_acts is None:
-            self.fail(col, "guide:LAYER needs a guide image: pass --guide IMAGE")
-        return guide(name, self.guide_acts(name))
-
-
-def parse(
+def parse_objective(
     text: str,
     model: DreamModel,
     *,
@@ -310,18 +175,124 @@ def parse(
 ) -> Objective:
     """Read an objective expression such as ``"mid + 0.5*blocks.5:97"``.
 
+    The text is an :mod:`expr` formula whose targets are the objectives in
+    the module docstring; numbers weight them, and may be any variable-free
+    formula (``mid/2``, ``2**-3*high``).
+
     Args:
-        text: the expression (see the module docstring for the grammar).
+        text: the expression.
         model: resolves aliases, layer and class names.
         guide_acts: layer name → (1, C, h, w) activations of the guide image.
 
     Raises:
-        ValueError: naming the column and what was expected.
+        ExprError: a ValueError naming the text, the column and what was
+            expected, e.g. ``--objective 'mid +': column 6: expected a layer
+            name, a number or '(' but found the end``.
     """
     if not isinstance(text, str):
         raise TypeError(f"objective must be a string, got {type(text).__name__}")
-    if len(text) > MAX_OBJECTIVE_CHARS:
-        raise ValueError(f"--objective: {len(text)} characters is too long (at most {MAX_OBJECTIVE_CHARS})")
-    if not text.strip():
-        raise ValueError("--objective is empty: name a layer such as 'mid' (see `dreamreel layers`)")
-    return _Parser(text, model, guide_acts).parse()
+    setting = f"--objective {text!r}" if len(text) <= MAX_OBJECTIVE_CHARS else "--objective"
+
+    def fail(problem: str, token: Token) -> ExprError:
+        return ExprError(setting, problem, column=token.column)
+
+    def layer_name(token: Token) -> str:
+        try:
+            return model.resolve_layer(token.text)
+        except ValueError as exc:
+            raise fail(str(exc), token) from None
+
+    def target(name: Token, suffix: Token | None) -> Objective:
+        if name.text in ("class", "guide") and suffix is not None:
+            return class_target(suffix) if name.text == "class" else guide_target(name, suffix)
+        layer_ = layer_name(name)
+        if suffix is None:
+            return layer(layer_)
+        if suffix.kind != "number" or not suffix.text.isdigit():
+            raise fail(f"expected a channel number after '{name.text}:' but found {suffix.describe()}", suffix)
+        return channel(layer_, int(suffix.text))
+
+    def class_target(label: Token) -> Objective:
+        if label.kind not in ("number", "name", "string"):
+            raise fail(f"expected a class number or name after 'class:' but found {label.describe()}", label)
+        wanted = label.text.strip("\"'")
+        try:
+            index = model.resolve_class(wanted)
+        except ValueError as exc:
+            raise fail(str(exc), label) from None
+        names = model.class_names
+        return class_logit(index, names[index] if names and not wanted.isdigit() else None)
+
+    def guide_target(keyword: Token, name: Token) -> Objective:
+        if name.kind != "name":
+            raise fail(f"expected a layer name after 'guide:' but found {name.describe()}", name)
+        layer_ = layer_name(name)
+        if guide_acts is None:
+            raise fail("guide:LAYER needs a guide image: pass --guide IMAGE", keyword)
+        return guide(layer_, guide_acts(layer_))
+
+    syntax = Syntax(
+        noun="objective",
+        max_chars=MAX_OBJECTIVE_CHARS,
+        empty_hint="name a layer such as 'mid' (see `dreamreel layers`)",
+        operand="a layer name, a number or '('",
+        resolve_target=target,
+    )
+    value = _combine(parse_formula(text, setting=setting, syntax=syntax), setting)
+    if not isinstance(value, Objective):
+        raise ExprError(setting, "the expression is a plain number; name a layer, a channel, a class or a guide")
+    return value
+
+
+def _combine(node: Node, setting: str) -> Objective | float:
+    """The objective a tree describes, or its number when it has no target.
+
+    Numbers are evaluated by :class:`expr.Expression`, with its checks; sums
+    and differences of objectives, and products of an objective with numbers,
+    make an objective. The tree is at most ``expr.MAX_NESTING`` deep.
+    """
+    if not any(isinstance(n, Target) for n in walk(node)):
+        return Expression(node, setting=setting).evaluate_at({}, None)
+    if isinstance(node, Target):
+        return node.value
+    if isinstance(node, Negate):
+        return -_combine(node.operand, setting)
+    if isinstance(node, Sum):
+        return _combine_sum(node, setting)
+    if isinstance(node, Product):
+        return _combine_product(node, setting)
+    what = "a power" if isinstance(node, Power) else f"{node.function}(...)"
+    raise ExprError(setting, f"{what} takes numbers, not objectives; weight objectives with '*'", column=node.column)
+
+
+def _combine_sum(node: Sum, setting: str) -> Objective:
+    terms = [("+", node.first), *node.rest]
+    values = [_combine(term, setting) for _, term in terms]
+    for k, value in enumerate(values):
+        if not isinstance(value, Objective):
+            verb = "add" if terms[max(k, 1)][0] == "+" else "subtract"
+            raise ExprError(
+                setting, f"cannot {verb} a plain number and an objective; weight it with '*'",
+                column=terms[k][1].column,
+            )
+    total = values[0]
+    for (op, _), value in zip(terms[1:], values[1:]):
+        total = total + value if op == "+" else total - value
+    return total
+
+
+def _combine_product(node: Product, setting: str) -> Objective:
+    factors = [("*", node.first), *node.rest]
+    at = [k for k, (_, factor) in enumerate(factors) if any(isinstance(n, Target) for n in walk(factor))]
+    if len(at) > 1:
+        raise ExprError(setting, "cannot multiply two objectives; one factor must be a number",
+                        column=factors[at[1]][1].column)
+    op, factor = factors[at[0]]
+    if op == "/":
+        raise ExprError(setting, "cannot divide by an objective; one factor must be a number", column=factor.column)
+    # The weight is the product of the other factors, in the order written.
+    numbers = factors[: at[0]] + factors[at[0] + 1 :]
+    first = numbers[0][1] if numbers[0][0] == "*" else Number(1.0)
+    rest = tuple(numbers[1:] if numbers[0][0] == "*" else numbers)
+    weight = Expression(Product(first, rest) if rest else first, setting=setting).evaluate_at({}, None)
+    return weight * _combine(factor, setting)

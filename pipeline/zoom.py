@@ -31,11 +31,14 @@ import torch
 
 from .dream import ComputeSettings, Dreamer, DreamSettings, frame_generator, gaussian_blur, noise_image, to_tensor, to_uint8
 from .encode import EncodeSettings, FrameWriter, clear_frames_folder, output_kind
-from .schedule import Schedule, check_inputs, frame_env
+from .schedule import Schedule, check_inputs, frame_env, parse_schedule
 from .sink import FrameSink, StopFlag
 from .workdir import WorkDir
 
 SCHEDULED = ("zoom", "angle", "translate_x", "translate_y", "step", "iterations", "blend")
+# A scheduled dream setting keeps the range of the fixed one (dream.check_settings,
+# video's --blend), on every frame: iterations = "1e9" is refused, not run.
+SCHEDULE_BOUNDS = {"step": (0.0, 1.0), "iterations": (0, 1000), "blend": (0.0, 1.0)}
 MAX_VARIATIONS = 16  # looks side by side in one video
 
 
@@ -83,7 +86,8 @@ class ZoomSettings:
     def schedules(self) -> dict[str, Schedule]:
         """The scheduled fields parsed; None fields are left out."""
         return {
-            name: Schedule.parse(getattr(self, name), setting=name.replace("_", "-"), interpolation=self.interpolation)
+            name: parse_schedule(getattr(self, name), setting=name.replace("_", "-"), interpolation=self.interpolation,
+                                 bounds=SCHEDULE_BOUNDS.get(name))
             for name in SCHEDULED
             if getattr(self, name) is not None
         }
@@ -276,7 +280,7 @@ def dream_zoom(
         # 3. the model and each look's objective; the start pictures (frame 0's
         # input), and the last frame on disk when resuming
         dreamer = Dreamer(looks[0].dream, compute)
-        parsed = {look.dream.objective: dreamer.parse(look.dream.objective) for look in looks}
+        parsed = {look.dream.objective: dreamer.parse_objective(look.dream.objective) for look in looks}
         if init_rgb is not None:
             base = to_tensor(cv2.resize(init_rgb, (width, height), interpolation=cv2.INTER_AREA)).expand(len(looks), -1, -1, -1)
         else:

@@ -4,19 +4,19 @@ import torch
 from dreamreel.pipeline import dream as D
 from dreamreel.pipeline import objectives
 from dreamreel.pipeline.dream import DreamSettings
-from dreamreel.pipeline.objectives import parse
+from dreamreel.pipeline.objectives import parse_objective
 
 
 def run(model, x, **kw):
     settings = DreamSettings(**{"objective": "mid", "octaves": 2, "iterations": 4, "jitter": 4, **kw})
     scores = []
-    out = D.dream(model, x, parse(settings.objective, model), settings, on_step=lambda s: scores.append(s))
+    out = D.dream(model, x, parse_objective(settings.objective, model), settings, on_step=lambda s: scores.append(s))
     return out, scores
 
 
 def test_objective_rises_during_ascent(tiny_model, textured):
     settings = DreamSettings(objective="mid", octaves=1, iterations=8, jitter=0)
-    obj = parse("mid", tiny_model)
+    obj = parse_objective("mid", tiny_model)
     scores = []
     D.dream(tiny_model, textured, obj, settings, on_step=lambda s: scores.append(float(s)))
     assert scores[-1] > scores[0] * 1.2
@@ -49,7 +49,7 @@ def test_same_seed_same_dream_other_seed_other_dream(tiny_model, textured):
 
 def test_tiled_gradient_matches_untiled_away_from_borders(tiny_model):
     x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
-    obj = parse("conv1", tiny_model)  # 3x3 receptive field: only 1 px near a border differs
+    obj = parse_objective("conv1", tiny_model)  # 3x3 receptive field: only 1 px near a border differs
     full, s_full = D.objective_gradient(tiny_model, x, obj, tile=512, autocast_dtype=None)
     tiled, s_tiled = D.objective_gradient(tiny_model, x, obj, tile=64, autocast_dtype=None)
     interior = torch.ones(128, 128, dtype=torch.bool)
@@ -108,7 +108,7 @@ def test_noise_image_is_seeded_and_mid_grey():
 
 def test_per_image_generators_make_a_batch_equal_to_each_image_alone(tiny_model, textured):
     settings = DreamSettings(objective="mid", octaves=1, iterations=3, jitter=6)
-    obj = parse("mid", tiny_model)
+    obj = parse_objective("mid", tiny_model)
     other = torch.rand_like(textured)
     batch = D.dream(tiny_model, torch.cat([textured, other]), obj, settings,
                     generator=[D.frame_generator(0, 1), D.frame_generator(0, 2)])
@@ -130,8 +130,8 @@ def test_gaussian_blur_spreads_an_impulse_into_a_normalised_gaussian():
 
 def test_batched_tiles_give_the_same_gradient_as_one_tile_at_a_time(tiny_model):
     x = torch.rand(2, 3, 150, 130, generator=torch.Generator().manual_seed(0))  # tiles 64, 64, 22 by 64, 64, 2
-    looks = objectives.per_image([parse("conv1", tiny_model), parse("conv3:2", tiny_model)])
-    for obj in (parse("conv2", tiny_model), looks):
+    looks = objectives.per_image([parse_objective("conv1", tiny_model), parse_objective("conv3:2", tiny_model)])
+    for obj in (parse_objective("conv2", tiny_model), looks):
         one, s_one = D.objective_gradient(tiny_model, x, obj, tile=64, autocast_dtype=None)
         for tile_batch in (2, 4, 9):
             many, s_many = D.objective_gradient(tiny_model, x, obj, tile=64, autocast_dtype=None, tile_batch=tile_batch)
@@ -182,14 +182,14 @@ def test_jitter_shifts_are_those_of_each_image_alone():
 def test_dream_on_each_device_matches_the_cpu(tiny_model, textured, device):
     """The CPU path and the GPU path (steps captured as CUDA graphs) dream the same picture."""
     settings = DreamSettings(objective="mid", octaves=2, iterations=4, jitter=4)
-    obj = parse("mid", tiny_model)
+    obj = parse_objective("mid", tiny_model)
     on_cpu = D.dream(tiny_model, textured, obj, settings, generator=[D.frame_generator(0, 0)])
     model = tiny_model.to(device)
     graphs = D.StepGraphs()
     scores = []
-    out = D.dream(model, textured.to(device), parse("mid", model), settings, generator=[D.frame_generator(0, 0)],
+    out = D.dream(model, textured.to(device), parse_objective("mid", model), settings, generator=[D.frame_generator(0, 0)],
                   graphs=graphs, on_step=scores.append)
-    again = D.dream(model, textured.to(device), parse("mid", model), settings, generator=[D.frame_generator(0, 0)],
+    again = D.dream(model, textured.to(device), parse_objective("mid", model), settings, generator=[D.frame_generator(0, 0)],
                     graphs=graphs)
     assert out.device.type == device and len(scores) == 8
     assert (out.cpu() - on_cpu).abs().max() < 2 / 255
@@ -203,7 +203,7 @@ def test_temporal_anchor_pulls_towards_it_where_weighted(tiny_model, textured, d
     anchor = torch.zeros_like(x)
     weight = torch.zeros_like(x[:, :1])
     weight[..., :, :32] = 1  # left half: trusted
-    run = lambda a: D.dream(model, x, parse("mid", model), settings, generator=[D.frame_generator(0, 0)], anchor=a,  # noqa: E731
+    run = lambda a: D.dream(model, x, parse_objective("mid", model), settings, generator=[D.frame_generator(0, 0)], anchor=a,  # noqa: E731
                             graphs=D.StepGraphs())
     free, pulled, off = run(None), run((anchor, weight, 0.5)), run((anchor, weight, 0.0))
     assert torch.allclose(free, off, atol=1e-6)  # strength 0 is no anchor
@@ -214,7 +214,7 @@ def test_temporal_anchor_pulls_towards_it_where_weighted(tiny_model, textured, d
 def test_fp16_gradient_of_small_tiles_does_not_underflow(tiny_model):
     """A tile's area weight times 1/N per activation is below fp16's range; the loss scale keeps it."""
     x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
-    obj = parse("conv1", tiny_model)
+    obj = parse_objective("conv1", tiny_model)
     fp32, _ = D.objective_gradient(tiny_model, x, obj, tile=64, autocast_dtype=None)
     fp16, _ = D.objective_gradient(tiny_model, x, obj, tile=64, autocast_dtype=torch.float16)
     assert (fp16 != 0).float().mean() > 0.95

@@ -5,8 +5,9 @@ import torch
 
 from conftest import make_tiny_model
 from dreamreel.pipeline import objectives
+from dreamreel.pipeline.expr import MAX_NESTING, ExprError
 from dreamreel.pipeline.models import LOGITS
-from dreamreel.pipeline.objectives import channel, class_logit, layer, parse
+from dreamreel.pipeline.objectives import MAX_OBJECTIVE_CHARS, channel, class_logit, layer, parse_objective
 
 
 def acts_of(model, x):
@@ -55,10 +56,15 @@ def test_arithmetic_builds_readable_names_and_adds_scores(tiny_model, textured):
         ("class:tabby_cat", "class:tabby cat"),
         ("class:'tabby cat' + 0.1*mid", "class:tabby cat + 0.1*conv2"),
         ("low*1e-1", "0.1*conv1"),
+        # weights are formulas of the expression language
+        ("mid/2", "0.5*conv2"),
+        ("2*mid*3", "6*conv2"),
+        ("2**-1*high + sqrt(4)*low", "0.5*conv3 + 2*conv1"),
+        ("+mid", "conv2"),
     ],
 )
 def test_parse_reads_the_grammar(tiny_model, text, name):
-    assert parse(text, tiny_model).name == name
+    assert parse_objective(text, tiny_model).name == name
 
 
 @pytest.mark.parametrize(
@@ -76,29 +82,76 @@ def test_parse_reads_the_grammar(tiny_model, text, name):
         ("guide:mid", "needs a guide image: pass --guide IMAGE"),
         ("__import__('os')", "unknown layer '__import__'"),
         ("mid; rm", "column 4: unexpected character"),
-        ("(" * 40 + "mid" + ")" * 40, "nested deeper"),
-        ("mid+" * 200, "too long"),
+        ("(" * 40 + "mid" + ")" * 40, f"column {MAX_NESTING + 1}: nested more than {MAX_NESTING} levels"),
+        # ~500 signs used to overflow Python's stack (RecursionError) when scored
+        ("-" * 497 + "mid", f"column {MAX_NESTING + 1}: nested more than {MAX_NESTING} levels"),
+        ("mid+" * 200, f"^--objective: the objective is 800 characters long; the limit is {MAX_OBJECTIVE_CHARS}$"),
+        ("1/mid", "column 3: cannot divide by an objective"),
+        ("mid**2", "column 1: a power takes numbers, not objectives"),
+        ("sin(mid)", r"column 1: sin\(...\) takes numbers, not objectives"),
+        ("mid/0", "column 5: .*divides by zero"),
+        ("9**9**9*mid", "column 1: 9\\*\\*9\\*\\*9 is too large for a float"),
     ],
 )
 def test_parse_errors_name_the_column_and_the_fix(tiny_model, text, message):
-    with pytest.raises(ValueError, match=message):
-        parse(text, tiny_model)
+    with pytest.raises(ExprError, match=message) as caught:
+        parse_objective(text, tiny_model)
+    assert str(caught.value).count("\n") == 0
+    if len(text) <= MAX_OBJECTIVE_CHARS:
+        assert str(caught.value).startswith(f"--objective {text!r}: ")
+
+
+def test_non_text_objective_is_a_type_error(tiny_model):
+    with pytest.raises(TypeError, match="objective must be a string, got int"):
+        parse_objective(3, tiny_model)
+
+
+def test_guide_score_is_the_mean_best_match_dot_product(tiny_model, textured):
+    guide_acts = tiny_model(textured.flip(-2), ["conv2"])["conv2"]
+    obj = parse_objective("guide:mid", tiny_model, guide_acts=lambda name: guide_acts)
+    assert obj.layers == {"conv2"} and obj.name == "guide:conv2"
+    acts = tiny_model(textured, ["conv2"])
+    x, g = acts["conv2"].flatten(2)[0], guide_acts.flatten(2)[0]  # (C, M), (C, N)
+    best = (x.t() @ g).max(dim=1).values  # each position's largest dot product with any guide feature
+    assert torch.allclose(obj(acts), best.mean().reshape(1), rtol=1e-5)
+
+
+def _flat_picture(channel_index, axis):
+    picture = torch.zeros(1, 3, 48, 64)
+    picture[:, channel_index] = 1.0
+    ramp = torch.linspace(0, 1, picture.shape[axis])
+    picture[:, 1] = ramp if axis == -1 else ramp[:, None]
+    return picture
+
+
+def _likeness(model, x, guide_acts):
+    """Mean over x's positions of the best cosine similarity to a guide feature."""
+    a = model(x, ["conv2"])["conv2"].flatten(2)[0]
+    g = guide_acts.flatten(2)[0]
+    a = a / a.norm(dim=0, keepdim=True).clamp_min(1e-6)
+    g = g / g.norm(dim=0, keepdim=True).clamp_min(1e-6)
+    return (a.t() @ g).max(1).values.mean().item()
 
 
 def test_guide_pulls_towards_the_guide_features(tiny_model, textured):
-    guide_img = textured.flip(-2)
     with torch.no_grad():
-        g = tiny_model(guide_img, ["conv2"])["conv2"]
-    obj = parse("guide:mid", tiny_model, guide_acts=lambda name: g)
-    x = textured.clone().requires_grad_(True)
-    score = obj(tiny_model(x, obj.layers))
-    assert score.shape == (1,)
-    # matching an image against its own features scores at least as much as the
-    # dot product with the same positions (each picks its best match)
-    with torch.no_grad():
-        own = objectives.guide("conv2", tiny_model(x, ["conv2"])["conv2"])
-        a = tiny_model(x, ["conv2"])
-        assert own(a) >= (a["conv2"] ** 2).sum(1).mean() - 1e-5
+        guides = {name: tiny_model(picture, ["conv2"])["conv2"]
+                  for name, picture in (("red", _flat_picture(0, -1)), ("blue", _flat_picture(2, -2)))}
+
+    def dream_towards(name):
+        obj = parse_objective("guide:mid", tiny_model, guide_acts=lambda layer_name: guides[name])
+        x = textured.clone()
+        for _ in range(8):
+            x.requires_grad_(True)
+            (grad,) = torch.autograd.grad(obj(tiny_model(x, obj.layers)).sum(), x)
+            x = (x + 0.04 * grad / grad.abs().mean()).clamp(0, 1).detach()
+        return x
+
+    for towards, away in (("red", "blue"), ("blue", "red")):
+        dreamed = dream_towards(towards)
+        # closer to the guide it was pulled to than the start was, and than to the other guide
+        assert _likeness(tiny_model, dreamed, guides[towards]) > _likeness(tiny_model, textured, guides[towards]) + 0.02
+        assert _likeness(tiny_model, dreamed, guides[towards]) > _likeness(tiny_model, dreamed, guides[away]) + 0.05
 
 
 FUZZ_MODEL = make_tiny_model()
@@ -107,9 +160,10 @@ OBJECTIVE_ALPHABET = st.sampled_from(list("conv123midlowhigh class guide:*+-().0
 
 @settings(max_examples=300, deadline=1000)
 @given(st.text(OBJECTIVE_ALPHABET, max_size=80) | st.text(max_size=40))
-def test_any_objective_text_parses_or_raises_a_value_error(text):
+def test_any_objective_text_parses_or_raises_expr_error(text):
     try:
-        objective = parse(text, FUZZ_MODEL)
-    except (ValueError, TypeError):
+        objective = parse_objective(text, FUZZ_MODEL)
+    except ExprError as error:
+        assert "\n" not in str(error)
         return
     assert objective.layers <= {"conv1", "conv2", "conv3", LOGITS}
