@@ -328,13 +328,11 @@ class Power:
 
 
 @dataclass(frozen=True, slots=True)
-class Sum:
-    """``first (+|-) node (+|-) node ...``, flat so long sums do not nest deeply."""
+class _Chain:
+    """``first op node op node ...``: flat, so long sums and products do not nest deeply."""
 
     first: Node
     rest: tuple[tuple[str, Node], ...]
-
-    precedence = _SUM
 
     @property
     def column(self) -> int:
@@ -343,6 +341,13 @@ class Sum:
     @property
     def children(self) -> tuple[Node, ...]:
         return (self.first, *(node for _, node in self.rest))
+
+
+@dataclass(frozen=True, slots=True)
+class Sum(_Chain):
+    """``first (+|-) node (+|-) node ...``."""
+
+    precedence = _SUM
 
     def eval(self, env: Mapping[str, float]) -> float:
         total = self.first.eval(env)
@@ -363,21 +368,10 @@ class Sum:
 
 
 @dataclass(frozen=True, slots=True)
-class Product:
-    """``first (*|/) node (*|/) node ...``, flat like Sum."""
-
-    first: Node
-    rest: tuple[tuple[str, Node], ...]
+class Product(_Chain):
+    """``first (*|/) node (*|/) node ...``."""
 
     precedence = _PRODUCT
-
-    @property
-    def column(self) -> int:
-        return self.first.column
-
-    @property
-    def children(self) -> tuple[Node, ...]:
-        return (self.first, *(node for _, node in self.rest))
 
     def eval(self, env: Mapping[str, float]) -> float:
         value = self.first.eval(env)

@@ -192,56 +192,64 @@ def parse_objective(
     if not isinstance(text, str):
         raise TypeError(f"objective must be a string, got {type(text).__name__}")
     setting = f"--objective {text!r}" if len(text) <= MAX_OBJECTIVE_CHARS else "--objective"
-
-    def fail(problem: str, token: Token) -> ExprError:
-        return ExprError(setting, problem, column=token.column)
-
-    def layer_name(token: Token) -> str:
-        try:
-            return model.resolve_layer(token.text)
-        except ValueError as exc:
-            raise fail(str(exc), token) from None
-
-    def target(name: Token, suffix: Token | None) -> Objective:
-        if name.text in ("class", "guide") and suffix is not None:
-            return class_target(suffix) if name.text == "class" else guide_target(name, suffix)
-        layer_ = layer_name(name)
-        if suffix is None:
-            return layer(layer_)
-        if suffix.kind != "number" or not suffix.text.isdigit():
-            raise fail(f"expected a channel number after '{name.text}:' but found {suffix.describe()}", suffix)
-        return channel(layer_, int(suffix.text))
-
-    def class_target(label: Token) -> Objective:
-        if label.kind not in ("number", "name", "string"):
-            raise fail(f"expected a class number or name after 'class:' but found {label.describe()}", label)
-        wanted = label.text.strip("\"'")
-        try:
-            index = model.resolve_class(wanted)
-        except ValueError as exc:
-            raise fail(str(exc), label) from None
-        names = model.class_names
-        return class_logit(index, names[index] if names and not wanted.isdigit() else None)
-
-    def guide_target(keyword: Token, name: Token) -> Objective:
-        if name.kind != "name":
-            raise fail(f"expected a layer name after 'guide:' but found {name.describe()}", name)
-        layer_ = layer_name(name)
-        if guide_acts is None:
-            raise fail("guide:LAYER needs a guide image: pass --guide IMAGE", keyword)
-        return guide(layer_, guide_acts(layer_))
-
     syntax = Syntax(
         noun="objective",
         max_chars=MAX_OBJECTIVE_CHARS,
         empty_hint="name a layer such as 'mid' (see `dreamreel layers`)",
         operand="a layer name, a number or '('",
-        resolve_target=target,
+        resolve_target=_Targets(setting, model, guide_acts),
     )
     value = _combine(parse_formula(text, setting=setting, syntax=syntax), setting)
     if not isinstance(value, Objective):
         raise ExprError(setting, "the expression is a plain number; name a layer, a channel, a class or a guide")
     return value
+
+
+class _Targets:
+    """Resolves an objective's targets on a model while the text is parsed (see :class:`expr.Syntax`)."""
+
+    def __init__(self, setting: str, model: DreamModel, guide_acts: Callable[[str], torch.Tensor] | None):
+        self.setting = setting
+        self.model = model
+        self.guide_acts = guide_acts
+
+    def __call__(self, name: Token, suffix: Token | None) -> Objective:
+        if name.text in ("class", "guide") and suffix is not None:
+            return self.class_logit(suffix) if name.text == "class" else self.guide(name, suffix)
+        layer_name = self.layer_name(name)
+        if suffix is None:
+            return layer(layer_name)
+        if suffix.kind != "number" or not suffix.text.isdigit():
+            raise self.fail(f"expected a channel number after '{name.text}:' but found {suffix.describe()}", suffix)
+        return channel(layer_name, int(suffix.text))
+
+    def fail(self, problem: str, token: Token) -> ExprError:
+        return ExprError(self.setting, problem, column=token.column)
+
+    def layer_name(self, token: Token) -> str:
+        try:
+            return self.model.resolve_layer(token.text)
+        except ValueError as exc:
+            raise self.fail(str(exc), token) from None
+
+    def class_logit(self, label: Token) -> Objective:
+        if label.kind not in ("number", "name", "string"):
+            raise self.fail(f"expected a class number or name after 'class:' but found {label.describe()}", label)
+        wanted = label.text.strip("\"'")
+        try:
+            index = self.model.resolve_class(wanted)
+        except ValueError as exc:
+            raise self.fail(str(exc), label) from None
+        names = self.model.class_names
+        return class_logit(index, names[index] if names and not wanted.isdigit() else None)
+
+    def guide(self, keyword: Token, name: Token) -> Objective:
+        if name.kind != "name":
+            raise self.fail(f"expected a layer name after 'guide:' but found {name.describe()}", name)
+        layer_name = self.layer_name(name)
+        if self.guide_acts is None:
+            raise self.fail("guide:LAYER needs a guide image: pass --guide IMAGE", keyword)
+        return guide(layer_name, self.guide_acts(layer_name))
 
 
 def _combine(node: Node, setting: str) -> Objective | float:
