@@ -13,8 +13,8 @@ Sections map onto the settings dataclasses of the stages (``[dream]`` →
 :class:`~dreamreel.pipeline.dream.DreamSettings`, ``[video]``, ``[zoom]``,
 ``[encode]``). Values are checked against the dataclass: an unknown key or a
 wrong type is an error naming the file, the key and what was expected. A
-preset is data only: nothing in it is executed (schedule expressions are
-parsed by :mod:`schedule`'s own small evaluator).
+preset is data only: nothing in it is executed (schedule expressions and
+objectives are read by :mod:`expr`'s own small parser).
 
 Precedence: dataclass defaults < preset < command-line flags.
 """
