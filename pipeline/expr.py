@@ -30,7 +30,7 @@ Presets and flags are text from strangers, so nothing is ever handed to
 ``eval``. Python's own ``ast.parse`` walked against a whitelist was the other
 candidate; it does not fit: ``0:(1.02), 120:(1.05)``, ``blocks.4:97`` and
 ``class:tabby`` (a keyword) are not Python expressions, and CPython's parser
-recurses on nesting (``-`` * 10000 + ``1`` exhausts it) before a whitelist
+recurses on nesting (``"-" * 10000 + "1"`` raises MemoryError) before a whitelist
 could look at the tree. So the parser is the hand-written recursive descent
 below, and it is bounded: the caller's limit on the text's length, one
 nesting limit (:data:`MAX_NESTING`) for parentheses, signs, powers and calls,
