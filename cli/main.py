@@ -231,6 +231,13 @@ def cmd_layers(args) -> int:
     return EXIT_OK
 
 
+def cmd_studio(args) -> int:
+    from dreamreel.pipeline.studio import serve
+
+    serve(host=args.host, port=args.port, output_dir=args.output_dir)
+    return EXIT_OK
+
+
 def cmd_presets(args) -> int:
     from dreamreel.pipeline.presets import builtin_names, load_preset
 
@@ -339,6 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", nargs="?", help="preset to show")
     add_common(p)
     p.set_defaults(run=cmd_presets)
+
+    p = sub.add_parser("studio", help="a local web page to preview looks and render them (needs dreamreel[studio])",
+                       description="Open the studio: preview and render in a web browser.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 opens it to your network)")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on")
+    p.add_argument("--output-dir", default="studio-output", help="folder for uploads, previews, renders and presets")
+    add_common(p)
+    p.set_defaults(run=cmd_studio)
     return parser
 
 
@@ -372,22 +387,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dreamreel: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, TypeError) as exc:
+    except Exception as exc:
         if args.debug:
             raise
+        line, code = error_line(exc)
+        print(line, file=sys.stderr)
+        return code
+
+
+def error_line(exc: Exception) -> tuple[str, int]:
+    """The one line printed for an error, and the exit code (the studio shows the same line).
+
+    ValueError/TypeError are bad input (exit 2); OSError (disk full,
+    permissions) already says what to do (exit 1); anything else is
+    unexpected (exit 1).
+    """
+    if isinstance(exc, (ValueError, TypeError)):
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"dreamreel: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:  # disk full, permissions: the message already says what to do
-        if args.debug:
-            raise
-        print(f"dreamreel: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except Exception as exc:  # the last line of defence: one line, exit 1
-        if args.debug:
-            raise
-        print(f"dreamreel: unexpected error: {type(exc).__name__}: {exc} (rerun with --debug for details)", file=sys.stderr)
-        return EXIT_FAILURE
+        return f"dreamreel: error: {message}", EXIT_USAGE
+    if isinstance(exc, OSError):
+        return f"dreamreel: error: {exc}", EXIT_FAILURE
+    return f"dreamreel: unexpected error: {type(exc).__name__}: {exc} (rerun with --debug for details)", EXIT_FAILURE
 
 
 if __name__ == "__main__":
