@@ -118,7 +118,7 @@ def encode_settings(args, preset):
 
 
 def resume_hint(output) -> None:
-    from dreamreel.pipeline.workdir import work_folder
+    from dreamreel.pipeline.render import work_folder
 
     print(
         f"dreamreel: interrupted; finished frames are kept in {work_folder(output)}. "

@@ -355,7 +355,8 @@ def stage_costs(clip: Path, frames: int, dreamed: list, video, fps, folder: Path
     from .dream import to_tensor
     from .encode import EncodeSettings, FrameWriter
     from .video import carry_residual
-    from .workdir import WorkDir
+    from .files import frame_path, save_image
+    from .render import PNG_COMPRESSION
 
     costs = {}
     reader = decode.read_frames(clip, max_frames=frames)
@@ -384,13 +385,12 @@ def stage_costs(clip: Path, frames: int, dreamed: list, video, fps, folder: Path
         )  # fmt: skip
     costs["blend"] = (time.perf_counter() - start) / max(1, len(flows))
 
-    workdir = WorkDir(folder / "stages.mp4", {"kind": "bench"})
-    workdir.open()
+    saved = folder / "stages-frames"  # as the render job saves finished frames
+    saved.mkdir()
     start = time.perf_counter()
     for index, rgb in enumerate(dreamed):
-        workdir.save_frame(index, rgb)
+        save_image(frame_path(saved, index), rgb, png_compression=PNG_COMPRESSION)
     costs["save"] = (time.perf_counter() - start) / len(dreamed)
-    workdir.remove()
 
     height, width = dreamed[0].shape[:2]
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -586,7 +586,7 @@ def _measure(folder: Path, *, model, size, frames, settings, video, device, prec
     from .dream import ComputeSettings, Dreamer, ascent_step, dream, frame_generator, to_tensor
     from .encode import EncodeSettings
     from .objectives import parse_objective
-    from .sink import QUEUE_FRAMES
+    from .render import QUEUE_FRAMES
     from .video import PREFETCH_FRAMES, dream_video
 
     mode = "quick" if quick else "full"

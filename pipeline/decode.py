@@ -1,4 +1,4 @@
-"""Reading pictures and videos as RGB uint8 arrays, and saving pictures.
+"""Reading videos as RGB uint8 frames (pictures are :mod:`files`' business).
 
 Every array here is RGB ``uint8`` of shape (H, W, 3); OpenCV's BGR order never
 leaves this module. Videos are streamed one frame at a time, so memory stays
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,9 +24,7 @@ import cv2
 import numpy as np
 
 from . import ffmpeg
-
-# Picture formats save_image writes, by suffix (OpenCV picks the encoder from it).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+from .files import check_input_file
 
 # Frame rates are stored as exact fractions. OpenCV reports a float, and the
 # NTSC family (24000/1001, 30000/1001, 60000/1001) is the only common case
@@ -52,99 +48,6 @@ _UPRIGHT = {
     180: cv2.ROTATE_180,
     270: cv2.ROTATE_90_CLOCKWISE,
 }
-
-
-# --- pictures ----------------------------------------------------------------
-
-
-def load_image(path: str | Path) -> np.ndarray:
-    """Read a picture file as RGB.
-
-    Grey pictures are expanded to three channels and an alpha channel is
-    dropped (transparent pixels keep whatever colour they store). A JPEG's
-    EXIF orientation is applied, so phone photos come out upright.
-
-    Args:
-        path: any format OpenCV reads (PNG, JPEG, WebP, TIFF, BMP, ...).
-
-    Returns:
-        (H, W, 3) RGB uint8.
-
-    Raises:
-        ValueError: the file is missing, is a folder, or is not a picture.
-    """
-    path = Path(path)
-    _check_input_file(path, "picture")
-    # imdecode on the bytes, rather than imread on the name, because imread
-    # cannot open non-ASCII paths on Windows.
-    data = np.fromfile(path, dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        raise ValueError(f"{path}: not a picture OpenCV can read (expected PNG, JPEG, WebP, TIFF or BMP)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def save_image(path: str | Path, rgb: np.ndarray) -> None:
-    """Write an RGB picture atomically; the format comes from the suffix.
-
-    The picture is encoded in memory and written to a temporary file in the
-    same folder, then renamed over ``path``, so a reader never sees a
-    half-written file and a crash leaves any earlier file intact.
-
-    Args:
-        path: ends in .png, .jpg, .jpeg or .webp.
-        rgb: (H, W, 3) RGB uint8.
-
-    Raises:
-        ValueError: unknown suffix, a folder that does not exist or is not
-            writable, or ``rgb`` not (H, W, 3) uint8.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
-        raise ValueError(f"{path}: cannot save a picture as {suffix or 'no suffix'!r}; use one of {IMAGE_SUFFIXES}")
-    check_rgb_frame(rgb, "rgb")
-    check_output_folder(path.parent)
-    ok, encoded = cv2.imencode(suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError(f"{path}: OpenCV could not encode a {rgb.shape[1]}x{rgb.shape[0]} picture as {suffix}")
-    write_atomically(path, encoded.tobytes())
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a hidden temporary file beside ``path``, then rename it to ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def check_output_folder(folder: Path) -> None:
-    """Raise ValueError unless ``folder`` exists and this process may create files in it."""
-    if not folder.is_dir():
-        raise ValueError(f"{folder}: output folder does not exist; create it first (mkdir -p {folder})")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{folder}: output folder is not writable; choose another folder or fix its permissions")
-
-
-def check_rgb_frame(frame: np.ndarray, name: str) -> None:
-    """Raise ValueError unless ``frame`` is an (H, W, 3) uint8 array."""
-    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        got = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
-        raise ValueError(f"{name}: expected an RGB uint8 array of shape (H, W, 3), got {got}")
-
-
-def _check_input_file(path: Path, kind: str) -> None:
-    if not path.exists():
-        raise ValueError(f"{path}: no such file")
-    if path.is_dir():
-        raise ValueError(f"{path}: is a folder; expected a {kind} file")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: file is empty (0 bytes); expected a {kind} file")
 
 
 # --- videos ------------------------------------------------------------------
@@ -194,7 +97,7 @@ def probe_video(path: str | Path) -> VideoInfo:
             only, a still picture, or has no decodable frame.
     """
     path = Path(path)
-    _check_input_file(path, "video")
+    check_input_file(path, "video")
     media = ffmpeg.probe(path)
     if media.is_still_image:
         raise ValueError(f"{path}: is an image, not a video; dream it with `dreamreel image`")
@@ -267,10 +170,9 @@ def read_frames(
 
     The file and the options are checked now; frames are decoded as the
     iterator is consumed. The first frame is number ``round(start_s * fps)``
-    and the last is the one before ``round(end_s * fps)``. Frames before the
-    start are decoded and dropped rather than reached by seeking: OpenCV's
-    seek lands on the nearest keyframe and can miss the exact frame, and
-    the decode costs little next to dreaming a frame.
+    and the last is the one before ``round(end_s * fps)``. The first frame
+    is reached by seeking (:func:`_seek`), so a reader that starts late in a
+    long video (a lane, a resumed run) does not decode everything before it.
 
     If the file ends clearly before the frame count its container announces
     (a truncated download; see ``TRUNCATION_TOLERANCE_S``), a warning names
@@ -324,14 +226,12 @@ def _stream(info: VideoInfo, first: int, stop: int | None, size: tuple[int, int]
     """Frames ``first`` (inclusive) to ``stop`` (exclusive, None = end), upright and resized to ``size``."""
     capture = _open_capture(info.path)
     try:
-        for index in range(first):
-            if not capture.grab():
-                raise ValueError(
-                    f"--start: frame {first} was asked for, but {info.path} has only {index} decodable frames"
-                )
+        _seek(capture, first)
         index = first
         while stop is None or index < stop:
             ok, bgr = capture.read()
+            if not ok and index == first > 0:
+                raise ValueError(f"--start: frame {first} was asked for, but {info.path} ends before it")
             if not ok:
                 missing = (info.frame_count_estimate or 0) - index
                 if missing > TRUNCATION_TOLERANCE_S * info.fps:
@@ -349,6 +249,22 @@ def _stream(info: VideoInfo, first: int, stop: int | None, size: tuple[int, int]
             index += 1
     finally:
         capture.release()
+
+
+def _seek(capture: cv2.VideoCapture, index: int) -> None:
+    """Make frame ``index`` the next one ``capture`` reads.
+
+    OpenCV's FFmpeg backend seeks to the keyframe before the frame, then
+    decodes forward to it by timestamp: exact for constant-rate video (the
+    tests compare it with decoding from the start for MP4, Matroska and WebM
+    with B-frames). Where the backend refuses to seek, frames are decoded and
+    dropped. Past the end, the next read fails.
+    """
+    if index == 0 or capture.set(cv2.CAP_PROP_POS_FRAMES, index):
+        return
+    for _ in range(index):
+        if not capture.grab():
+            return
 
 
 def _open_capture(path: Path) -> cv2.VideoCapture:

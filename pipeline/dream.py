@@ -565,7 +565,7 @@ class Dreamer:
         self._step_bytes_per_pixel: float | None = None
 
     def _guide_activations(self, path: str) -> Callable[[str], torch.Tensor]:
-        from .decode import load_image
+        from .files import load_image
 
         guide = to_tensor(load_image(path), self.device)
         # Guides are matched position by position; a guide much larger than

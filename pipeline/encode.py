@@ -11,8 +11,10 @@ frames whatever the length:
   interrupted run leaves no file at that path.
 - .gif: frames go to a lossless temporary video, then ffmpeg builds one
   palette for the whole clip (``palettegen``) and applies it (``paletteuse``).
-- folder: ``frame_000001.png``, ``frame_000002.png``, ... each written
-  atomically as it arrives.
+- folder: ``frame_000000.png``, ``frame_000001.png``, ... (the frame's index
+  from 0, see :mod:`files`) each written atomically as it arrives.
+
+Finished files get the usual mode of a new file (0o666 less the umask).
 """
 
 from __future__ import annotations
@@ -30,13 +32,10 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from .decode import check_output_folder, check_rgb_frame, save_image
 from .ffmpeg import FFmpegError, ffmpeg_exe, probe, run_ffmpeg, stderr_head
+from .files import FRAME_GLOB, check_output_folder, check_rgb, frame_path, save_image, temp_path
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm")
-
-# Name of the n-th frame (counting from 1) in a frames folder.
-FRAME_NAME = "frame_{:06d}.png"
 
 # WebM holds only these video codecs, so the default libx264 cannot go there.
 WEBM_VIDEO_CODECS = ("libvpx-vp9", "libvpx", "libaom-av1", "libsvtav1")
@@ -89,7 +88,7 @@ def output_kind(path: str | Path) -> OutputKind:
 
 def clear_frames_folder(folder: str | Path) -> None:
     """Remove the ``frame_*.png`` files an interrupted run left in a frames-folder output."""
-    for path in Path(folder).glob("frame_[0-9]*.png"):
+    for path in Path(folder).glob(FRAME_GLOB):
         path.unlink()
 
 
@@ -242,14 +241,14 @@ class FrameWriter:
         """
         if self._closed:
             raise ValueError(f"{self.path}: the writer is closed; open a new FrameWriter to write more")
-        check_rgb_frame(frame, "frame")
+        check_rgb(frame, "frame")
         if (frame.shape[1], frame.shape[0]) != self.size:
             raise ValueError(
                 f"frame: {frame.shape[1]}x{frame.shape[0]} does not match the writer's size "
                 f"{self.size[0]}x{self.size[1]}; resize frames before writing (every frame must match)"
             )
         if self.kind == "frames":
-            save_image(self.path / FRAME_NAME.format(self._frames_written + 1), frame)
+            save_image(frame_path(self.path, self._frames_written), frame)
         else:
             if self._padded_size != self.size:
                 # Repeat the last column/row rather than add black, so the
@@ -306,7 +305,7 @@ class FrameWriter:
         """Create the frames folder (its parent must exist) and refuse one holding earlier frames."""
         if self.path.is_dir():
             check_output_folder(self.path)
-            earlier = sorted(self.path.glob("frame_*.png"))
+            earlier = sorted(self.path.glob(FRAME_GLOB))
             if earlier:
                 # Overwriting would mix runs: a shorter run leaves the old
                 # run's last frames behind, looking like part of the new one.
@@ -390,10 +389,9 @@ class FrameWriter:
 
         The real suffix stays last because ffmpeg picks the container from it.
         """
-        fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=suffix)
-        os.close(fd)
-        self._temps.append(Path(name))
-        return Path(name)
+        path = temp_path(self.path, suffix)
+        self._temps.append(path)
+        return path
 
     def _remove_temps(self) -> None:
         for temp in self._temps:

@@ -32,6 +32,8 @@ import cv2
 import numpy as np
 import torch
 
+from .files import check_rgb, describe
+
 FLOW_METHODS = ("dis", "farneback", "none")
 DIS_PRESETS = ("ultrafast", "fast", "medium")
 
@@ -158,8 +160,8 @@ class FlowEstimator:
         Raises:
             ValueError: a frame is not RGB uint8 (H, W, 3), or the sizes differ.
         """
-        _check_rgb("src_rgb", src_rgb)
-        _check_rgb("dst_rgb", dst_rgb)
+        check_rgb(src_rgb, "src_rgb")
+        check_rgb(dst_rgb, "dst_rgb")
         if src_rgb.shape != dst_rgb.shape:
             raise ValueError(
                 f"src_rgb has shape {src_rgb.shape} but dst_rgb has {dst_rgb.shape}; "
@@ -400,8 +402,8 @@ def color_histogram_distance(prev_rgb: np.ndarray, cur_rgb: np.ndarray) -> float
     Raises:
         ValueError: a frame is not RGB uint8 (H, W, 3).
     """
-    _check_rgb("prev_rgb", prev_rgb)
-    _check_rgb("cur_rgb", cur_rgb)
+    check_rgb(prev_rgb, "prev_rgb")
+    check_rgb(cur_rgb, "cur_rgb")
     prev_histogram = _hue_saturation_histogram(prev_rgb)
     cur_histogram = _hue_saturation_histogram(cur_rgb)
     return float(cv2.compareHist(prev_histogram, cur_histogram, cv2.HISTCMP_BHATTACHARYYA))
@@ -466,36 +468,22 @@ def scene_cut(
     return inconsistent_fraction is not None and inconsistent_fraction > inconsistent_threshold
 
 
-def _describe(value: object) -> str:
-    """What an argument is, for error messages: "float32 array of shape (4, 4)"."""
-    if isinstance(value, np.ndarray):
-        return f"{value.dtype} array of shape {value.shape}"
-    if isinstance(value, torch.Tensor):
-        return f"{value.dtype} tensor of shape {tuple(value.shape)}"
-    return type(value).__name__
-
-
-def _check_rgb(name: str, image: object) -> None:
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"{name} must be an RGB uint8 array of shape (H, W, 3), got {_describe(image)}")
-
-
 def _check_flow_array(name: str, flow: object) -> None:
     if not isinstance(flow, np.ndarray) or flow.ndim != 3 or flow.shape[2] != 2 or flow.dtype.kind != "f":
         raise ValueError(
-            f"{name} must be a float array of shape (H, W, 2) as FlowEstimator returns, got {_describe(flow)}"
+            f"{name} must be a float array of shape (H, W, 2) as FlowEstimator returns, got {describe(flow)}"
         )
 
 
 def _check_image_tensor(image: object) -> None:
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or not image.is_floating_point():
-        raise ValueError(f"image must be a floating tensor of shape (B, C, H, W), got {_describe(image)}")
+        raise ValueError(f"image must be a floating tensor of shape (B, C, H, W), got {describe(image)}")
 
 
 def _check_flow_tensor(flow: object, image: torch.Tensor) -> None:
     if not isinstance(flow, torch.Tensor) or flow.ndim != 4 or flow.shape[-1] != 2 or not flow.is_floating_point():
         raise ValueError(
-            f"flow must be a floating tensor of shape (B, H, W, 2), got {_describe(flow)}; see flow_to_tensor"
+            f"flow must be a floating tensor of shape (B, H, W, 2), got {describe(flow)}; see flow_to_tensor"
         )
     batch, _, height, width = image.shape
     if tuple(flow.shape[:3]) != (batch, height, width):

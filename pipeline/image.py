@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .decode import load_image, output_size, save_image
+from .decode import output_size
 from .dream import ComputeSettings, Dreamer, DreamSettings, noise_image, to_tensor, to_uint8, resize
+from .files import IMAGE_SUFFIXES, load_image, save_image
 
 NOISE = "noise"  # INPUT word: dream from seeded noise
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from .dream import to_tensor
+from .files import check_rgb
 from .flow import FlowEstimator, consistency_mask, flow_to_tensor, scene_cut, warp_with_flow
 
 
@@ -139,18 +140,13 @@ def _pair_warping_error(
     mask = consistency_mask(forward, backward)
     if scene_cut(prev_input, input_, inconsistent_fraction=1.0 - float(mask.mean())):
         return None
-    warped = warp_with_flow(_to_tensor(prev_output), flow_to_tensor(backward))
-    error = (warped - _to_tensor(output)).abs().mean(dim=1)[0].numpy()  # (H, W)
+    warped = warp_with_flow(to_tensor(prev_output), flow_to_tensor(backward))
+    error = (warped - to_tensor(output)).abs().mean(dim=1)[0].numpy()  # (H, W)
     return float((error * mask).sum() / mask.sum())
 
 
 def _mean_abs_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean() / 255.0)
-
-
-def _to_tensor(frame: np.ndarray) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) to float32 (1, 3, H, W) in 0..1."""
-    return torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 
 def _paired_frames(
@@ -166,13 +162,7 @@ def _paired_frames(
                 f"{shorter} has {index} frames but {longer} has more; pass one output frame per input frame"
             )
         for name, frame in (("outputs", output), ("inputs", input_)):
-            if not isinstance(frame, np.ndarray):
-                raise ValueError(f"{name}[{index}] must be an RGB uint8 array, got {type(frame).__name__}")
-            if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-                raise ValueError(
-                    f"{name}[{index}] must be an RGB uint8 array of shape (H, W, 3), "
-                    f"got {frame.dtype} array of shape {frame.shape}"
-                )
+            check_rgb(frame, f"{name}[{index}]")
             if shape is None:
                 shape = frame.shape
             elif frame.shape != shape:

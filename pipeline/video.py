@@ -23,7 +23,6 @@ from __future__ import annotations
 import queue
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,9 +32,9 @@ import torch
 
 from . import decode, flow
 from .dream import ComputeSettings, Dreamer, DreamSettings, frame_generator, to_tensor, to_uint8
-from .encode import EncodeSettings, FrameWriter, clear_frames_folder, output_kind
-from .sink import FrameSink, StopFlag
-from .workdir import WorkDir
+from .encode import EncodeSettings, FrameWriter, output_kind
+from .files import check_output_folder
+from .render import RenderJob, RenderResult, file_stamp, job_record
 
 PREFETCH_FRAMES = 4  # decoded + flowed frames waiting per lane
 # --batch auto on CUDA: lanes fill this share of the free GPU memory; the rest
@@ -75,16 +74,6 @@ class VideoSettings:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= 10_000:
                 raise ValueError(f"--{name} {value!r}: expected a whole number from {lo} to 10000")
-
-
-@dataclass(frozen=True)
-class VideoResult:
-    output: Path
-    frames: int
-    fps: float
-    seconds: float
-    resumed_from: int
-    lanes: int
 
 
 def lanes_that_fit(free_bytes: int, lane_bytes: int, total: int, warmup: int) -> int:
@@ -179,23 +168,6 @@ def plan_lanes(total: int, batch: int, warmup: int, done: set[int]) -> list[_Lan
     return lanes
 
 
-def _job(input_path: Path, settings: DreamSettings, compute: ComputeSettings, video: VideoSettings, clip: dict) -> dict:
-    stat = input_path.stat()
-    return {
-        "kind": "video",
-        "input": str(input_path.resolve()),
-        "input_size": stat.st_size,
-        "input_mtime": int(stat.st_mtime),
-        "dream": asdict(settings),
-        "model": compute.model,
-        "weights": compute.weights,
-        "guide": compute.guide,
-        "precision": compute.precision,
-        "video": asdict(video),
-        "clip": clip,
-    }
-
-
 class _Prefetch:
     """Decode one lane's frames and compute their flow in a background thread."""
 
@@ -244,21 +216,19 @@ def dream_video(
     max_frames: int | None = None,
     max_side: int | None = None,
     progress: bool = True,
-) -> VideoResult:
+) -> RenderResult:
     """Dream every frame of ``input`` into ``output`` (video file, .gif or PNG folder).
 
     Resumable: state lives in ``OUTPUT.dreamreel/``; rerunning the same
     command after an interruption continues where it stopped. Ctrl-C finishes
     the frames in hand, saves them and raises KeyboardInterrupt.
     """
-    from tqdm import tqdm
-
     # 1. check input and output before any work
     input_path = Path(input)
     info = decode.probe_video(input_path)
     out = Path(output)
     output_kind(out)
-    decode.check_output_folder(out.parent)  # before the work folder is made there
+    check_output_folder(out.parent)  # before the work folder is made there
     if out.exists() and out.resolve() == input_path.resolve():
         raise ValueError(f"OUTPUT {output} is the input file; choose another name so the input is kept")
     clip = {"start_s": start_s, "end_s": end_s, "max_frames": max_frames, "max_side": max_side}
@@ -270,35 +240,28 @@ def dream_video(
         raise ValueError(f"{input_path}: no frames between --start {start_s} and --end {end_s}")
     width, height = decode.output_size(info.width, info.height, max_side)
 
-    # 2. the work folder: what is done already, and the lock
-    workdir = WorkDir(out, _job(input_path, settings, compute, video, clip))
-    resumed = workdir.open()
-    done = workdir.done()
-    if resumed and output_kind(out) == "frames":
-        clear_frames_folder(out)  # the interrupted run's partial copy; re-written from the work folder
-    writer = None
-    try:
-        writer = FrameWriter(out, fps=info.fps, size=(width, height), settings=encode, audio_source=input_path, audio_start_s=start_s)
+    # 2. the render job: work folder and lock, frames already done, the writer
+    record = job_record("video", compute, input=file_stamp(input_path), dream=asdict(settings), video=asdict(video), clip=clip)
+    writer = lambda: FrameWriter(  # noqa: E731
+        out, fps=info.fps, size=(width, height), settings=encode, audio_source=input_path, audio_start_s=start_s
+    )
+    with RenderJob.open(out, record, total, writer=writer) as job:
         # 3. the model, loaded once; the lanes; a reader and flow worker per lane
         dreamer = Dreamer(settings, compute)
         lane_count = video.batch or auto_lanes(dreamer, height, width, total, video.warmup)
         if video.batch is None and progress and lane_count > 1:
             print(f"dreamreel: --batch auto: {lane_count} lanes fit in the free GPU memory", file=sys.stderr)
-        lanes = plan_lanes(total, lane_count, video.warmup, done)
+        lanes = plan_lanes(total, lane_count, video.warmup, job.done)
         prefetch = []
         for lane in lanes:
             prefetch.append(_Prefetch(frames(lane.first - lane.resumed), video.flow))
             if lane.resumed:  # frame first-1 is on disk: carry it, as the interrupted run did
                 lane.previous_input = prefetch[-1].next()["frame"]
-                lane.previous_dream = workdir.load_frame(lane.first - 1)
-        bar = tqdm(total=total, initial=len(done), desc="dreaming", unit="frame", disable=not progress)
-        sink = FrameSink(workdir, total, writer, on_saved=lambda _: bar.update(1))
-        stop = StopFlag()
-        start_time = time.perf_counter()
-        with stop:
+                lane.previous_dream = job.load_frame(lane.first - 1)
+        with job.running(desc="dreaming", progress=progress):
             # 4. lockstep over lanes until every lane is done or Ctrl-C
             active = list(range(len(lanes)))
-            while active and not stop.requested:
+            while active and not job.stop_requested:
                 starts, generators, groups = [], [], {}
                 for k in active:
                     lane = lanes[k]
@@ -326,18 +289,10 @@ def dream_video(
                     lane = lanes[k]
                     lane.previous_dream = rgb
                     if lane.index >= lane.keep_from:
-                        sink.put(lane.index, rgb)
+                        job.put(lane.index, rgb)
                     lane.index += 1
                 active = [k for k in active if lanes[k].index < lanes[k].stop]
-        bar.close()
-        sink.end(stopped=stop.requested)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        workdir.release()
-        raise
-    workdir.remove()
-    return VideoResult(out, total, float(info.fps), time.perf_counter() - start_time, resumed, len(lanes))
+        return job.finish(lanes=len(lanes))
 
 
 def _carry(lane: _Lane, current: np.ndarray, item: dict, blend: float) -> torch.Tensor:

@@ -19,7 +19,6 @@ Two things keep a feedback loop from drifting over hundreds of frames:
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from fractions import Fraction
@@ -30,10 +29,10 @@ import numpy as np
 import torch
 
 from .dream import ComputeSettings, Dreamer, DreamSettings, frame_generator, gaussian_blur, noise_image, to_tensor, to_uint8
-from .encode import EncodeSettings, FrameWriter, clear_frames_folder, output_kind
+from .encode import EncodeSettings, FrameWriter, output_kind
+from .files import check_output_folder, load_image
+from .render import RenderJob, RenderResult, file_stamp, job_record
 from .schedule import Schedule, check_inputs, frame_env, parse_schedule
-from .sink import FrameSink, StopFlag
-from .workdir import WorkDir
 
 SCHEDULED = ("zoom", "angle", "translate_x", "translate_y", "step", "iterations", "blend")
 # A scheduled dream setting keeps the range of the fixed one (dream.check_settings,
@@ -155,15 +154,6 @@ def match_color(images: torch.Tensor, reference: torch.Tensor, strength: float =
 
 
 @dataclass(frozen=True)
-class ZoomResult:
-    output: Path
-    frames: int
-    fps: float
-    seconds: float
-    resumed_from: int
-
-
-@dataclass(frozen=True)
 class Look:
     """One variation of a zoom render: its random seed, dream and loop settings."""
 
@@ -221,7 +211,7 @@ def dream_zoom(
     bpm: float | None = None,
     variations: int | Sequence[tuple[DreamSettings, ZoomSettings]] = 1,
     progress: bool = True,
-) -> ZoomResult:
+) -> RenderResult:
     """Render a feedback animation to ``output`` (video file, .gif or PNG folder).
 
     Args:
@@ -237,10 +227,7 @@ def dream_zoom(
 
     Resumable like :func:`~dreamreel.pipeline.video.dream_video`.
     """
-    from tqdm import tqdm
-
     from . import audio as audio_mod
-    from .decode import check_output_folder, load_image
     from .objectives import per_image
 
     # 1. check everything before any work
@@ -260,23 +247,17 @@ def dream_zoom(
     width, height = size
     init_rgb = load_image(init) if init else None
 
-    # 2. the work folder
-    job = {"kind": "zoom", "looks": [asdict(look) for look in looks], "model": compute.model,
-           "weights": compute.weights, "guide": compute.guide, "precision": compute.precision, "frames": frames,
-           "size": [width, height], "init": str(Path(init).resolve()) if init else None,
-           "audio": str(Path(audio).resolve()) if audio else None, "bpm": bpm}  # fmt: skip
-    workdir = WorkDir(out, job)
-    resumed = workdir.open()
-    done = workdir.done()
-    first = 0
-    while first in done:
-        first += 1
-    if resumed and output_kind(out) == "frames":
-        clear_frames_folder(out)  # the interrupted run's partial copy; re-written from the work folder
-    writer = None
-    try:
-        fps = Fraction(fps_value).limit_denominator(1001)
-        writer = FrameWriter(out, fps=fps, size=(width * len(looks), height), settings=encode, audio_source=audio)
+    # 2. the render job: work folder and lock, frames already done, the writer
+    record = job_record(
+        "zoom", compute, looks=[asdict(look) for look in looks], frames=frames, size=[width, height],
+        init=file_stamp(init), audio=file_stamp(audio), bpm=bpm,
+    )  # fmt: skip
+    fps = Fraction(fps_value).limit_denominator(1001)
+    writer = lambda: FrameWriter(out, fps=fps, size=(width * len(looks), height), settings=encode, audio_source=audio)  # noqa: E731
+    with RenderJob.open(out, record, frames, writer=writer) as job:
+        first = 0
+        while first in job.done:
+            first += 1
         # 3. the model and each look's objective; the start pictures (frame 0's
         # input), and the last frame on disk when resuming
         dreamer = Dreamer(looks[0].dream, compute)
@@ -287,15 +268,11 @@ def dream_zoom(
             base = torch.cat([noise_image(width, height, look.seed) for look in looks])
         previous = reference = None
         if first > 0:
-            previous = _split(to_tensor(workdir.load_frame(first - 1)), len(looks))
-            reference = lab_stats(_split(to_tensor(workdir.load_frame(0)), len(looks)))
-        bar = tqdm(total=frames, initial=len(done), desc="zooming", unit="frame", disable=not progress)
-        sink = FrameSink(workdir, frames, writer, on_saved=lambda _: bar.update(1))
-        stop = StopFlag()
-        start_time = time.perf_counter()
-        with stop:
+            previous = _split(to_tensor(job.load_frame(first - 1)), len(looks))
+            reference = lab_stats(_split(to_tensor(job.load_frame(0)), len(looks)))
+        with job.running(desc="zooming", progress=progress):
             for t in range(first, frames):
-                if stop.requested:
+                if job.stop_requested:
                     break
                 # 4. this frame's settings, from each look's schedules
                 env = frame_env(t, fps_value, bpm, features)
@@ -330,16 +307,8 @@ def dream_zoom(
                 if reference is None:
                     reference = lab_stats(previous)
                 # 7. save and encode (side by side)
-                sink.put(t, np.concatenate(list(rgb), axis=1))
-        bar.close()
-        sink.end(stopped=stop.requested)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        workdir.release()
-        raise
-    workdir.remove()
-    return ZoomResult(out, frames, fps_value, time.perf_counter() - start_time, resumed)
+                job.put(t, np.concatenate(list(rgb), axis=1))
+        return job.finish()
 
 
 def _batches(looks: list[Look], steps_per_octave: list[int]) -> list[list[int]]:

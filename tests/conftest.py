@@ -53,7 +53,7 @@ def textured() -> torch.Tensor:
     return torch.nn.functional.interpolate(x, size=(48, 64), mode="bilinear", align_corners=False)
 
 
-# --- footage, models and a CLI runner for the video, zoom and workdir tests -------
+# --- footage, models and a CLI runner for the video, zoom and render tests --------
 
 import os  # noqa: E402
 import signal  # noqa: E402
@@ -139,8 +139,8 @@ def make_panning_clip():
 
 
 def read_png_frames(folder) -> list[np.ndarray]:
-    """The ``frame_*.png`` (or work-folder ``[0-9]*.png``) files of ``folder`` as RGB arrays, in order."""
-    paths = sorted(Path(folder).glob("frame_*.png")) or sorted(Path(folder).glob("[0-9]*.png"))
+    """The ``frame_*.png`` files of ``folder`` (a frames output or a work folder's frames) as RGB arrays, in order."""
+    paths = sorted(Path(folder).glob("frame_*.png"))
     return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
 
 
@@ -168,12 +168,12 @@ def peak_rss():
     status = open("/proc/self/status").read()
     print("peak rss kB:", status.split("VmHWM:")[1].split()[0], file=sys.stderr)
 atexit.register(peak_rss)
-from dreamreel.pipeline import sink
-sink_put, put_times = sink.FrameSink.put, []
+from dreamreel.pipeline import render
+job_put, put_times = render.RenderJob.put, []
 def timed_put(self, *args, **kwargs):
     put_times.append(time.perf_counter())
-    return sink_put(self, *args, **kwargs)
-sink.FrameSink.put = timed_put
+    return job_put(self, *args, **kwargs)
+render.RenderJob.put = timed_put
 def frame_seconds():
     gaps = [b - a for a, b in zip(put_times, put_times[1:])]
     print("frame seconds:", " ".join(f"{{g:.5f}}" for g in gaps), file=sys.stderr)
@@ -209,7 +209,7 @@ def start_cli():
 
 
 def _frames_on_disk(frames_dir: Path) -> int:
-    return len(list(frames_dir.glob("[0-9]*.png"))) if frames_dir.is_dir() else 0
+    return len(list(frames_dir.glob("frame_*.png"))) if frames_dir.is_dir() else 0
 
 
 def _wait_for_frames(proc: subprocess.Popen, frames_dir: Path, count: int, timeout_s: float = 120.0) -> None:
@@ -239,7 +239,9 @@ def check_resume(start_cli):
        work folder removed.
     Each interrupted run is slowed to 0.15 s a frame so it can be caught part-way.
     """
-    from dreamreel.pipeline.workdir import work_folder
+    from filelock import FileLock
+
+    from dreamreel.pipeline.render import work_folder
 
     def dream_calls(stderr: str) -> int:
         return int(stderr.rsplit("dream calls:", 1)[1])
@@ -257,7 +259,7 @@ def check_resume(start_cli):
         proc.communicate()
         killed_at = _frames_on_disk(work / "frames")
         assert killed_at < total and not finished()
-        assert (work / "lock").exists()
+        assert (work / "lock").exists()  # the file stays; the kernel dropped the dead run's lock on it
         # 2. the rerun takes over the stale lock; Ctrl-C stops it after the frames in hand
         proc = start_cli(*args, pause_s=0.15)
         _wait_for_frames(proc, work / "frames", killed_at + 4)
@@ -270,7 +272,9 @@ def check_resume(start_cli):
         interrupted_at = _frames_on_disk(work / "frames")
         assert killed_at < interrupted_at < total and not finished()
         assert dream_calls(stderr) == interrupted_at - killed_at  # nothing dreamed twice
-        assert work.is_dir() and not (work / "lock").exists()
+        assert work.is_dir()
+        with FileLock(work / "lock", timeout=0):  # not held: Timeout if it were
+            pass
         # 3. the last rerun finishes and cleans up
         proc = start_cli(*args)
         stdout, stderr = proc.communicate(timeout=120)

@@ -44,6 +44,17 @@ def test_image_of_a_real_photo_keeps_its_size_and_changes_it(tmp_path):
     assert np.abs(dreamed - source).mean() > 3  # visibly dreamed
 
 
+@pytest.mark.parametrize("suffix", [".bmp", ".tif", ".webp"])
+def test_image_saves_every_picture_type_it_accepts(tmp_path, tiny_model, use_model, suffix):
+    # .bmp was accepted as OUTPUT, dreamed, and then refused by the saver.
+    use_model(tiny_model)
+    out = tmp_path / f"out{suffix}"
+    code = main(["image", str(DATA / "chelsea.jpg"), str(out), "--max-side", "48", "--iterations", "1",
+                 "--octaves", "1", "--device", "cpu", "--quiet"])  # fmt: skip
+    assert code == 0
+    assert cv2.imread(str(out)).shape == (32, 48, 3)
+
+
 def make_bad_inputs(tmp_path: Path) -> None:
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "empty.mp4").write_bytes(b"")

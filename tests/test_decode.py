@@ -1,4 +1,4 @@
-"""decode: pictures in and out, and video frames streamed upright, counted and selected.
+"""decode: video frames streamed upright, counted and selected.
 
 Clips are generated with ffmpeg's lavfi sources. In the "counting" clip frame
 i is a flat grey of level 20*i, so a decoded frame tells which one it is.
@@ -10,17 +10,10 @@ from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
-from dreamreel.pipeline.decode import (
-    load_image,
-    output_size,
-    probe_video,
-    read_frames,
-    save_image,
-)
+from dreamreel.pipeline.decode import output_size, probe_video, read_frames
 from dreamreel.pipeline.ffmpeg import run_ffmpeg
 
 NTSC = Fraction(30000, 1001)
@@ -70,65 +63,6 @@ def truncated_clip(long_clip) -> Path:
     out = long_clip.with_name("truncated.mp4")
     out.write_bytes(data[: len(data) // 2])
     return out
-
-
-# --- pictures ------------------------------------------------------------------
-
-
-def test_png_round_trip_is_exact_and_leaves_no_temp_file(tmp_path):
-    rgb = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
-    save_image(tmp_path / "a.png", rgb)
-    np.testing.assert_array_equal(load_image(tmp_path / "a.png"), rgb)
-    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
-
-
-@pytest.mark.parametrize("suffix", [".jpg", ".webp"])
-def test_lossy_formats_round_trip_in_rgb_order(tmp_path, suffix):
-    rgb = np.zeros((16, 16, 3), np.uint8)
-    rgb[..., 0] = 255  # pure red: a swapped channel order would read back blue
-    save_image(tmp_path / f"a{suffix}", rgb)
-    back = load_image(tmp_path / f"a{suffix}").astype(int)
-    assert back.shape == (16, 16, 3)
-    assert back[..., 0].min() > 200 and back[..., 2].max() < 60
-
-
-def test_grey_and_alpha_pictures_load_as_rgb(tmp_path):
-    cv2.imwrite(str(tmp_path / "grey.png"), np.full((4, 6), 77, np.uint8))
-    cv2.imwrite(str(tmp_path / "bgra.png"), np.full((4, 6, 4), (10, 20, 30, 0), np.uint8))
-    np.testing.assert_array_equal(load_image(tmp_path / "grey.png"), np.full((4, 6, 3), 77, np.uint8))
-    np.testing.assert_array_equal(load_image(tmp_path / "bgra.png"), np.full((4, 6, 3), (30, 20, 10), np.uint8))
-
-
-def test_exif_orientation_is_applied(tmp_path):
-    from PIL import Image  # Pillow comes with imageio; OpenCV cannot write EXIF
-
-    picture = Image.fromarray(np.zeros((20, 40, 3), np.uint8))  # stored landscape
-    exif = picture.getexif()
-    exif[0x0112] = 6  # Orientation: turn 90 degrees clockwise to display
-    picture.save(tmp_path / "phone.jpg", exif=exif)
-    assert load_image(tmp_path / "phone.jpg").shape == (40, 20, 3)
-
-
-def test_load_image_rejects_what_is_not_a_picture(tmp_path):
-    (tmp_path / "notes.png").write_text("not a picture")
-    for path, message in [
-        (tmp_path / "missing.png", "no such file"),
-        (tmp_path, "is a folder"),
-        (tmp_path / "notes.png", "not a picture"),
-    ]:
-        with pytest.raises(ValueError, match=message) as err:
-            load_image(path)
-        assert str(path) in str(err.value)
-
-
-def test_save_image_rejects_bad_folder_suffix_and_array(tmp_path):
-    rgb = np.zeros((4, 4, 3), np.uint8)
-    with pytest.raises(ValueError, match="does not exist"):
-        save_image(tmp_path / "no_such_dir" / "a.png", rgb)
-    with pytest.raises(ValueError, match=r"\.tga"):
-        save_image(tmp_path / "a.tga", rgb)
-    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
-        save_image(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
 
 
 # --- probing -------------------------------------------------------------------
@@ -302,3 +236,48 @@ def test_full_read_of_an_intact_file_does_not_warn(long_clip, recwarn):
 def test_bad_options_name_their_flag(counting_clip, options, flag):
     with pytest.raises(ValueError, match=flag):
         read_frames(counting_clip, **options)
+
+
+# --- starting late: seeking ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, codec_args",
+    [
+        ("gop.mp4", ["-c:v", "libx264", "-g", "12", "-bf", "3"]),  # B-frames, a keyframe every 12
+        ("gop.mkv", ["-c:v", "libx264", "-g", "10"]),
+        ("gop.webm", ["-c:v", "libvpx-vp9", "-g", "12", "-b:v", "200k"]),
+    ],
+)
+def test_a_late_start_seeks_to_exactly_the_frame_decoding_from_0_gives(clips, name, codec_args):
+    clip = lavfi(clips / name, "testsrc=s=64x48:r=25:d=2", *codec_args)
+    every = list(read_frames(clip))
+    assert len(every) == 50
+    for k in (1, 11, 12, 13, 30, 49):
+        np.testing.assert_array_equal(next(read_frames(clip, start_s=Fraction(k, 25))), every[k], err_msg=f"frame {k}")
+
+
+def test_a_late_start_does_not_decode_the_frames_before_it(long_clip, monkeypatch):
+    from dreamreel.pipeline import decode
+
+    decoded = []
+    real_open = decode._open_capture
+
+    class Counting:
+        def __init__(self, capture):
+            self.capture = capture
+
+        def grab(self):
+            decoded.append(1)
+            return self.capture.grab()
+
+        def read(self):
+            decoded.append(1)
+            return self.capture.read()
+
+        def __getattr__(self, name):
+            return getattr(self.capture, name)
+
+    monkeypatch.setattr(decode, "_open_capture", lambda path: Counting(real_open(path)))
+    assert len(list(read_frames(long_clip, start_s=Fraction(45, 25)))) == 5
+    assert len(decoded) == 1 + 5 + 1  # the probe's check of frame 0, five frames, the read that finds the end

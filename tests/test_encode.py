@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dreamreel.pipeline.decode import load_image, probe_video, read_frames
+from dreamreel.pipeline.decode import probe_video, read_frames
 from dreamreel.pipeline.encode import EncodeSettings, FrameWriter, output_kind
 from dreamreel.pipeline.ffmpeg import FFmpegError, probe, run_ffmpeg
+from dreamreel.pipeline.files import load_image
 
 NTSC = Fraction(30000, 1001)
 GREY_STEP = 20
@@ -216,8 +217,22 @@ def test_gif_keeps_size_and_frames(tmp_path):
 
 def test_frames_folder_holds_numbered_lossless_pngs(tmp_path):
     out = write_clip(tmp_path / "frames", n=3)
-    assert sorted(p.name for p in out.iterdir()) == ["frame_000001.png", "frame_000002.png", "frame_000003.png"]
-    np.testing.assert_array_equal(load_image(out / "frame_000003.png"), counting_frames(3)[2])
+    assert sorted(p.name for p in out.iterdir()) == ["frame_000000.png", "frame_000001.png", "frame_000002.png"]
+    np.testing.assert_array_equal(load_image(out / "frame_000002.png"), counting_frames(3)[2])  # numbered from 0
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+@pytest.mark.parametrize("name", ["out.mp4", "out.gif", "frames"])
+def test_finished_outputs_get_the_usual_mode_not_the_temporary_files(tmp_path, name, umask, stereo_wav):
+    # They are written under a temporary name and renamed; they once kept
+    # mkstemp's 0o600, readable by their owner only.
+    previous = os.umask(umask)
+    try:
+        out = write_clip(tmp_path / name, n=2, audio_source=stereo_wav)  # .mp4: muxed, a second temporary file
+    finally:
+        os.umask(previous)
+    files = [p for p in out.iterdir()] if out.is_dir() else [out]
+    assert files and {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o666 & ~umask)}
 
 
 def test_frames_folder_with_earlier_frames_is_refused(tmp_path):
@@ -252,14 +267,14 @@ def test_bad_construction_is_refused_before_any_work(tmp_path, path, options, me
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")
-def test_read_only_folder_is_refused(tmp_path):
-    tmp_path.chmod(0o500)
-    try:
-        with pytest.raises(ValueError, match="not writable"):
-            FrameWriter(tmp_path / "out.mp4", fps=25, size=(32, 24))
-    finally:
-        tmp_path.chmod(0o700)
+def test_read_only_folder_is_refused(tmp_path, monkeypatch):
+    # The folder reads as not writable the way os.access reports it to a
+    # normal user; a chmod would not do, since root (CI) may write anywhere.
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != tmp_path and access(path, mode, **kw))
+    with pytest.raises(ValueError, match="not writable"):
+        FrameWriter(tmp_path / "out.mp4", fps=25, size=(32, 24))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_frames_of_the_wrong_size_or_type_are_refused(tmp_path):

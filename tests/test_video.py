@@ -27,7 +27,7 @@ from dreamreel.pipeline.ffmpeg import probe, run_ffmpeg
 from dreamreel.pipeline.metrics import measure
 from dreamreel.pipeline import video as video_module
 from dreamreel.pipeline.video import VideoSettings, carry_residual, dream_video, plan_lanes
-from dreamreel.pipeline.workdir import work_folder
+from dreamreel.pipeline.render import work_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

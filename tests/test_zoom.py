@@ -18,7 +18,8 @@ import torch
 from conftest import make_tiny_model, read_png_frames, textured_frame
 from dreamreel.cli.main import main
 from dreamreel.pipeline.audio import audio_features
-from dreamreel.pipeline.decode import probe_video, read_frames, save_image
+from dreamreel.pipeline.decode import probe_video, read_frames
+from dreamreel.pipeline.files import save_image
 from dreamreel.pipeline.dream import ComputeSettings, DreamSettings, gaussian_blur, to_tensor
 from dreamreel.pipeline.encode import EncodeSettings
 from dreamreel.pipeline.ffmpeg import run_ffmpeg

@@ -1,0 +1,441 @@
+"""The render job: where finished frames go, shared by `video`, `zoom` (and, later, distributed workers).
+
+A job writing ``OUTPUT`` keeps its state in the work folder ``OUTPUT.dreamreel/``
+beside it:
+
+* ``job.json``: what the job is (kind, input files, settings); a rerun with
+  other settings is refused instead of mixing two looks in one video;
+* ``frames/frame_000000.png``…: every finished frame, by index from 0 (see
+  :mod:`files`), written atomically, so a frame on disk is always whole;
+* ``lock``: an OS file lock (:mod:`filelock`) held while a run owns the
+  folder. The kernel drops it when its process ends, however it ends, so a
+  killed run never blocks the next and a reused process id means nothing;
+  ``owner.json`` names the holder's pid for the error message only.
+
+Finished frames are the whole state: a video lane or a zoom loop restarts
+from the last frame it wrote (the carried picture is always the 8-bit frame
+that was saved, and each frame's random source depends only on its index),
+so a resumed run produces the same frames as an uninterrupted one. (With
+video ``--batch`` > 1 the batch composition changes float rounding, so a
+resumed run matches only to within the dream's own variation.)
+
+Using a job, in four steps::
+
+    with RenderJob.open(out, job_record("zoom", compute, ...), total, writer=lambda: FrameWriter(...)) as job:
+        ...                                     # load the model; job.done, job.load_frame() to resume
+        with job.running(desc="zooming", progress=True):
+            for t in frames_to_do:              # any order
+                if job.stop_requested:          # first Ctrl-C
+                    break
+                job.put(t, rgb)
+        return job.finish()                     # RenderResult; KeyboardInterrupt after a Ctrl-C
+
+Leaving the ``with`` block by an exception aborts: the writer is killed, the
+lock released, the finished frames kept for a rerun. While running, two
+threads work beside the caller so that saving and encoding cost the dreaming
+loop nothing (both release the GIL in OpenCV and ffmpeg): one saves each frame
+to the work folder, one feeds frames to the writer strictly in order as soon
+as the next one is saved (video lanes finish frames out of order). Queues are
+bounded, so memory stays flat however long the render.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import queue
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .encode import FrameWriter, clear_frames_folder, output_kind
+from .files import frame_indices, frame_path, load_image, save_image, write_atomically
+
+SUFFIX = ".dreamreel"
+QUEUE_FRAMES = 8  # frames in flight between the loop and the saver
+# PNG level 1: ~3x faster to write than the default level 3 for ~10% more
+# bytes; the frames are temporary.
+PNG_COMPRESSION = 1
+
+
+class JobLocked(ValueError):
+    """Another live run owns the work folder."""
+
+
+class DiskError(OSError):
+    """Writing to the work folder failed (disk full, permissions)."""
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    """What a render did.
+
+    Attributes:
+        output: the finished output path.
+        frames: frames in the output.
+        fps: frames per second of the output.
+        seconds: wall time from :meth:`RenderJob.running` to the finished output.
+        resumed_from: frames already on disk when the job opened (0 = a fresh start).
+        lanes: parallel lanes the frames were dreamed in (video ``--batch``).
+    """
+
+    output: Path
+    frames: int
+    fps: float
+    seconds: float
+    resumed_from: int
+    lanes: int = 1
+
+
+def work_folder(output: str | Path) -> Path:
+    """``OUTPUT.dreamreel`` beside the output path."""
+    output = Path(output)
+    return output.parent / (output.name.rstrip("/") + SUFFIX)
+
+
+def job_record(kind: str, compute, **parts) -> dict:
+    """What a job is, as ``job.json`` stores it: its ``kind``, ``compute``'s fields but the device, and ``parts``.
+
+    ``compute`` is a :class:`~dreamreel.pipeline.dream.ComputeSettings`; the
+    device is left out because it changes only float rounding, so a render
+    begun on one device may be finished on another. Parts hold the job's
+    settings and :func:`file_stamp` of its input files.
+    """
+    settings = {name: value for name, value in asdict(compute).items() if name != "device"}
+    return json.loads(json.dumps({"kind": kind, "compute": settings, **parts}, default=str))
+
+
+def file_stamp(path: str | Path | None) -> dict | None:
+    """An input file as ``job.json`` records it: absolute path, size and modification time (None stays None)."""
+    if path is None:
+        return None
+    stat = Path(path).stat()
+    return {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime": int(stat.st_mtime)}
+
+
+class RenderJob:
+    """One render: work folder and lock, frame saver, encoder, progress bar and Ctrl-C.
+
+    Make one with :meth:`open`; see the module docstring for the order of calls.
+
+    Attributes:
+        output: the output path.
+        total: frames of the output (lowered by :meth:`end_at`).
+        done: indices of the frames already on disk when the job opened.
+        writer: the output's :class:`~dreamreel.pipeline.encode.FrameWriter`.
+    """
+
+    def __init__(self, output: Path, total: int, lock, done: set[int]):
+        """Use :meth:`open`."""
+        self.output = output
+        self.folder = work_folder(output)
+        self.frames = self.folder / "frames"
+        self.total = total
+        self.done = frozenset(done)
+        self.writer: FrameWriter | None = None
+        self._lock = lock
+        self._saved = set(done)
+        self._recent: dict[int, np.ndarray] = {}
+        self._cond = threading.Condition()
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
+        self._error: BaseException | None = None
+        self._aborting = self._saver_done = self._closed = False
+        self._threads: list[threading.Thread] = []
+        self._bar = None
+        self._stop_requested = False
+        self._start_time = 0.0
+
+    # -- open ---------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, output: str | Path, job: dict, total: int, *, writer: Callable[[], FrameWriter]) -> RenderJob:
+        """Create or reopen the work folder of ``output``, take its lock, check the job, then make the writer.
+
+        Args:
+            output: the output path.
+            job: what the job is (:func:`job_record`); JSON-serialisable.
+            total: frames of the output.
+            writer: makes the output's writer; called once the folder is open
+                and, on a resume into a frames folder, the interrupted run's
+                partial copy there is removed (it is re-written from the work folder).
+
+        Raises:
+            JobLocked: a live run holds the lock (a ValueError: exit code 2).
+            ValueError: the folder cannot be made, or belongs to a job with
+                other settings; or ``writer`` refused the output.
+        """
+        from filelock import FileLock, Timeout
+
+        output = Path(output)
+        folder = work_folder(output)
+        try:
+            (folder / "frames").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"cannot create the work folder {folder}: {exc.strerror}") from None
+        lock = FileLock(folder / "lock", timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise JobLocked(
+                f"another dreamreel run{_owner(folder)} is writing this output; "
+                f"wait for it, or stop it first (its work folder is {folder})"
+            ) from None
+        try:
+            _write(folder / "owner.json", json.dumps({"pid": os.getpid()}).encode())
+            _check_job(folder / "job.json", job)
+            _write(folder / "job.json", json.dumps(job, indent=1, default=str).encode())
+            render = cls(output, total, lock, frame_indices(folder / "frames"))
+            if render.done and output_kind(output) == "frames":
+                clear_frames_folder(output)
+            render.writer = writer()
+        except BaseException:
+            lock.release()
+            raise
+        return render
+
+    def load_frame(self, index: int) -> np.ndarray:
+        """Finished frame ``index`` as (H, W, 3) RGB uint8, from the work folder.
+
+        Raises:
+            DiskError: the file is damaged.
+        """
+        path = frame_path(self.frames, index)
+        try:
+            return load_image(path)
+        except ValueError:
+            raise DiskError(f"frame {path} is unreadable; delete it and rerun to redo it") from None
+
+    # -- run ----------------------------------------------------------------------
+
+    @contextmanager
+    def running(self, *, desc: str, progress: bool = True) -> Iterator[RenderJob]:
+        """Start the saver and the encoder and show a progress bar (``desc``); catch Ctrl-C inside the block.
+
+        The first Ctrl-C sets :attr:`stop_requested` (the caller finishes the
+        frames in hand); the second raises KeyboardInterrupt at once.
+        Leaving the block gives Ctrl-C back; the saver and the encoder run on
+        until :meth:`finish` or :meth:`abort`.
+        """
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=self.total, initial=len(self.done), desc=desc, unit="frame", disable=not progress)
+        self._threads = [
+            threading.Thread(target=self._save_loop, name="dreamreel-saver", daemon=True),
+            threading.Thread(target=self._encode_loop, name="dreamreel-encoder", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        self._start_time = time.perf_counter()
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            yield self
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    @property
+    def stop_requested(self) -> bool:
+        """True after the first Ctrl-C: stop dreaming new frames, then call :meth:`finish`."""
+        return self._stop_requested
+
+    def put(self, index: int, rgb: np.ndarray) -> None:
+        """Hand over finished frame ``index`` (H, W, 3) RGB uint8; blocks while the saver is behind.
+
+        Raises:
+            DiskError: saving an earlier frame failed.
+        """
+        self._put((index, rgb))
+
+    def add_saved(self, index: int) -> None:
+        """Frame ``index`` is already in the work folder (a Ray worker wrote it): count it and encode it in turn."""
+        self._put((index, None))
+
+    def end_at(self, frames: int) -> None:
+        """The input ran out early: the output ends before frame ``frames`` (the total only ever shrinks)."""
+        with self._cond:
+            self.total = min(self.total, frames)
+            self._cond.notify_all()
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.refresh()
+
+    def finish(self, *, lanes: int = 1) -> RenderResult:
+        """Wait until every frame is saved and encoded, finalise the output and delete the work folder.
+
+        After a Ctrl-C (:attr:`stop_requested`) the output is not written:
+        :meth:`abort`, then raise KeyboardInterrupt.
+
+        Args:
+            lanes: reported in the result (video ``--batch``).
+
+        Raises:
+            DiskError, FFmpegError: saving or encoding failed; frames are kept.
+            KeyboardInterrupt: Ctrl-C was pressed.
+        """
+        if self._stop_requested:
+            self.abort()
+            raise KeyboardInterrupt
+        if not self._threads:
+            raise RuntimeError("RenderJob.finish() called before running(): no frame was rendered")
+        self._put(None)
+        for thread in self._threads:
+            thread.join()
+        self._raise_worker_error()
+        self.writer.close()
+        self._bar.close()
+        seconds = time.perf_counter() - self._start_time
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self._lock.release()
+        self._closed = True
+        return RenderResult(self.output, self.total, float(self.writer.fps), seconds, len(self.done), lanes)
+
+    def abort(self) -> None:
+        """Stop after saving the frames handed over; write no output, keep the frames, drop the lock.
+
+        Calling it again, or after :meth:`finish`, does nothing.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._threads:
+                saver, encoder = self._threads
+                if saver.is_alive():
+                    self._queue.put(None)
+                    saver.join()
+                with self._cond:
+                    self._aborting = True
+                    self._cond.notify_all()
+                encoder.join()
+                self._bar.close()
+            if self.writer is not None:
+                self.writer.abort()
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> RenderJob:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()
+
+    # -- inside ------------------------------------------------------------------
+
+    def _put(self, item) -> None:
+        while True:  # never block forever on a saver that died
+            self._raise_worker_error()
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _raise_worker_error(self) -> None:
+        """Re-raise an error from the saver or the encoder in the caller's thread."""
+        if self._error is not None:
+            raise self._error
+
+    def _save_loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            index, rgb = item
+            try:
+                if rgb is not None:  # None: written by a worker (add_saved)
+                    self._save_frame(index, rgb)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                self._fail(exc)
+                return
+            with self._cond:
+                self._saved.add(index)
+                if rgb is not None and len(self._recent) < QUEUE_FRAMES:
+                    self._recent[index] = rgb
+                self._cond.notify_all()
+            self._bar.update(1)
+        with self._cond:
+            self._saver_done = True
+            self._cond.notify_all()
+
+    def _encode_loop(self) -> None:
+        index = 0
+        try:
+            while True:
+                with self._cond:
+                    self._cond.wait_for(
+                        lambda: index >= self.total or index in self._saved or self._saver_done
+                        or self._aborting or self._error is not None
+                    )  # fmt: skip
+                    if index >= self.total or self._aborting or self._error is not None:
+                        return
+                    if index not in self._saved:  # the saver has finished, yet frame `index` never came
+                        raise RuntimeError(f"frame {index} of {self.total} was never rendered")
+                    rgb = self._recent.pop(index, None)
+                self.writer.write(rgb if rgb is not None else self.load_frame(index))
+                index += 1
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._cond:
+            if self._error is None:
+                self._error = exc
+            self._cond.notify_all()
+
+    def _save_frame(self, index: int, rgb: np.ndarray) -> None:
+        path = frame_path(self.frames, index)
+        try:
+            save_image(path, rgb, png_compression=PNG_COMPRESSION)
+        except OSError as exc:
+            raise _disk_error(path, exc) from None
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self._stop_requested:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        print("\ndreamreel: stopping after the frames in hand (Ctrl-C again to stop now)", flush=True)
+
+
+
+def _owner(folder: Path) -> str:
+    """`` (pid N)`` of the run holding ``folder``'s lock, as it recorded itself; empty if unknown."""
+    try:
+        return f" (pid {int(json.loads((folder / 'owner.json').read_text())['pid'])})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def _check_job(job_file: Path, job: dict) -> None:
+    """Raise ValueError if ``job_file`` describes another job than ``job`` (naming the keys that differ)."""
+    try:
+        old = json.loads(job_file.read_text())
+    except (OSError, ValueError):
+        return  # a new folder, or a job file cut short: nothing to compare
+    job = json.loads(json.dumps(job, default=str))
+    if isinstance(old, dict) and old != job:
+        changed = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
+        raise ValueError(
+            f"{job_file.parent} holds frames of a different job ({', '.join(changed)} changed): "
+            f"rerun with the original settings to resume, or delete the folder to start over"
+        )
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        write_atomically(path, data)
+    except OSError as exc:
+        raise _disk_error(path, exc) from None
+
+
+def _disk_error(path: Path, exc: OSError) -> DiskError:
+    hint = "free some space and" if exc.errno == errno.ENOSPC else "fix that and"
+    return DiskError(
+        f"could not write {path} ({exc.strerror}); finished frames are kept: {hint} rerun the same command to continue"
+    )
