@@ -19,6 +19,7 @@ from conftest import read_png_frames
 from dreamreel.pipeline.decode import read_frames
 from dreamreel.pipeline.dream import ComputeSettings, DreamSettings
 from dreamreel.pipeline.encode import EncodeSettings
+from dreamreel.pipeline.files import frame_path, save_image
 from dreamreel.pipeline.render import DiskError, JobLocked, RenderJob, file_stamp, job_record, work_folder
 from dreamreel.pipeline.zoom import ZoomSettings, dream_zoom
 
@@ -122,6 +123,18 @@ def test_first_ctrl_c_finishes_the_frames_in_hand_then_stops(tmp_path):
     assert job.folder.is_dir()
     with open_job(tmp_path) as again:
         assert again.done == {0, 1}
+
+
+def test_frames_another_process_wrote_are_encoded_in_turn(tmp_path):
+    with open_job(tmp_path, total=3) as job:
+        with job.running(desc="test", progress=False):
+            job.put(0, frame(0))
+            for t in (2, 1):  # as a distributed worker leaves them in the work folder
+                save_image(frame_path(job.frames, t), frame(t))
+                job.add_saved(t)
+        job.finish()
+    for t, rgb in enumerate(job.writer.frames):
+        np.testing.assert_array_equal(rgb, frame(t))
 
 
 def test_an_input_that_ends_early_shortens_the_output(tmp_path):
