@@ -27,8 +27,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .dream import ComputeSettings, Dreamer, DreamSettings, frame_generator, gaussian_blur, noise_image, to_tensor, to_uint8
+from .dream import (
+    ComputeSettings, Dreamer, DreamSettings, frame_generator, gaussian_blur, noise_image, quantize_8bit, to_tensor, to_uint8,
+)
 from .encode import EncodeSettings, FrameWriter, output_kind
 from .files import check_output_folder, load_image
 from .render import RenderJob, RenderResult, file_stamp, job_record
@@ -96,7 +99,7 @@ class ZoomSettings:
 
 
 def affine_step(images: torch.Tensor, *, zoom: float, angle_deg: float, shift_x: float, shift_y: float) -> torch.Tensor:
-    """Zoom, rotate and shift about the centre, with Lanczos resampling.
+    """Zoom, rotate and shift about the centre, with bicubic resampling on the images' device.
 
     Args:
         images: (B, C, H, W) in [0, 1].
@@ -113,12 +116,14 @@ def affine_step(images: torch.Tensor, *, zoom: float, angle_deg: float, shift_x:
     h, w = images.shape[-2:]
     matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle_deg, zoom)
     matrix[:, 2] += (shift_x, shift_y)
-    out = []
-    for img in images.detach().float().cpu().numpy():
-        hwc = np.ascontiguousarray(img.transpose(1, 2, 0))
-        warped = cv2.warpAffine(hwc, matrix, (w, h), flags=cv2.INTER_LANCZOS4, borderMode=cv2.BORDER_REFLECT)
-        out.append(warped.reshape(h, w, -1).transpose(2, 0, 1))
-    return torch.from_numpy(np.stack(out)).to(images.device, images.dtype).clamp(0, 1)
+    # grid_sample wants, per output pixel, where to read: the inverse map, in
+    # coordinates where -1 and 1 are the corner pixels' centres (align_corners).
+    inverse = np.vstack([cv2.invertAffineTransform(matrix), [0, 0, 1]])
+    to_unit = np.array([[2 / max(w - 1, 1), 0, -1], [0, 2 / max(h - 1, 1), -1], [0, 0, 1]])
+    theta = torch.tensor((to_unit @ inverse @ np.linalg.inv(to_unit))[:2], dtype=torch.float32, device=images.device)
+    grid = F.affine_grid(theta.expand(images.shape[0], 2, 3), list(images.shape), align_corners=True)
+    out = F.grid_sample(images.float(), grid, mode="bicubic", padding_mode="reflection", align_corners=True)
+    return out.clamp(0, 1).to(images.dtype)
 
 
 def sharpen(images: torch.Tensor, amount: float, sigma: float = 1.0) -> torch.Tensor:
@@ -128,26 +133,58 @@ def sharpen(images: torch.Tensor, amount: float, sigma: float = 1.0) -> torch.Te
     return (images + amount * (images - gaussian_blur(images, sigma))).clamp(0, 1)
 
 
+# sRGB (D65) → CIE XYZ and the white point: OpenCV's constants, so these
+# match cv2.COLOR_RGB2Lab / COLOR_Lab2RGB on float pictures (to 0.5 in L).
+_RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
+_WHITE_XYZ = (0.950456, 1.0, 1.088754)
+_LAB_EPSILON = 0.008856  # (6/29)**3: below it the cube root is replaced by a line
+
+
+def rgb_to_lab(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) sRGB in [0, 1] → CIE Lab (L 0..100, a and b about -128..127), same device."""
+    linear = torch.where(images <= 0.04045, images / 12.92, ((images.clamp(min=0) + 0.055) / 1.055) ** 2.4)
+    to_xyz = torch.tensor(_RGB_TO_XYZ, device=images.device, dtype=images.dtype)
+    white = torch.tensor(_WHITE_XYZ, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    xyz = torch.einsum("ij,bjhw->bihw", to_xyz, linear) / white
+    f = torch.where(xyz > _LAB_EPSILON, xyz.clamp(min=1e-12) ** (1 / 3), 7.787 * xyz + 16 / 116)
+    lightness = torch.where(xyz[:, 1:2] > _LAB_EPSILON, 116 * f[:, 1:2] - 16, 903.3 * xyz[:, 1:2])
+    return torch.cat([lightness, 500 * (f[:, :1] - f[:, 1:2]), 200 * (f[:, 1:2] - f[:, 2:])], dim=1)
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_lab`: (B, 3, H, W) Lab → sRGB, not clamped."""
+    lightness, a, b = lab[:, :1], lab[:, 1:2], lab[:, 2:]
+    fy = (lightness + 16) / 116
+    f = torch.cat([fy + a / 500, fy, fy - b / 200], dim=1)
+    xyz = torch.where(f > 6 / 29, f**3, (f - 16 / 116) / 7.787)
+    xyz[:, 1:2] = torch.where(lightness > 903.3 * _LAB_EPSILON, fy**3, lightness / 903.3)
+    white = torch.tensor(_WHITE_XYZ, device=lab.device, dtype=lab.dtype).view(1, 3, 1, 1)
+    to_rgb = torch.linalg.inv(torch.tensor(_RGB_TO_XYZ, dtype=torch.float64)).to(lab.device, lab.dtype)
+    linear = torch.einsum("ij,bjhw->bihw", to_rgb, xyz * white)
+    return torch.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear.clamp(min=0) ** (1 / 2.4) - 0.055)
+
+
 def lab_stats(images: torch.Tensor) -> torch.Tensor:
-    """Per-image Lab mean and std: (B, 3, H, W) RGB in [0, 1] → (B, 2, 3)."""
-    labs = [cv2.cvtColor(np.ascontiguousarray(img.transpose(1, 2, 0)), cv2.COLOR_RGB2Lab) for img in images.detach().float().cpu().numpy()]
-    return torch.tensor(np.stack([[lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0)] for lab in labs]))
+    """Per-image Lab mean and std: (B, 3, H, W) RGB in [0, 1] → (B, 2, 3), same device."""
+    return _moments(rgb_to_lab(images.detach().float()))
+
+
+def _moments(lab: torch.Tensor) -> torch.Tensor:
+    return torch.stack([lab.mean(dim=(2, 3)), lab.std(dim=(2, 3), unbiased=False)], dim=1)
 
 
 def match_color(images: torch.Tensor, reference: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
     """Pull each image's Lab mean/std towards ``reference`` (B, 2, 3) by ``strength`` 0..1."""
     if strength <= 0:
         return images
-    out = []
-    for img, ref in zip(images.detach().float().cpu().numpy(), reference.numpy()):
-        lab = cv2.cvtColor(np.ascontiguousarray(img.transpose(1, 2, 0)), cv2.COLOR_RGB2Lab)
-        mean, std = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0) + 1e-6
-        target_mean = mean + strength * (ref[0] - mean)
-        target_std = std + strength * (ref[1] - std)
-        matched = (lab - mean) / std * target_std + target_mean
-        rgb = cv2.cvtColor(matched.astype(np.float32), cv2.COLOR_Lab2RGB)
-        out.append(rgb.transpose(2, 0, 1))
-    return torch.from_numpy(np.stack(out)).to(images.device, images.dtype).clamp(0, 1)
+    lab = rgb_to_lab(images.detach().float())
+    stats = _moments(lab)
+    mean, std = stats[:, 0, :, None, None], stats[:, 1, :, None, None] + 1e-6
+    reference = reference.to(lab.device, lab.dtype)
+    target_mean = mean + strength * (reference[:, 0, :, None, None] - mean)
+    target_std = std + strength * (reference[:, 1, :, None, None] - std)
+    matched = (lab - mean) / std * target_std + target_mean
+    return lab_to_rgb(matched).clamp(0, 1).to(images.dtype)
 
 
 # --- the loop -------------------------------------------------------------------
@@ -262,14 +299,17 @@ def dream_zoom(
         # input), and the last frame on disk when resuming
         dreamer = Dreamer(looks[0].dream, compute)
         parsed = {look.dream.objective: dreamer.parse_objective(look.dream.objective) for look in looks}
+        # Every picture lives on the dreamer's device; only the finished 8-bit frame comes back to the host.
+        device = dreamer.device
         if init_rgb is not None:
-            base = to_tensor(cv2.resize(init_rgb, (width, height), interpolation=cv2.INTER_AREA)).expand(len(looks), -1, -1, -1)
+            init_small = cv2.resize(init_rgb, (width, height), interpolation=cv2.INTER_AREA)
+            base = to_tensor(init_small, device).expand(len(looks), -1, -1, -1)
         else:
-            base = torch.cat([noise_image(width, height, look.seed) for look in looks])
+            base = torch.cat([noise_image(width, height, look.seed) for look in looks]).to(device)
         previous = reference = None
         if first > 0:
-            previous = _split(to_tensor(job.load_frame(first - 1)), len(looks))
-            reference = lab_stats(_split(to_tensor(job.load_frame(0)), len(looks)))
+            previous = _split(to_tensor(job.load_frame(first - 1), device), len(looks))
+            reference = lab_stats(_split(to_tensor(job.load_frame(0), device), len(looks)))
         with job.running(desc="zooming", progress=progress):
             for t in range(first, frames):
                 if job.stop_requested:
@@ -302,8 +342,8 @@ def dream_zoom(
                         settings=looks[members[0]].dream,
                         objective=objectives[0] if len(set(map(id, objectives))) == 1 else per_image(objectives),
                     ).to(dreamed.dtype)
-                rgb = to_uint8(dreamed)
-                previous = to_tensor(list(rgb))  # carry the 8-bit frame, exactly as saved
+                previous = quantize_8bit(dreamed)  # carry the 8-bit frame, exactly as saved
+                rgb = to_uint8(previous)
                 if reference is None:
                     reference = lab_stats(previous)
                 # 7. save and encode (side by side)

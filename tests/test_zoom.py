@@ -67,7 +67,8 @@ def init_picture(tmp_path) -> Path:
 
 def test_identity_step_changes_nothing():
     images = to_tensor([textured_frame(24, 32, 0), textured_frame(24, 32, 1)])
-    torch.testing.assert_close(zoom_of(images, 1.0), images, atol=1e-6, rtol=0)
+    # grid_sample's normalised coordinates round in float32: a millionth, far below an 8-bit level
+    torch.testing.assert_close(zoom_of(images, 1.0), images, atol=1e-5, rtol=0)
 
 
 def test_shift_moves_content_right_and_down():
