@@ -13,7 +13,7 @@ Example::
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,6 +125,67 @@ def dream_strength(outputs: Iterable[np.ndarray], inputs: Iterable[np.ndarray]) 
     if frames == 0:
         raise ValueError("outputs and inputs are empty; pass at least one frame")
     return total / frames
+
+
+def frame_changes(outputs: Iterable[np.ndarray], inputs: Iterable[np.ndarray], *, method: str = "dis") -> list[float | None]:
+    """The change between each two consecutive output frames, after following the input's motion.
+
+    Entry ``t - 1`` is the pair (t-1, t): the mean warping error of
+    :func:`measure` for that pair alone, or None where the input has a scene cut.
+
+    Args:
+        outputs, inputs: as for :func:`measure`.
+        method: flow method, one of ``FLOW_METHODS``.
+
+    Returns:
+        One entry per pair, 0..1 intensity.
+    """
+    estimator = FlowEstimator(method)
+    changes: list[float | None] = []
+    previous = None
+    for output, input_ in _paired_frames(outputs, inputs):
+        if previous is not None:
+            changes.append(_pair_warping_error(estimator, *previous, output, input_))
+        previous = (output, input_)
+    return changes
+
+
+def seam_scores(changes: Sequence[float | None], borders: Iterable[tuple[int, int]]) -> list[float]:
+    """How much each lane border stands out: 1.0 is no seam at all.
+
+    A border ``(first, start)`` is where one lane hands over to the next,
+    crossfaded over frames ``first..start-1`` (``first == start``: a hard
+    border). Its score is the largest change over the pairs into frames
+    ``first..start`` divided by the median change of the pairs away from
+    every border. Borders at scene cuts (a None change) have no score.
+
+    Args:
+        changes: :func:`frame_changes` of the output.
+        borders: ``(first, start)`` of each border, e.g. ``(s.first, s.start)``
+            of each segment but the first of a :class:`~dreamreel.pipeline.segments.SegmentPlan`.
+
+    Returns:
+        One score per border that is not at a cut, in order.
+
+    Raises:
+        ValueError: a border outside the clip, or no pair away from the borders.
+    """
+    borders = list(borders)
+    near = set()
+    for first, start in borders:
+        if not 1 <= first <= start <= len(changes):
+            raise ValueError(f"border ({first}, {start}) lies outside a clip of {len(changes) + 1} frames")
+        near.update(range(first - 1, start))  # pairs into frames first..start
+    typical = [c for i, c in enumerate(changes) if i not in near and c is not None]
+    if not typical:
+        raise ValueError("every frame pair touches a border; seam scores need pairs away from the borders")
+    median = float(np.median(typical))
+    scores = []
+    for first, start in borders:
+        window = changes[first - 1 : start]
+        if None not in window:
+            scores.append(max(window) / median)
+    return scores
 
 
 def _pair_warping_error(

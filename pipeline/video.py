@@ -10,12 +10,14 @@ the input; ``blend`` < 1 makes old detail decay geometrically, and removing
 the residual's mean colour stops the slow brightening earlier tools show.
 
 Batching: the flow dependency makes frames sequential, so the video is cut
-into B contiguous *lanes* dreamed in lockstep as one batch. Each lane starts
-``warmup`` frames early (dreamed, not kept) so its carried detail has
-settled to full strength before its first kept frame. Measured at blend 0.6
-(tests/test_video.py): the frame-to-frame change at a lane seam is 1.4–1.7×
-the typical change (1.9× without warm-up); the pattern itself does not
-converge, so use ``--batch 1`` for final renders at high blend.
+into B contiguous *lanes* dreamed in lockstep as one batch, along the plan of
+:mod:`~dreamreel.pipeline.segments`: borders at scene cuts first (the carry
+starts afresh there anyway); a border inside a shot makes the later lane
+start ``warmup`` frames early, both lanes dream those frames and the output
+crossfades from one dream to the other over them. Cuts come from one cheap
+pass over the input before dreaming (colour histograms and the flow check,
+:class:`~dreamreel.pipeline.flow.CutDetector`); the plan is stored in the
+work folder, so a resumed run cuts the video the same way.
 """
 
 from __future__ import annotations
@@ -23,14 +25,16 @@ from __future__ import annotations
 import queue
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+import dataclasses
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import decode, flow
+from . import decode, flow, segments
 from .dream import ComputeSettings, Dreamer, DreamSettings, frame_generator, to_tensor, to_uint8
 from .encode import EncodeSettings, FrameWriter, output_kind
 from .files import check_output_folder
@@ -55,7 +59,8 @@ class VideoSettings:
             first (the carried dream needs fewer); None = ``iterations``.
         batch: lanes dreamed as one batch (1 = strictly sequential); None =
             auto: 1 on a CPU, as many as fit in free memory on a CUDA GPU.
-        warmup: frames each lane after the first dreams before its first kept frame.
+        warmup: frames before a lane border inside a shot that both lanes
+            dream and the output crossfades over.
     """
 
     blend: float = 0.6
@@ -136,59 +141,39 @@ def carry_residual(
 
 @dataclass
 class _Lane:
-    """One contiguous segment of the video, dreamed in sequence."""
+    """One segment of the plan, dreamed in sequence: where it is and what it carries."""
 
-    first: int  # first frame decoded (warm-up included)
-    keep_from: int  # first frame kept
-    stop: int  # one past the last frame
-    resumed: bool = False  # frame first-1 is on disk and carried from there
+    segment: int  # index in the plan
+    first: int  # first frame the segment dreams (fresh start, no carry)
+    stop: int  # one past its last frame
+    index: int  # next frame to dream
+    prefetch: _Prefetch
     previous_input: np.ndarray | None = None
     previous_dream: np.ndarray | None = None
-    index: int = 0
-
-
-def plan_lanes(total: int, batch: int, warmup: int, done: set[int]) -> list[_Lane]:
-    """Cut ``total`` frames into ``batch`` lanes, skipping frames already done.
-
-    A lane that already finished some frames resumes after its last finished
-    frame, carrying that frame from disk; one that has none starts ``warmup``
-    frames before its segment.
-    """
-    batch = max(1, min(batch, total))
-    bounds = [round(total * k / batch) for k in range(batch + 1)]
-    lanes = []
-    for start, stop in zip(bounds, bounds[1:]):
-        finished = start
-        while finished < stop and finished in done:
-            finished += 1
-        if finished == stop:
-            continue
-        first = finished if finished > start else max(0, start - warmup)
-        lanes.append(_Lane(first=first, keep_from=finished, stop=stop, index=first, resumed=finished > start))
-    return lanes
 
 
 class _Prefetch:
-    """Decode one lane's frames and compute their flow in a background thread."""
+    """Decode frames ``first..stop-1`` and compute their flow in a background thread.
 
-    def __init__(self, frames: Iterator[np.ndarray], method: str):
+    No flow is computed into a frame of ``cuts`` (a new shot: nothing is carried).
+    """
+
+    def __init__(self, frames: Iterator[np.ndarray], first: int, stop: int, cuts: Sequence[int], method: str):
         self.queue: queue.Queue = queue.Queue(maxsize=PREFETCH_FRAMES)
         self.estimator = flow.FlowEstimator(method) if method != "none" else None
-        self.thread = threading.Thread(target=self._run, args=(frames,), daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(frames, first, stop, set(cuts)), daemon=True)
         self.thread.start()
 
-    def _run(self, frames: Iterator[np.ndarray]) -> None:
+    def _run(self, frames: Iterator[np.ndarray], first: int, stop: int, cuts: set[int]) -> None:
         previous = None
         try:
-            for frame in frames:
-                item = {"frame": frame, "flow": None, "mask": None, "cut": False}
-                if previous is not None:
-                    item["cut"] = flow.scene_cut(previous, frame)
-                    if self.estimator is not None and not item["cut"]:
-                        backward = self.estimator(frame, previous)
-                        forward = self.estimator(previous, frame)
-                        item["flow"] = backward
-                        item["mask"] = flow.consistency_mask(forward, backward)
+            for t, frame in zip(range(first, stop), frames):
+                item = {"frame": frame, "flow": None, "mask": None, "cut": t in cuts}
+                if previous is not None and self.estimator is not None and not item["cut"]:
+                    backward = self.estimator(frame, previous)
+                    forward = self.estimator(previous, frame)
+                    item["flow"] = backward
+                    item["mask"] = flow.consistency_mask(forward, backward)
                 previous = frame
                 self.queue.put(item)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
@@ -201,6 +186,161 @@ class _Prefetch:
         if isinstance(item, BaseException):
             raise item
         return item
+
+
+def dream_lanes(
+    dreamer: Dreamer,
+    plan: segments.SegmentPlan,
+    ids: Sequence[int],
+    frames: Callable[[int], Iterator[np.ndarray]],
+    pictures: segments.SegmentPictures,
+    settings: DreamSettings,
+    video: VideoSettings,
+    stop_requested: Callable[[], bool],
+) -> int:
+    """Dream the plan's segments ``ids`` in lockstep, one batch per step; each lane carries its own dream.
+
+    The work the video stage and a Ray worker (one segment at a time) share.
+    It resumes where the pictures on disk stop: every lane restarts at the
+    first step any of them lacks (:func:`~dreamreel.pipeline.segments.resume_step`),
+    so each batch holds the same frames as in an uninterrupted run and the
+    frames come out identical.
+
+    Args:
+        frames: ``frames(t)`` reads the clip from its frame t on.
+        pictures: where each lane's pictures go (finished or crossfaded).
+        stop_requested: when it says True, the loop ends after the frames in hand.
+
+    Returns:
+        The number of frames dreamed (warm-up frames and frames dreamed again
+        to restart the lockstep included).
+    """
+    step = segments.resume_step(plan, ids, pictures.has)
+    dreamed_frames = 0
+    lanes = []
+    for k in ids:
+        seg = plan.segments[k]
+        index = seg.first + step
+        if index >= seg.stop:
+            continue
+        carried = index > seg.first  # its previous frame is on disk: carry it, as the interrupted run did
+        lane = _Lane(k, seg.first, seg.stop, index, _Prefetch(frames(index - carried), index - carried, seg.stop, plan.cuts, video.flow))
+        if carried:
+            lane.previous_input = lane.prefetch.next()["frame"]
+            lane.previous_dream = pictures.load(k, index - 1)
+        lanes.append(lane)
+    while lanes and not stop_requested():
+        # 1. each lane's start picture: fresh at its first frame and at cuts, else carried
+        starts, generators, groups = [], [], {}
+        for lane in lanes:
+            item = lane.prefetch.next()
+            current = item["frame"]
+            if lane.index == lane.first or item["cut"] or video.blend == 0:
+                start = to_tensor(current)
+                n_iter = settings.iterations
+            else:
+                start = _carry(lane, current, item, video.blend)
+                n_iter = settings.iterations if video.iterations_next is None else video.iterations_next
+            lane.previous_input = current
+            starts.append(start)
+            generators.append(frame_generator(settings.seed, lane.index))
+            groups.setdefault(n_iter, []).append(len(starts) - 1)
+        # 2. dream the batch (lanes in their first frame may need more steps)
+        dreamed = [None] * len(starts)
+        for n_iter, members in groups.items():
+            batch = torch.cat([starts[m] for m in members])
+            result = to_uint8(dreamer(batch, iterations=n_iter, generators=[generators[m] for m in members]))
+            for m, rgb in zip(members, result):
+                dreamed[m] = rgb
+        # 3. finish, or keep for the crossfade
+        for lane, rgb in zip(lanes, dreamed):
+            lane.previous_dream = rgb
+            pictures.put(lane.segment, lane.index, rgb)
+            lane.index += 1
+        dreamed_frames += len(dreamed)
+        lanes = [lane for lane in lanes if lane.index < lane.stop]
+    return dreamed_frames
+
+
+@dataclass(frozen=True)
+class Clip:
+    """The frames of one input video that a job dreams: checked, counted and cut into shots.
+
+    Made by :func:`open_clip`; small and picklable, so Ray workers read their
+    segments' frames through it.
+
+    Attributes:
+        input, output: the job's files.
+        fps: frames per second of the input (and output).
+        size: (width, height) of the frames, after ``max_side``.
+        total: frames of the clip.
+        cuts: frames that start a new shot (see :func:`~dreamreel.pipeline.segments.find_cuts`).
+        start_s, end_s, max_frames, max_side: which frames, as ``dreamreel video`` takes them.
+    """
+
+    input: Path
+    output: Path
+    fps: Fraction
+    size: tuple[int, int]
+    total: int
+    cuts: tuple[int, ...]
+    start_s: float = 0.0
+    end_s: float | None = None
+    max_frames: int | None = None
+    max_side: int | None = None
+
+    def frames(self, first: int = 0) -> Iterator[np.ndarray]:
+        """The clip's frames from its frame ``first`` on, RGB uint8 (H, W, 3)."""
+        max_frames = None if self.max_frames is None else self.max_frames - first
+        return decode.read_frames(
+            self.input, start_s=self.start_s + first / self.fps, end_s=self.end_s, max_frames=max_frames, max_side=self.max_side
+        )
+
+    def record(self, settings: DreamSettings, compute: ComputeSettings, video: VideoSettings, **parts) -> dict:
+        """The job record (:func:`~dreamreel.pipeline.render.job_record`) of dreaming this clip; ``parts`` add to it."""
+        clip = {"start_s": self.start_s, "end_s": self.end_s, "max_frames": self.max_frames, "max_side": self.max_side}
+        return job_record("video", compute, input=file_stamp(self.input), dream=asdict(settings), video=asdict(video), clip=clip, **parts)
+
+    def writer(self, encode: EncodeSettings) -> Callable[[], FrameWriter]:
+        """Makes the output's writer, sound taken from the input at the clip's start."""
+        return lambda: FrameWriter(
+            self.output, fps=self.fps, size=self.size, settings=encode, audio_source=self.input, audio_start_s=self.start_s
+        )
+
+
+def open_clip(
+    input: str | Path,
+    output: str | Path,
+    *,
+    start_s: float = 0.0,
+    end_s: float | None = None,
+    max_frames: int | None = None,
+    max_side: int | None = None,
+    cut_pass: Callable[[Clip], tuple[int, tuple[int, ...]]] | None = None,
+) -> Clip:
+    """Check input and output before any work, then count the frames and find the cuts in one pass.
+
+    ``cut_pass(clip)`` returns ``(total, cuts)`` of a clip whose total is not
+    known yet; the default reads it once with
+    :func:`~dreamreel.pipeline.segments.find_cuts` (Ray spreads it over workers).
+
+    Raises:
+        ValueError: an unreadable input, an output that cannot be written or
+            is the input, or no frames between ``start_s`` and ``end_s``.
+    """
+    input_path = Path(input)
+    info = decode.probe_video(input_path)
+    out = Path(output)
+    output_kind(out)
+    check_output_folder(out.parent)  # before the work folder is made there
+    if out.exists() and out.resolve() == input_path.resolve():
+        raise ValueError(f"OUTPUT {output} is the input file; choose another name so the input is kept")
+    size = decode.output_size(info.width, info.height, max_side)
+    clip = Clip(input_path, out, info.fps, size, 0, (), start_s, end_s, max_frames, max_side)
+    total, cuts = cut_pass(clip) if cut_pass else segments.find_cuts(clip.frames())
+    if total == 0:
+        raise ValueError(f"{input_path}: no frames between --start {start_s} and --end {end_s}")
+    return dataclasses.replace(clip, total=total, cuts=cuts)
 
 
 def dream_video(
@@ -223,76 +363,30 @@ def dream_video(
     command after an interruption continues where it stopped. Ctrl-C finishes
     the frames in hand, saves them and raises KeyboardInterrupt.
     """
-    # 1. check input and output before any work
-    input_path = Path(input)
-    info = decode.probe_video(input_path)
-    out = Path(output)
-    output_kind(out)
-    check_output_folder(out.parent)  # before the work folder is made there
-    if out.exists() and out.resolve() == input_path.resolve():
-        raise ValueError(f"OUTPUT {output} is the input file; choose another name so the input is kept")
-    clip = {"start_s": start_s, "end_s": end_s, "max_frames": max_frames, "max_side": max_side}
-    frames = lambda first=0: decode.read_frames(  # noqa: E731 - a reader per lane
-        input_path, start_s=start_s + first / info.fps, end_s=end_s, max_frames=None if max_frames is None else max_frames - first, max_side=max_side
-    )
-    total = sum(1 for _ in frames())
-    if total == 0:
-        raise ValueError(f"{input_path}: no frames between --start {start_s} and --end {end_s}")
-    width, height = decode.output_size(info.width, info.height, max_side)
+    # 1. check input and output, count the frames and find the cuts, before any work
+    clip = open_clip(input, output, start_s=start_s, end_s=end_s, max_frames=max_frames, max_side=max_side)
+    total, cuts = clip.total, clip.cuts
+    width, height = clip.size
 
     # 2. the render job: work folder and lock, frames already done, the writer
-    record = job_record("video", compute, input=file_stamp(input_path), dream=asdict(settings), video=asdict(video), clip=clip)
-    writer = lambda: FrameWriter(  # noqa: E731
-        out, fps=info.fps, size=(width, height), settings=encode, audio_source=input_path, audio_start_s=start_s
-    )
-    with RenderJob.open(out, record, total, writer=writer) as job:
-        # 3. the model, loaded once; the lanes; a reader and flow worker per lane
+    with RenderJob.open(clip.output, clip.record(settings, compute, video), total, writer=clip.writer(encode)) as job:
+        # 3. the model, loaded once; the lane plan, stored so a resumed run cuts the video the same way
         dreamer = Dreamer(settings, compute)
-        lane_count = video.batch or auto_lanes(dreamer, height, width, total, video.warmup)
-        if video.batch is None and progress and lane_count > 1:
-            print(f"dreamreel: --batch auto: {lane_count} lanes fit in the free GPU memory", file=sys.stderr)
-        lanes = plan_lanes(total, lane_count, video.warmup, job.done)
-        prefetch = []
-        for lane in lanes:
-            prefetch.append(_Prefetch(frames(lane.first - lane.resumed), video.flow))
-            if lane.resumed:  # frame first-1 is on disk: carry it, as the interrupted run did
-                lane.previous_input = prefetch[-1].next()["frame"]
-                lane.previous_dream = job.load_frame(lane.first - 1)
+        plan = segments.load_plan(job.folder)
+        if plan is None:
+            lane_count = video.batch or auto_lanes(dreamer, height, width, total, video.warmup)
+            if video.batch is None and progress and lane_count > 1:
+                print(f"dreamreel: --batch auto: {lane_count} lanes fit in the free GPU memory", file=sys.stderr)
+            plan = segments.plan_lanes(total, cuts, lane_count, video.warmup)
+            segments.save_plan(job.folder, plan)
+        elif plan.total != total:
+            raise ValueError(f"{job.folder} holds a plan for {plan.total} frames, not {total}; delete it to start over")
         with job.running(desc="dreaming", progress=progress):
-            # 4. lockstep over lanes until every lane is done or Ctrl-C
-            active = list(range(len(lanes)))
-            while active and not job.stop_requested:
-                starts, generators, groups = [], [], {}
-                for k in active:
-                    lane = lanes[k]
-                    item = prefetch[k].next()
-                    current = item["frame"]
-                    if lane.previous_dream is None or item["cut"] or video.blend == 0:
-                        start = to_tensor(current)
-                        n_iter = settings.iterations
-                    else:
-                        start = _carry(lane, current, item, video.blend)
-                        n_iter = settings.iterations if video.iterations_next is None else video.iterations_next
-                    lane.previous_input = current
-                    starts.append(start)
-                    generators.append(frame_generator(settings.seed, lane.index))
-                    groups.setdefault(n_iter, []).append(len(starts) - 1)
-                # 5. dream the batch (lanes in their first frame may need more steps)
-                dreamed = [None] * len(starts)
-                for n_iter, members in groups.items():
-                    batch = torch.cat([starts[m] for m in members])
-                    result = to_uint8(dreamer(batch, iterations=n_iter, generators=[generators[m] for m in members]))
-                    for m, rgb in zip(members, result):
-                        dreamed[m] = rgb
-                # 6. keep, save and encode
-                for k, rgb in zip(active, dreamed):
-                    lane = lanes[k]
-                    lane.previous_dream = rgb
-                    if lane.index >= lane.keep_from:
-                        job.put(lane.index, rgb)
-                    lane.index += 1
-                active = [k for k in active if lanes[k].index < lanes[k].stop]
-        return job.finish(lanes=len(lanes))
+            pictures = segments.SegmentPictures(job.folder, plan, job.done, job.load_frame, job.put)
+            pictures.finish_crossfades()
+            # 4. the lanes in lockstep until every lane is done or Ctrl-C
+            dream_lanes(dreamer, plan, range(len(plan.segments)), clip.frames, pictures, settings, video, lambda: job.stop_requested)
+        return job.finish(lanes=len(plan.segments))
 
 
 def _carry(lane: _Lane, current: np.ndarray, item: dict, blend: float) -> torch.Tensor:

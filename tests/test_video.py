@@ -24,9 +24,10 @@ from dreamreel.pipeline.decode import probe_video, read_frames
 from dreamreel.pipeline.dream import ComputeSettings, DreamSettings
 from dreamreel.pipeline.encode import EncodeSettings
 from dreamreel.pipeline.ffmpeg import probe, run_ffmpeg
-from dreamreel.pipeline.metrics import measure
+from dreamreel.pipeline import segments
+from dreamreel.pipeline.metrics import frame_changes, measure, seam_scores
 from dreamreel.pipeline import video as video_module
-from dreamreel.pipeline.video import VideoSettings, carry_residual, dream_video, plan_lanes
+from dreamreel.pipeline.video import VideoSettings, carry_residual, dream_video
 from dreamreel.pipeline.render import work_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -71,11 +72,6 @@ def dream_frames(path: Path) -> list[np.ndarray]:
     return read_png_frames(path) if path.is_dir() else list(read_frames(path))
 
 
-def pair_warping_error(outputs, inputs, t: int) -> float:
-    """Flicker between output frames t-1 and t, after following the input's motion."""
-    return measure(outputs[t - 1 : t + 1], inputs[t - 1 : t + 1]).warping_error
-
-
 # --- carry_residual -----------------------------------------------------------
 
 
@@ -118,27 +114,7 @@ def test_carry_follows_the_flow_and_scales_with_blend():
     torch.testing.assert_close(out, expected)
 
 
-# --- plan_lanes -----------------------------------------------------------------
-
-
-def kept(lanes) -> list[int]:
-    return [t for lane in lanes for t in range(lane.keep_from, lane.stop)]
-
-
-@pytest.mark.parametrize(
-    "total, batch, warmup", [(10, 1, 6), (16, 2, 6), (17, 3, 4), (100, 7, 6), (5, 3, 10), (3, 8, 2), (1, 4, 6)]
-)
-def test_lanes_cover_every_frame_once_and_later_lanes_warm_up_first(total, batch, warmup):
-    lanes = plan_lanes(total, batch, warmup, done=set())
-    assert sorted(kept(lanes)) == list(range(total))
-    assert len(lanes) == min(batch, total)
-    assert lanes[0].first == lanes[0].keep_from == 0
-    for before, lane in zip(lanes, lanes[1:]):
-        assert lane.keep_from == before.stop  # contiguous segments, in order
-        assert lane.first == max(0, lane.keep_from - warmup)  # warm-up frames come before the first kept frame
-    for lane in lanes:
-        assert lane.index == lane.first and not lane.resumed
-
+# --- --batch auto ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -155,18 +131,6 @@ def test_auto_batch_is_one_lane_on_the_cpu(tiny_model, use_model):
     use_model(tiny_model)
     dreamer = Dreamer(DreamSettings(), ComputeSettings(device="cpu"))
     assert video_module.auto_lanes(dreamer, 64, 64, total=1000, warmup=6) == 1
-
-def test_resumed_lanes_skip_finished_frames_without_warming_up_again():
-    # Lanes [0, 10), [10, 20), [20, 30): the first finished 4 frames, the second all, the third none.
-    done = set(range(4)) | set(range(10, 20))
-    lanes = plan_lanes(30, 3, 6, done)
-    assert [(lane.first, lane.keep_from, lane.stop, lane.resumed) for lane in lanes] == [
-        (4, 4, 10, True),  # carries frame 3 from disk
-        (14, 20, 30, False),  # nothing done: warms up from 14
-    ]
-    assert sorted(kept(lanes)) == sorted(set(range(30)) - done)
-    assert plan_lanes(30, 3, 6, set(range(30))) == []
-
 
 # --- temporal coherence with the real model ----------------------------------------
 
@@ -198,32 +162,59 @@ def test_flow_warped_blending_is_steadier_than_independent_frames_and_plain_blen
 # --- lanes ------------------------------------------------------------------------------
 
 
-def test_two_lanes_give_every_frame_without_a_jump_at_the_seam(tmp_path, pan_clip, pan_frames, real_model, use_model):
-    """The second lane starts at frame 8 after 6 warm-up frames.
+def test_four_lanes_crossfade_so_no_border_stands_out(tmp_path, make_panning_clip, real_model, use_model):
+    """Lanes of 12 frames; each border inside the shot crossfades over 6 warm-up frames.
 
-    Measured on this clip, the flow-compensated difference between frames 7 and 8
-    was 0.045, 1.44x the median of the other pairs (1.64x and 1.71x for footage
-    seeds 1 and 2); without warm-up it was 0.059 (1.89x). Warm-up settles how
-    strong the carried dream is, not its pattern: two runs started 10 frames
-    apart still differed by about the dream strength 30 frames later, so the
-    seam is smaller with warm-up but not gone.
+    Seam score (metrics.seam_scores): the largest flow-compensated change over
+    the pairs of a crossfade over the median change elsewhere. Measured on this
+    48-frame pan and footage seeds 1-2: 0.97-1.04 (borders at frames 12, 24, 36);
+    with the lanes of commit 7a044d4 (warm-up dreamed but not kept, a hard
+    border) 1.51-1.75 on the same clips, and 1.9 with no warm-up at all.
     """
     use_model(real_model)
-    outputs = {}
+    clip = make_panning_clip(tmp_path / "pan48.mp4", frames=48, fps=25)
+    inputs = list(read_frames(clip))
+    scores = {}
     for name, video in {
-        "one lane": VideoSettings(blend=0.6, iterations_next=2, batch=1),
-        "two lanes": VideoSettings(blend=0.6, iterations_next=2, batch=2),
-        "two cold lanes": VideoSettings(blend=0.6, iterations_next=2, batch=2, warmup=0),
+        "crossfaded": VideoSettings(blend=0.6, iterations_next=2, batch=4),
+        "cold": VideoSettings(blend=0.6, iterations_next=2, batch=4, warmup=0),
     }.items():
-        dream_video(pan_clip, tmp_path / name, REAL_DREAM, CPU, video, ENCODE, progress=False)
-        outputs[name] = read_png_frames(tmp_path / name)
-    assert len(outputs["two lanes"]) == len(outputs["one lane"]) == len(pan_frames) == 16
+        dream_video(clip, tmp_path / name, REAL_DREAM, CPU, video, ENCODE, progress=False)
+        outputs = read_png_frames(tmp_path / name)
+        assert len(outputs) == 48
+        plan = segments.plan_lanes(48, (), 4, video.warmup)
+        scores[name] = seam_scores(frame_changes(outputs, inputs), [(s.first, s.start) for s in plan.segments[1:]])
+    assert len(scores["crossfaded"]) == 3 and max(scores["crossfaded"]) <= 1.1, scores
+    assert min(scores["cold"]) > 1.3, scores  # the measure does see a hard border
 
-    seam = 8
-    errors = [pair_warping_error(outputs["two lanes"], pan_frames, t) for t in range(1, 16)]
-    typical = float(np.median(errors[: seam - 1] + errors[seam:]))
-    assert errors[seam - 1] < 2 * typical, (errors[seam - 1], typical)
-    assert errors[seam - 1] < pair_warping_error(outputs["two cold lanes"], pan_frames, seam)
+
+@pytest.mark.slow
+def test_killed_lane_run_resumes_with_the_stored_plan_to_identical_frames(tmp_path, make_panning_clip, start_cli, use_model):
+    """--batch 3: killed part-way (the lanes in their crossfades), rerun: the same frames as one uninterrupted run."""
+    from conftest import _wait_for_frames
+
+    clip = make_panning_clip(tmp_path / "lanes.mp4", frames=24, size=(48, 48), seed=2)
+    options = ["--batch", "3", "--seed", "3", "--octaves", "1", "--iterations", "2", "--iterations-next", "1",
+               "--device", "cpu", "--precision", "fp32", "--quiet"]  # fmt: skip
+    use_model(make_tiny_model())
+    assert main(["video", str(clip), str(tmp_path / "whole"), *options]) == 0
+
+    out = tmp_path / "resumed"
+    work = work_folder(out)
+    proc = start_cli("video", clip, out, *options, pause_s=0.15)
+    _wait_for_frames(proc, work / "frames", 5)
+    proc.kill()
+    proc.communicate()
+    plan = segments.load_plan(work)
+    assert [(s.first, s.start, s.stop) for s in plan.segments] == [(0, 0, 8), (2, 8, 16), (10, 16, 24)]
+    assert len(list((work / "frames").glob("frame_*.png"))) < 24
+    proc = start_cli("video", clip, out, *options)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    whole, resumed = read_png_frames(tmp_path / "whole"), read_png_frames(out)
+    assert len(resumed) == len(whole) == 24
+    for t, (a, b) in enumerate(zip(whole, resumed)):
+        np.testing.assert_array_equal(a, b, err_msg=f"frame {t}")
 
 
 # --- output ---------------------------------------------------------------------------
