@@ -135,16 +135,23 @@ def cmd_video(args) -> int:
     video = build("video", preset, {
         "blend": args.blend, "flow": args.flow, "iterations_next": args.iterations_next, "batch": args.batch,
     })
+    options = dict(start_s=args.start, end_s=args.end, max_frames=args.max_frames, max_side=args.max_side, progress=not args.quiet)
+    settings, compute, encode = dream_settings(args, preset), compute_settings(args, preset), encode_settings(args, preset)
     try:
-        result = dream_video(
-            args.input, args.output, dream_settings(args, preset), compute_settings(args, preset), video,
-            encode_settings(args, preset), start_s=args.start, end_s=args.end, max_frames=args.max_frames,
-            max_side=args.max_side, progress=not args.quiet,
-        )
+        if args.ray is None:
+            result = dream_video(args.input, args.output, settings, compute, video, encode, **options)
+        else:
+            from dreamreel.pipeline.distributed import RaySettings, dream_video_ray
+
+            flags = {"workers": args.workers, "threads": args.threads, "segment_frames": args.segment_frames}
+            distributed = RaySettings(address=args.ray or None, **{k: v for k, v in flags.items() if v is not None})
+            result = dream_video_ray(args.input, args.output, settings, compute, video, encode, distributed, verbose=args.verbose, **options)
     except KeyboardInterrupt:
         resume_hint(args.output)
         return EXIT_INTERRUPTED
     lanes = f", {result.lanes} lanes" if result.lanes > 1 else ""
+    if args.ray is not None:
+        lanes = f" on {result.lanes} Ray workers"
     print(f"wrote {result.output}: {result.frames} frames at {result.fps:.3f} fps in {result.seconds:.1f} s{lanes}")
     return EXIT_OK
 
@@ -294,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--start", type=float, default=0.0, help="first second to dream")
     v.add_argument("--end", type=float, help="second to stop before")
     v.add_argument("--max-frames", type=positive_int, help="dream at most N frames")
+    r = p.add_argument_group("ray: one video on many GPUs or machines (needs pip install \"dreamreel[ray]\")")
+    r.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="dream shots on Ray workers; no ADDRESS starts a local Ray, 'auto' or ray://HOST:10001 joins a cluster")
+    r.add_argument("--workers", type=positive_int, help="Ray workers (default: one per GPU, else one per --threads CPUs)")
+    r.add_argument("--threads", type=positive_int, help="torch threads of each CPU worker (default 1)")
+    r.add_argument("--segment-frames", type=positive_int, help="longest piece of a shot one worker dreams (default 300)")
+    r.add_argument("--verbose", action="store_true", help="print each worker's frame rate")
     add_encode_options(p)
     add_dream_options(p)
     add_common(p)

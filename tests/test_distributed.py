@@ -1,0 +1,226 @@
+"""distributed: one video dreamed by Ray workers, equal to the single-process run, surviving lost workers and drivers.
+
+One local Ray (``ray.init(num_cpus=2)``) serves the module. Its workers get the
+tiny random model through a process setup hook (:func:`use_tiny_model`), and
+each dream call is slowed to ``PAUSE_S`` so a test can act part-way through.
+The clip has three shots of 6 frames, so the plan splits it at cuts only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_tiny_model, read_png_frames, textured_frame
+from dreamreel.cli.main import main
+from dreamreel.pipeline.dream import ComputeSettings, DreamSettings
+from dreamreel.pipeline.encode import EncodeSettings, FrameWriter
+from dreamreel.pipeline.render import work_folder
+from dreamreel.pipeline.segments import find_cuts
+from dreamreel.pipeline.decode import read_frames
+from dreamreel.pipeline.video import VideoSettings, dream_video
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TESTS = Path(__file__).parent
+PAUSE_S = 0.1
+SETTINGS = DreamSettings(octaves=1, iterations=2, step=0.02, jitter=4, seed=3)
+CPU = ComputeSettings(device="cpu", precision="fp32")
+VIDEO = VideoSettings(blend=0.6, iterations_next=1, batch=1)
+ENCODE = EncodeSettings()
+SHOTS, SHOT_FRAMES = 3, 6
+
+
+def use_tiny_model() -> None:
+    """Ray worker setup hook: the tiny model for every Dreamer, each dream call slowed down."""
+    from dreamreel.pipeline import dream, models
+
+    models.load_model = lambda *args, **kwargs: make_tiny_model()
+    pause_s = float(os.environ.get("DREAMREEL_TEST_PAUSE_S", "0"))
+    dream_batch = dream.Dreamer.__call__
+
+    def paced(self, *args, **kwargs):
+        time.sleep(pause_s)
+        return dream_batch(self, *args, **kwargs)
+
+    dream.Dreamer.__call__ = paced
+
+
+RUNTIME_ENV = {
+    "worker_process_setup_hook": "test_distributed.use_tiny_model",
+    "env_vars": {"PYTHONPATH": str(TESTS), "DREAMREEL_TEST_PAUSE_S": str(PAUSE_S), "OMP_NUM_THREADS": "1"},
+}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=RUNTIME_ENV)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shots_clip(tmp_path_factory) -> Path:
+    """Three shots of 6 frames, 48x48, each a different textured picture panning 4 px right a frame."""
+    path = tmp_path_factory.mktemp("shots") / "shots.mp4"
+    with FrameWriter(path, fps=25, size=(48, 48), settings=EncodeSettings(crf=0)) as writer:
+        for shot in range(SHOTS):
+            picture = textured_frame(48, 48 + 4 * SHOT_FRAMES, seed=10 + shot)
+            for t in range(SHOT_FRAMES):
+                writer.write(np.ascontiguousarray(picture[:, 4 * t : 4 * t + 48]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def single_process(shots_clip, tmp_path_factory, one_torch_thread) -> list[np.ndarray]:
+    """The clip dreamed in this process, one lane: what every Ray run must equal."""
+    import dreamreel.pipeline.models as models
+
+    load = models.load_model
+    models.load_model = lambda *args, **kwargs: make_tiny_model()
+    try:
+        out = tmp_path_factory.mktemp("single") / "out"
+        dream_video(shots_clip, out, SETTINGS, CPU, VIDEO, ENCODE, progress=False)
+    finally:
+        models.load_model = load
+    return read_png_frames(out)
+
+
+def dreamed_count(text: str) -> int:
+    return int(text.rsplit(" frames dreamed by", 1)[0].rsplit("dreamreel: ", 1)[1])
+
+
+@pytest.mark.slow
+def test_three_shots_on_two_workers_equal_the_single_process_run(ray_cluster, shots_clip, single_process, tmp_path, capsys):
+    from dreamreel.pipeline.distributed import RaySettings, dream_video_ray
+
+    assert find_cuts(read_frames(shots_clip)) == (18, (6, 12))  # the plan splits at the two cuts only
+    result = dream_video_ray(shots_clip, tmp_path / "out", SETTINGS, CPU, VIDEO, ENCODE, RaySettings(workers=2),
+                             progress=False, verbose=True)  # fmt: skip
+    outputs = read_png_frames(tmp_path / "out")
+    assert result.frames == len(outputs) == len(single_process) == 18 and result.lanes == 2
+    for t, (a, b) in enumerate(zip(single_process, outputs)):
+        np.testing.assert_array_equal(a, b, err_msg=f"frame {t}")
+    printed = capsys.readouterr().out
+    assert printed.count("dreamreel: worker ") == 2  # both workers dreamed
+    assert dreamed_count(printed) == 18  # every frame once
+    assert not work_folder(tmp_path / "out").exists()
+
+
+def _worker_pids() -> list[int]:
+    """Process ids of the live SegmentWorker actors (Ray titles them ``ray::SegmentWorker...``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"ray::SegmentWorker" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _wait(condition, timeout_s: float = 120.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def frames_done(out: Path) -> int:
+    folder = work_folder(out) / "frames"
+    return len(list(folder.glob("frame_*.png"))) if folder.is_dir() else 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds worker processes in /proc")
+def test_a_worker_killed_mid_run_is_replaced_and_the_job_finishes(ray_cluster, shots_clip, single_process, tmp_path):
+    from dreamreel.pipeline.distributed import RaySettings, dream_video_ray
+
+    out = tmp_path / "out"
+    outcome = {}
+    run = threading.Thread(
+        target=lambda: outcome.update(result=dream_video_ray(
+            shots_clip, out, SETTINGS, CPU, VIDEO, ENCODE, RaySettings(workers=2), progress=False)),
+    )  # fmt: skip
+    run.start()
+    _wait(lambda: frames_done(out) >= 3 and len(_worker_pids()) == 2, what="3 frames from 2 workers")
+    os.kill(_worker_pids()[0], signal.SIGKILL)
+    run.join(timeout=180)
+    assert not run.is_alive() and "result" in outcome
+    outputs = read_png_frames(out)
+    assert len(outputs) == 18
+    for t, (a, b) in enumerate(zip(single_process, outputs)):
+        np.testing.assert_array_equal(a, b, err_msg=f"frame {t}")
+
+
+DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+import ray
+from test_distributed import CPU, ENCODE, RUNTIME_ENV, SETTINGS, VIDEO
+from dreamreel.pipeline.distributed import RaySettings, dream_video_ray
+ray.init(address={address!r}, runtime_env=RUNTIME_ENV, log_to_driver=False)
+result = dream_video_ray({clip!r}, {out!r}, SETTINGS, CPU, VIDEO, ENCODE, RaySettings(workers=2), progress=False, verbose=True)
+print("resumed from", result.resumed_from)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_driver_resumes_to_identical_frames_without_dreaming_any_twice(ray_cluster, shots_clip, single_process, tmp_path):
+    out = tmp_path / "out"
+    script = DRIVER.format(tests=str(TESTS), address=ray_cluster.get_runtime_context().gcs_address, clip=str(shots_clip), out=str(out))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    _wait(lambda: frames_done(out) >= 4 or driver.poll() is not None, what="4 frames")
+    driver.send_signal(signal.SIGKILL)
+    driver.communicate()
+    # Its workers die with it; wait until nothing more lands in the work folder.
+    _wait(lambda: not _worker_pids(), what="the dead driver's workers to go")
+    killed_at = frames_done(out)
+    assert 4 <= killed_at < 18
+    rerun = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resumed from {killed_at}" in rerun.stdout
+    assert dreamed_count(rerun.stdout) == 18 - killed_at  # nothing dreamed twice
+    outputs = read_png_frames(out)
+    assert len(outputs) == 18
+    for t, (a, b) in enumerate(zip(single_process, outputs)):
+        np.testing.assert_array_equal(a, b, err_msg=f"frame {t}")
+
+
+def test_ray_without_the_extra_is_one_line_naming_it(shots_clip, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    assert main(["video", str(shots_clip), str(tmp_path / "out.mp4"), "--ray", "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'pip install "dreamreel[ray]"' in err, err
+
+
+def test_ray_settings_refuse_nonsense():
+    from dreamreel.pipeline.distributed import RaySettings
+
+    with pytest.raises(ValueError, match="--segment-frames 0"):
+        RaySettings(segment_frames=0)
+    with pytest.raises(ValueError, match="--threads"):
+        RaySettings(threads=True)
+
+
+@pytest.mark.slow
+def test_the_cut_pass_in_ray_tasks_finds_what_one_pass_finds(ray_cluster, shots_clip, tmp_path):
+    from dreamreel.pipeline.distributed import find_cuts_ray
+    from dreamreel.pipeline.video import open_clip
+
+    clip = open_clip(shots_clip, tmp_path / "out.mp4")
+    assert (clip.total, clip.cuts) == (18, (6, 12))
+    for chunk in (4, 6, 7, 18, 50):  # chunk borders on a cut, beside one, at the end, past it
+        assert find_cuts_ray(ray_cluster, clip, chunk_frames=chunk) == (18, (6, 12)), chunk
