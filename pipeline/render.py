@@ -1,4 +1,4 @@
-"""The render job: where finished frames go, shared by `video`, `zoom` (and, later, distributed workers).
+"""The render job: where finished frames go, shared by `video`, `zoom` and the distributed renderer.
 
 A job writing ``OUTPUT`` keeps its state in the work folder ``OUTPUT.dreamreel/``
 beside it:
@@ -27,7 +27,7 @@ Using a job, in four steps::
             for t in frames_to_do:              # any order
                 if job.stop_requested:          # first Ctrl-C
                     break
-                job.put(t, rgb)
+                job.put(t, rgb)                 # or job.add_saved(t): a worker wrote it
         return job.finish()                     # RenderResult; KeyboardInterrupt after a Ctrl-C
 
 Leaving the ``with`` block by an exception aborts: the writer is killed, the
@@ -131,7 +131,7 @@ class RenderJob:
 
     Attributes:
         output: the output path.
-        total: frames of the output (lowered by :meth:`end_at`).
+        total: frames of the output.
         done: indices of the frames already on disk when the job opened.
         writer: the output's :class:`~dreamreel.pipeline.encode.FrameWriter`.
     """
@@ -263,15 +263,6 @@ class RenderJob:
     def add_saved(self, index: int) -> None:
         """Frame ``index`` is already in the work folder (a Ray worker wrote it): count it and encode it in turn."""
         self._put((index, None))
-
-    def end_at(self, frames: int) -> None:
-        """The input ran out early: the output ends before frame ``frames`` (the total only ever shrinks)."""
-        with self._cond:
-            self.total = min(self.total, frames)
-            self._cond.notify_all()
-        if self._bar is not None:
-            self._bar.total = self.total
-            self._bar.refresh()
 
     def finish(self, *, lanes: int = 1) -> RenderResult:
         """Wait until every frame is saved and encoded, finalise the output and delete the work folder.

@@ -137,15 +137,6 @@ def test_frames_another_process_wrote_are_encoded_in_turn(tmp_path):
         np.testing.assert_array_equal(rgb, frame(t))
 
 
-def test_an_input_that_ends_early_shortens_the_output(tmp_path):
-    with open_job(tmp_path, total=10) as job:
-        render(job, [0, 1, 2])
-        job.end_at(3)
-        job.end_at(8)  # never grows again
-        result = job.finish()
-    assert result.frames == 3 and len(job.writer.frames) == 3
-
-
 def test_a_frame_never_put_is_an_error_not_a_hang(tmp_path):
     with pytest.raises(RuntimeError, match="frame 1 of 3 was never rendered"):
         with open_job(tmp_path, total=3) as job:
