@@ -649,11 +649,17 @@ class Dreamer:
 
 
 def to_tensor(rgb, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(H, W, 3) uint8 array, or a list of them → (B, 3, H, W) float32 in [0, 1]."""
+    """(H, W, 3) uint8 array, or a list of them → (B, 3, H, W) float32 in [0, 1] on ``device``.
+
+    To a GPU the 8-bit pixels travel through pinned memory without waiting for
+    the work already queued there, and are converted on arrival.
+    """
     import numpy as np
 
-    batch = np.stack(rgb) if isinstance(rgb, (list, tuple)) else rgb[None]
-    return torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)
+    batch = torch.from_numpy(np.stack(rgb) if isinstance(rgb, (list, tuple)) else rgb[None])
+    if torch.device(device).type == "cuda":
+        batch = batch.pin_memory()
+    return batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
 
 
 def quantize_8bit(images: torch.Tensor) -> torch.Tensor:
@@ -666,7 +672,37 @@ def quantize_8bit(images: torch.Tensor) -> torch.Tensor:
 
 def to_uint8(images: torch.Tensor):
     """(B, 3, H, W) in [0, 1] → (B, H, W, 3) uint8 numpy array, rounded."""
-    return images.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return Download(images).wait()
+
+
+class Download:
+    """(B, 3, H, W) pictures in [0, 1] on their way to the host as (B, H, W, 3) uint8, rounded.
+
+    On a GPU the copy is queued behind the work that makes the pictures, so the
+    caller can queue the next frame's work before it waits for this one.
+
+    Example:
+        >>> pending = Download(dreamed)  # doctest: +SKIP
+        >>> ...                          # queue more GPU work
+        >>> rgb = pending.wait()         # (B, H, W, 3) numpy uint8
+    """
+
+    def __init__(self, images: torch.Tensor):
+        pixels = images.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        self._event = None
+        if pixels.device.type == "cuda":
+            self._host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
+            self._host.copy_(pixels, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = pixels.cpu()
+
+    def wait(self):
+        """The pictures as a (B, H, W, 3) uint8 numpy array, once the copy has landed."""
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.numpy()
 
 
 def noise_image(width: int, height: int, seed: int) -> torch.Tensor:
