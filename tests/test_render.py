@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -231,11 +232,12 @@ def test_a_second_job_in_this_process_is_refused_until_the_first_ends(tmp_path):
 
 @pytest.mark.parametrize("content", ["dead", "live", "", "not json"])
 def test_a_lock_file_left_by_a_run_that_ended_does_not_block(tmp_path, live_pid, content):
-    # "live": the pid written there now belongs to another process (reused), which holds no lock
+    # "live": the pid written there now belongs to another process (reused),
+    # which holds no lock; the earlier pid-file lock took it for the owner
     folder = work_folder(tmp_path / "out.mp4")
     (folder / "frames").mkdir(parents=True)
     pid = {"dead": 2**22 + 1, "live": live_pid}.get(content)
-    text = json.dumps({"pid": pid}) if pid else content
+    text = json.dumps({"pid": pid, "host": socket.gethostname()}) if pid else content
     (folder / "lock").write_text(text)
     (folder / "owner.json").write_text(text)
     with open_job(tmp_path) as job:
