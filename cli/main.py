@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -114,7 +115,7 @@ def cmd_image(args) -> int:
 def encode_settings(args, preset):
     from dreamreel.pipeline.presets import build
 
-    return build("encode", preset, {"crf": args.crf, "codec": args.codec, "keep_audio": args.keep_audio})
+    return build("encode", preset, {"crf": args.crf, "codec": args.codec, "speed": args.speed, "keep_audio": args.keep_audio})
 
 
 def resume_hint(output) -> None:
@@ -172,7 +173,7 @@ def cmd_zoom(args) -> int:
 
     loop_flags = {
         "zoom": args.zoom, "angle": args.angle, "translate_x": args.translate_x, "translate_y": args.translate_y,
-        "fps": args.fps, "sharpen": args.sharpen,
+        "iterations_next": args.iterations_next, "fps": args.fps, "sharpen": args.sharpen,
     }  # fmt: skip
     if isinstance(args.variations, list):  # one look per preset, every flag applied to each
         if args.preset:
@@ -327,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--angle", help="rotation per frame, degrees")
     z.add_argument("--translate-x", help="shift per frame, pixels")
     z.add_argument("--translate-y", help="shift per frame, pixels")
+    z.add_argument("--iterations-next", help="ascent steps per octave for frames after the first (--iterations: frame 0)")
     z.add_argument("--sharpen", type=float, help="unsharp amount after each resampling")
     z.add_argument("--audio", help="music file: drives bass/mid/treble/rms/onset and is muxed into the output")
     z.add_argument("--bpm", type=float, help="tempo for the beat variable b (default: estimated from --audio)")
@@ -374,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
 def add_encode_options(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument_group("encoding")
     p.add_argument("--crf", type=int, help="x264 quality, 0 (lossless) to 51; 18 looks near-lossless")
-    p.add_argument("--codec", help="ffmpeg video codec (default libx264)")
+    p.add_argument("--codec", help="ffmpeg video codec; default auto: h264_nvenc where this ffmpeg can use an NVIDIA GPU, else libx264")
+    p.add_argument("--speed", help="encoder speed, ultrafast to veryslow: x264's -preset (NVENC: p1..p7); default veryfast")
     p.add_argument("--keep-audio", dest="keep_audio", action="store_true", default=None, help="keep the sound (default)")
     p.add_argument("--no-audio", dest="keep_audio", action="store_false", help="drop the sound")
 
@@ -390,9 +393,15 @@ def _version() -> str:
     return __version__
 
 
+def warning_line(message, category, filename, lineno, line=None) -> str:
+    """A library warning (a truncated video, an encoder fall-back) as one line on stderr."""
+    return f"dreamreel: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.formatwarning = warning_line
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
@@ -412,11 +421,12 @@ def main(argv: list[str] | None = None) -> int:
 def error_line(exc: Exception) -> tuple[str, int]:
     """The one line printed for an error, and the exit code (the studio shows the same line).
 
-    ValueError/TypeError are bad input (exit 2); OSError (disk full,
-    permissions) already says what to do (exit 1); anything else is
-    unexpected (exit 1).
+    ValueError is bad input or a bad argument (exit 2): the library raises
+    it, naming the flag or file, for exactly that. OSError (disk full,
+    permissions) already says what to do (exit 1). Anything else, a TypeError
+    included, is a bug: one line and a hint to rerun with --debug (exit 1).
     """
-    if isinstance(exc, (ValueError, TypeError)):
+    if isinstance(exc, ValueError):
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return f"dreamreel: error: {message}", EXIT_USAGE
     if isinstance(exc, OSError):

@@ -152,7 +152,7 @@ def write_pan_clip(path: Path, texture, size: tuple[int, int], frames: int) -> P
     """Encode the first ``frames`` frames of the pan as a silent H.264 file."""
     from .encode import EncodeSettings, FrameWriter
 
-    settings = EncodeSettings(crf=16, preset="veryfast", keep_audio=False)
+    settings = EncodeSettings(crf=16, codec="libx264", speed="veryfast", keep_audio=False)
     with FrameWriter(path, fps=CLIP_FPS, size=size, settings=settings) as writer:
         for index in range(frames):
             writer.write(pan_frame(texture, size, index))

@@ -16,6 +16,12 @@ from pathlib import Path
 
 # The last lines of ffmpeg's stderr name the actual problem; more is noise.
 ERROR_TAIL_LINES = 4
+# Listing the encoders and a one-frame trial encode each take milliseconds;
+# this only stops a hung driver from hanging the caller.
+PROBE_TIMEOUT_S = 30
+TRIAL_SIZE = (256, 144)  # (width, height) of the trial frame: above NVENC's minimum size
+_ENCODER_LINE = re.compile(r"^ V\S{5} (\S+)", re.MULTILINE)
+_LOG_PREFIX = re.compile(r"^(\[[^\]]*\] *)+")  # "[h264_nvenc @ 0x55d2] " before a log line
 
 
 class FFmpegError(RuntimeError):
@@ -46,6 +52,42 @@ def run_ffmpeg(args: list[str], *, what: str, stdout=subprocess.DEVNULL) -> subp
     if proc.returncode != 0:
         raise FFmpegError(f"ffmpeg failed {what}: {stderr_tail(proc.stderr)}")
     return proc
+
+
+@lru_cache(maxsize=8)
+def encoders(exe: str) -> frozenset[str]:
+    """Names of the video encoders the ffmpeg binary ``exe`` was built with (``ffmpeg -encoders``).
+
+    A listed encoder may still be unusable: NVENC is listed by most builds and
+    needs an NVIDIA GPU and driver at run time (see :func:`encoder_problem`).
+    """
+    proc = subprocess.run([exe, "-hide_banner", "-nostdin", "-encoders"], capture_output=True, timeout=PROBE_TIMEOUT_S)
+    # Lines read " V....D libx264   libx264 H.264 / AVC ...": flags (V = video), then the name.
+    return frozenset(m[1] for m in _ENCODER_LINE.finditer(proc.stdout.decode("utf-8", "replace")))
+
+
+@lru_cache(maxsize=8)
+def encoder_problem(exe: str, encoder: str) -> str | None:
+    """Why ``encoder`` cannot encode here, or None when a one-frame trial encode works.
+
+    The trial encodes one black frame of ``TRIAL_SIZE`` to nothing (``-f null``),
+    which fails in a few milliseconds where, say, NVENC has no GPU or driver.
+    """
+    if encoder not in encoders(exe):
+        return f"this ffmpeg ({exe}) has no {encoder} encoder"
+    width, height = TRIAL_SIZE
+    cmd = [
+        exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "lavfi",
+        "-i", f"color=c=black:s={width}x{height}:r=1", "-frames:v", "1", "-c:v", encoder, "-f", "null", "-",
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"a one-frame trial encode with {encoder} took over {PROBE_TIMEOUT_S} s"
+    if proc.returncode == 0:
+        return None
+    first = _lines(proc.stderr)[:1] or ["(no message)"]
+    return _LOG_PREFIX.sub("", first[0])  # "[h264_nvenc @ 0x5594] Cannot load libcuda.so.1" → the cause
 
 
 def stderr_tail(stderr: bytes) -> str:

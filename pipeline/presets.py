@@ -23,24 +23,28 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import sys
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from .dream import DreamSettings
+from .encode import EncodeSettings
+from .video import VideoSettings
+from .zoom import ZoomSettings
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-# section → "module:Dataclass"; imported only when a preset uses the section.
-SECTIONS = {
-    "dream": "dreamreel.pipeline.dream:DreamSettings",
-    "video": "dreamreel.pipeline.video:VideoSettings",
-    "zoom": "dreamreel.pipeline.zoom:ZoomSettings",
-    "encode": "dreamreel.pipeline.encode:EncodeSettings",
+# section → the settings dataclass it fills.
+SECTIONS: dict[str, type] = {
+    "dream": DreamSettings,
+    "video": VideoSettings,
+    "zoom": ZoomSettings,
+    "encode": EncodeSettings,
 }
 TOP_LEVEL = {"description": str, "model": str}
 MAX_PRESET_BYTES = 64 * 1024  # a preset is a few hundred bytes; refuse anything huge
@@ -70,11 +74,6 @@ class Preset:
         return "zoom" if "zoom" in self.sections else "video" if "video" in self.sections else "image"
 
 
-def settings_class(section: str) -> type:
-    module, name = SECTIONS[section].split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def _expected(annotation) -> tuple[type, ...]:
     """Python types a TOML value may have for a dataclass field annotation."""
     args = typing.get_args(annotation) or (annotation,)
@@ -95,8 +94,13 @@ def _describe(types: tuple[type, ...]) -> str:
 
 
 def check_section(section: str, values: dict, source: str) -> dict:
-    """Check keys and value types of one section against its dataclass."""
-    cls = settings_class(section)
+    """Check keys, value types and values of one section against its dataclass.
+
+    Each value is checked by building the dataclass with it alone (the
+    dataclass's own rules), and a refusal is reported as the file's key:
+    ``FILE: [section] key = value: what was expected``, not as a CLI flag.
+    """
+    cls = SECTIONS[section]
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
     for key, value in values.items():
@@ -110,7 +114,21 @@ def check_section(section: str, values: dict, source: str) -> dict:
             raise ValueError(
                 f"{source}: [{section}] {key} = {value!r}: expected {_describe(allowed)}"
             )
+        try:
+            cls(**{key: value})
+        except ValueError as exc:
+            raise ValueError(f"{source}: [{section}] {key} = {value!r}: {_reason(exc)}") from None
     return dict(values)
+
+
+def _reason(error: ValueError) -> str:
+    """What a settings dataclass's error says is wrong, without the flag it names.
+
+    Their messages read ``--flag VALUE: expected ...`` (a schedule's,
+    ``setting: column C: problem``): the part after the first ": ".
+    """
+    message = str(error).splitlines()[0]
+    return message.split(": ", 1)[1] if ": " in message else message
 
 
 def parse_preset(text: str, *, name: str, source: str) -> Preset:
@@ -181,7 +199,7 @@ def build(section: str, preset: Preset | None, overrides: dict):
     ``overrides`` holds only what the user set (None values are ignored), so a
     flag left out keeps the preset's value.
     """
-    cls = settings_class(section)
+    cls = SECTIONS[section]
     values = dict(preset.sections.get(section, {})) if preset else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**values)

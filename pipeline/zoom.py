@@ -37,10 +37,10 @@ from .files import check_output_folder, load_image
 from .render import RenderJob, RenderResult, file_stamp, job_record
 from .schedule import Schedule, check_inputs, frame_env, parse_schedule
 
-SCHEDULED = ("zoom", "angle", "translate_x", "translate_y", "step", "iterations", "blend")
+SCHEDULED = ("zoom", "angle", "translate_x", "translate_y", "step", "iterations_next", "blend")
 # A scheduled dream setting keeps the range of the fixed one (dream.check_settings,
-# video's --blend), on every frame: iterations = "1e9" is refused, not run.
-SCHEDULE_BOUNDS = {"step": (0.0, 1.0), "iterations": (0, 1000), "blend": (0.0, 1.0)}
+# video's --blend), on every frame: iterations_next = "1e9" is refused, not run.
+SCHEDULE_BOUNDS = {"step": (0.0, 1.0), "iterations_next": (0, 1000), "blend": (0.0, 1.0)}
 MAX_VARIATIONS = 16  # looks side by side in one video
 
 
@@ -53,8 +53,9 @@ class ZoomSettings:
         angle: rotation per frame in degrees, counter-clockwise.
         translate_x, translate_y: shift per frame in pixels.
         step: dream step per frame; None uses the [dream] step.
-        iterations: ascent steps per octave per frame after the first; None
-            uses the [dream] iterations.
+        iterations_next: ascent steps per octave for frames after the first
+            (``--iterations-next``, as in video; frame 0 takes the [dream]
+            ``iterations``); None uses the [dream] iterations.
         blend: share of the fed-back frame in the next start; the rest is the
             start picture (``--init`` or the noise), which anchors the loop.
             1 = pure feedback.
@@ -69,7 +70,7 @@ class ZoomSettings:
     translate_x: str | float = 0.0
     translate_y: str | float = 0.0
     step: str | float | None = None
-    iterations: str | float | None = 3
+    iterations_next: str | float | None = 3
     blend: str | float = 1.0
     sharpen: float = 0.0
     color_coherence: float = 1.0
@@ -98,14 +99,14 @@ class ZoomSettings:
 # --- image operations ------------------------------------------------------------
 
 
-def affine_step(images: torch.Tensor, *, zoom: float, angle_deg: float, shift_x: float, shift_y: float) -> torch.Tensor:
+def affine_step(images: torch.Tensor, *, zoom: float, angle_deg: float, translate_x: float, translate_y: float) -> torch.Tensor:
     """Zoom, rotate and shift about the centre, with bicubic resampling on the images' device.
 
     Args:
         images: (B, C, H, W) in [0, 1].
         zoom: scale factor (> 1 zooms in).
         angle_deg: counter-clockwise rotation in degrees.
-        shift_x, shift_y: translation in pixels (positive moves content right/down).
+        translate_x, translate_y: shift in pixels (positive moves content right/down).
 
     Returns:
         (B, C, H, W) on the input's device and dtype. Borders are mirrored so
@@ -115,7 +116,7 @@ def affine_step(images: torch.Tensor, *, zoom: float, angle_deg: float, shift_x:
         raise ValueError(f"zoom {zoom!r}: expected a scale factor > 0 (1 = no zoom)")
     h, w = images.shape[-2:]
     matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle_deg, zoom)
-    matrix[:, 2] += (shift_x, shift_y)
+    matrix[:, 2] += (translate_x, translate_y)
     # grid_sample wants, per output pixel, where to read: the inverse map, in
     # coordinates where -1 and 1 are the corner pixels' centres (align_corners).
     inverse = np.vstack([cv2.invertAffineTransform(matrix), [0, 0, 1]])
@@ -229,7 +230,7 @@ def feed_back(previous: torch.Tensor, anchor: torch.Tensor, reference: torch.Ten
         zoom: the loop settings (sharpen, colour coherence).
         value: this frame's scheduled values (zoom, angle, translate_x/y, blend).
     """
-    start = affine_step(previous, zoom=value["zoom"], angle_deg=value["angle"], shift_x=value["translate_x"], shift_y=value["translate_y"])
+    start = affine_step(previous, zoom=value["zoom"], angle_deg=value["angle"], translate_x=value["translate_x"], translate_y=value["translate_y"])
     if value["blend"] < 1:
         start = value["blend"] * start + (1 - value["blend"]) * anchor
     return match_color(sharpen(start, zoom.sharpen), reference, zoom.color_coherence)
@@ -327,7 +328,7 @@ def dream_zoom(
                         for k, look in enumerate(looks)
                     ])  # fmt: skip
                     steps_per_octave = [
-                        look.dream.iterations if "iterations" not in value else max(0, round(value["iterations"]))
+                        look.dream.iterations if "iterations_next" not in value else max(0, round(value["iterations_next"]))
                         for look, value in zip(looks, values)
                     ]  # fmt: skip
                 # 6. dream: one batch per pyramid and step count, one random stream per look and frame

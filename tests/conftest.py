@@ -129,7 +129,7 @@ def make_panning_clip():
     def make(path, *, frames=16, size=(64, 64), shift_px=(4, 2), fps=Fraction(30000, 1001), audio=None, seed=0) -> Path:
         (width, height), (dx, dy) = size, shift_px
         big = textured_frame(height + frames * dy, width + frames * dx, seed)
-        settings = EncodeSettings(crf=0, preset="ultrafast")
+        settings = EncodeSettings(crf=0, codec="libx264", speed="ultrafast")  # lossless: x264, never NVENC
         with FrameWriter(path, fps=fps, size=size, settings=settings, audio_source=audio) as writer:
             for t in range(frames):
                 writer.write(np.ascontiguousarray(big[t * dy : t * dy + height, t * dx : t * dx + width]))

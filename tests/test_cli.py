@@ -101,6 +101,9 @@ CASES = [
     (["presets", "zoom-drfit"], "did you mean 'zoom-drift'"),
     (["presets", "{tmp}/hostile.toml"], "command"),
     (["presets", "{tmp}/missing.toml"], "missing.toml"),
+    (["zoom", "{tmp}/o.mp4", "--speed", "fastest"], "--speed 'fastest': expected one of ultrafast"),
+    (["zoom", "{tmp}/o.mp4", "--iterations-next", "0:(3"], "iterations-next: column"),
+    (["bench", "--frames", "1"], "--frames 1"),
 ]
 
 
@@ -215,3 +218,72 @@ def test_unwritable_output_folder_is_one_line(tmp_path, monkeypatch, make_pannin
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not writable" in err
     assert list(locked.iterdir()) == []
+
+
+def test_a_bug_inside_is_not_reported_as_bad_usage(tmp_path, monkeypatch, capsys):
+    """Only bad arguments and input are exit 2; an internal TypeError is a bug: exit 1 and the --debug hint."""
+
+    def broken(*args, **kwargs):
+        return None + 1  # the kind of TypeError a bug raises
+
+    monkeypatch.setattr("dreamreel.pipeline.image.dream_image", broken)
+    argv = ["image", "noise", str(tmp_path / "o.png"), "--quiet"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dreamreel: unexpected error: TypeError:") and "--debug" in err and len(err.splitlines()) == 1
+    with pytest.raises(TypeError):  # --debug shows the traceback
+        main([*argv, "--debug"])
+
+
+def test_zoom_iterations_next_sets_the_steps_after_frame_0(tmp_path, tiny_model, use_model, monkeypatch):
+    """--iterations is frame 0's steps per octave, --iterations-next every later frame's, as in video."""
+    from dreamreel.pipeline.dream import Dreamer
+
+    use_model(tiny_model)
+    steps = []
+    dream_batch = Dreamer.__call__
+
+    def counting(self, images, *, iterations=None, **kwargs):
+        steps.append(iterations)
+        return dream_batch(self, images, iterations=iterations, **kwargs)
+
+    monkeypatch.setattr(Dreamer, "__call__", counting)
+    argv = ["zoom", str(tmp_path / "z"), "--frames", "3", "--size", "32x32", "--octaves", "1", "--device", "cpu", "--quiet"]
+    assert main([*argv, "--iterations", "4", "--iterations-next", "1"]) == 0
+    assert steps == [4, 1, 1]
+
+
+def test_library_warnings_are_one_line(tmp_path, start_cli):
+    """A warning (here the encoder fall-back, where ffmpeg lists NVENC but there is no GPU) is one line, no source."""
+    proc = start_cli("zoom", tmp_path / "z.mp4", "--frames", "2", "--size", "32x32", "--octaves", "1", "--quiet")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    warnings = [line for line in err.splitlines() if "warning" in line.lower()]
+    assert all(line.startswith("dreamreel: warning: ") for line in warnings), warnings
+
+
+def test_metrics_prints_a_table_or_json_and_refuses_mismatched_videos(tmp_path, make_panning_clip, capsys):
+    import json
+
+    from dreamreel.pipeline.decode import read_frames
+    from dreamreel.pipeline.files import frame_path, save_image
+
+    clip = make_panning_clip(tmp_path / "pan.mp4", frames=8)
+    (tmp_path / "out").mkdir()
+    for t, frame in enumerate(read_frames(clip)):
+        save_image(frame_path(tmp_path / "out", t), np.clip(frame.astype(int) + 20, 0, 255).astype(np.uint8))
+    assert main(["metrics", str(clip), str(tmp_path / "out")]) == 0
+    table = capsys.readouterr().out
+    assert "8 frames, 7 frame pairs" in table
+    for row in ("warping error", "dream strength", "fine detail", "seam score at lane borders"):
+        assert row in table
+    assert main(["metrics", str(clip), str(tmp_path / "out"), "--json", "--batch", "2", "--warmup", "2"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["frames"] == 8 and len(figures["seam_scores"]) == 1
+    assert 0.05 < figures["dream_strength"] < 0.08 and figures["input_warping_error"] < 0.005
+    assert main(["metrics", str(clip), str(tmp_path / "out"), "--max-frames", "6"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "dreamreel: error: OUTPUT has 8 frames but INPUT has 6; pass the --start, --end and --max-frames the output was dreamed with"
+    ]
+    assert main(["metrics", str(tmp_path / "missing.mp4"), str(tmp_path / "out")]) == 2
+    assert "missing.mp4: no such file" in capsys.readouterr().err

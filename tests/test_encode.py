@@ -113,7 +113,7 @@ def test_unknown_output_suffix_lists_the_accepted_kinds():
 @pytest.mark.parametrize(
     "options, name",
     [(dict(crf=-1), "--crf"), (dict(crf=52), "--crf"), (dict(crf=18.5), "--crf"), (dict(codec=""), "--codec"),
-     (dict(preset=""), "preset")],
+     (dict(speed="fastest"), "--speed 'fastest': expected one of ultrafast, ")],
 )  # fmt: skip
 def test_encode_settings_reject_bad_values_naming_the_setting(options, name):
     with pytest.raises(ValueError, match=name):
@@ -284,3 +284,99 @@ def test_frames_of_the_wrong_size_or_type_are_refused(tmp_path):
         with pytest.raises(ValueError, match="uint8"):
             writer.write(np.zeros((24, 32, 3), np.float32))
         assert writer.frames_written == 0
+
+
+# --- which encoder: NVENC where ffmpeg can use it, else x264 -----------------------------------
+
+FAKE_LISTING = """Encoders:
+ V..... = Video
+ ------
+ V....D libx264              libx264 H.264 / AVC / MPEG-4 AVC / MPEG-4 part 10 (codec h264)
+{nvenc} A....D aac                  AAC (Advanced Audio Coding)
+"""
+NVENC_LINE = " V....D h264_nvenc           NVIDIA NVENC H.264 encoder (codec h264)\n"
+
+
+@pytest.fixture
+def fake_ffmpeg(tmp_path, monkeypatch):
+    """``fake_ffmpeg(listed=..., works=...)``: an ffmpeg that lists NVENC or not and whose trial encode works or not.
+
+    Each call is logged to ``calls.log``; the path is what ``ffmpeg_exe`` returns.
+    """
+    from dreamreel.pipeline import encode
+
+    encode._warn_once.cache_clear()
+
+    def make(*, listed: bool, works: bool) -> Path:
+        listing = tmp_path / "listing.txt"
+        listing.write_text(FAKE_LISTING.format(nvenc=NVENC_LINE if listed else ""))
+        exe = tmp_path / f"ffmpeg-{listed}-{works}"
+        exe.write_text(
+            "#!/bin/sh\n"
+            f'echo "$*" >> {tmp_path / "calls.log"}\n'
+            f'case "$*" in *-encoders*) cat {listing}; exit 0;; esac\n'
+            + ("exit 0\n" if works else 'echo "[h264_nvenc @ 0x5581] Cannot load libcuda.so.1" >&2\n'
+               'echo "[vost#0:0/h264_nvenc @ 0x5582] Error while opening encoder" >&2\nexit 1\n')
+        )
+        exe.chmod(0o755)
+        monkeypatch.setattr("dreamreel.pipeline.encode.ffmpeg_exe", lambda: str(exe))
+        return exe
+
+    return make
+
+
+def trial_runs(tmp_path) -> int:
+    log = tmp_path / "calls.log"
+    return sum("-frames:v 1" in line for line in log.read_text().splitlines()) if log.exists() else 0
+
+
+def test_auto_uses_nvenc_where_the_trial_encode_works(tmp_path, fake_ffmpeg, recwarn):
+    from dreamreel.pipeline.encode import codec_args, video_codec
+
+    fake_ffmpeg(listed=True, works=True)
+    assert video_codec("auto") == video_codec("h264_nvenc") == "h264_nvenc"
+    assert trial_runs(tmp_path) == 1  # detected once per ffmpeg binary
+    assert not recwarn.list
+    args = codec_args("h264_nvenc", EncodeSettings(crf=20, speed="veryfast"))
+    assert args == ["-c:v", "h264_nvenc", "-preset", "p2", "-rc", "vbr", "-cq", "20", "-b:v", "0"]
+
+
+def test_listed_nvenc_without_a_gpu_falls_back_to_x264_with_one_warning(tmp_path, fake_ffmpeg):
+    from dreamreel.pipeline.encode import video_codec
+
+    fake_ffmpeg(listed=True, works=False)
+    with pytest.warns(UserWarning) as caught:
+        assert video_codec("auto") == "libx264"
+        assert video_codec("auto") == "libx264"  # a second video in the same run: no second warning
+    assert [str(w.message) for w in caught] == [
+        "h264_nvenc cannot encode here (Cannot load libcuda.so.1); encoding with libx264"
+    ]
+
+
+def test_ffmpeg_without_nvenc_gives_x264_quietly_unless_nvenc_was_asked_for(tmp_path, fake_ffmpeg, recwarn):
+    from dreamreel.pipeline.encode import video_codec
+
+    exe = fake_ffmpeg(listed=False, works=False)
+    assert video_codec("auto") == "libx264"
+    assert not recwarn.list and trial_runs(tmp_path) == 0  # nothing to try
+    with pytest.warns(UserWarning, match=f"this ffmpeg \\({exe}\\) has no h264_nvenc encoder.*libx264"):
+        assert video_codec("h264_nvenc") == "libx264"
+
+
+def test_other_codecs_are_used_as_named_without_asking_ffmpeg(tmp_path, fake_ffmpeg):
+    from dreamreel.pipeline.encode import codec_args, video_codec
+
+    fake_ffmpeg(listed=True, works=True)
+    assert video_codec("libvpx-vp9") == "libvpx-vp9" and video_codec("libx264") == "libx264"
+    assert not (tmp_path / "calls.log").exists()
+    assert codec_args("libx264", EncodeSettings(crf=18, speed="faster")) == ["-c:v", "libx264", "-crf", "18", "-preset", "faster"]
+    assert codec_args("libvpx-vp9", EncodeSettings()) == ["-c:v", "libvpx-vp9", "-crf", "18", "-b:v", "0"]
+
+
+def test_the_real_ffmpeg_encodes_with_what_auto_picks(tmp_path):
+    frames = counting_frames(3, (32, 24))
+    with FrameWriter(tmp_path / "out.mp4", fps=25, size=(32, 24), settings=EncodeSettings(keep_audio=False)) as writer:
+        for frame in frames:
+            writer.write(frame)
+    assert writer.codec in ("h264_nvenc", "libx264")  # NVENC where this machine has a GPU for it
+    assert [frame_index(f) for f in read_frames(tmp_path / "out.mp4")] == [0, 1, 2]

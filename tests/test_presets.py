@@ -43,15 +43,29 @@ def write(tmp_path, text):
         ("dream = 3\n", r"dream must be a \[dream\] table"),
         ("[dream\n", "not valid TOML"),
         ("model = 5\n", "model = 5: expected a string"),
-        ("[dream]\niterations = -4\n", r"--iterations -4"),
-        ("[zoom]\nzoom = \"0:(1.0\"\n", "zoom: column"),
+        ("[dream]\niterations = -4\n", r"mine.toml: \[dream\] iterations = -4: expected a value from 0 to 1000$"),
+        ("[video]\nblend = 2\n", r"mine.toml: \[video\] blend = 2: expected a number from 0 to 1$"),
+        ("[zoom]\nzoom = \"0:(1.0\"\n", r"mine.toml: \[zoom\] zoom = '0:\(1.0': column \d+: "),
+        ("[zoom]\niterations = 3\n", r"\[zoom\] unknown key 'iterations' \(did you mean 'iterations_next'\?\)"),
+        ("[encode]\nspeed = \"fastest\"\n", r"mine.toml: \[encode\] speed = 'fastest': expected one of ultrafast, "),
+        ("[encode]\npreset = \"fast\"\n", r"\[encode\] unknown key 'preset'"),
     ],
 )
 def test_bad_presets_name_the_file_the_key_and_what_was_expected(tmp_path, text, message):
-    with pytest.raises(ValueError, match=message):
-        preset = presets.load_preset(write(tmp_path, text))
-        for section in preset.sections:
-            presets.build(section, preset, {})
+    with pytest.raises(ValueError, match=message) as error:
+        presets.load_preset(write(tmp_path, text))  # refused on loading, before any flag is applied
+    assert "--" not in str(error.value)  # the file's key, not a command-line flag
+
+
+def test_sections_are_the_stages_settings_classes():
+    from dreamreel.pipeline.encode import EncodeSettings
+    from dreamreel.pipeline.video import VideoSettings
+    from dreamreel.pipeline.zoom import ZoomSettings
+
+    assert presets.SECTIONS == {"dream": DreamSettings, "video": VideoSettings, "zoom": ZoomSettings,
+                                "encode": EncodeSettings}  # fmt: skip
+    preset = presets.parse_preset("[encode]\nspeed = \"faster\"\ncrf = 20\n", name="mine", source="mine.toml")
+    assert presets.build("encode", preset, {"crf": None}) == EncodeSettings(speed="faster", crf=20)
 
 
 def test_unknown_preset_lists_the_available_ones():

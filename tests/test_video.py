@@ -34,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 NTSC = Fraction(30000, 1001)
 CPU = ComputeSettings(device="cpu", precision="fp32")
-ENCODE = EncodeSettings(preset="ultrafast")
+ENCODE = EncodeSettings(speed="ultrafast")
 # With the tiny model: 0 ascent steps, so every output frame is its input frame.
 PASS_THROUGH = DreamSettings(octaves=1, iterations=0)
 PASS_THROUGH_VIDEO = VideoSettings(blend=0.6, flow="dis", iterations_next=0)

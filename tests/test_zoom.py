@@ -24,20 +24,21 @@ from dreamreel.pipeline.dream import ComputeSettings, DreamSettings, gaussian_bl
 from dreamreel.pipeline.encode import EncodeSettings
 from dreamreel.pipeline.ffmpeg import run_ffmpeg
 from dreamreel.pipeline import dream as dream_module
+from dreamreel.pipeline.presets import build, load_preset
 from dreamreel.pipeline.zoom import ZoomSettings, affine_step, dream_zoom, lab_stats, make_looks, match_color
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CPU = ComputeSettings(device="cpu", precision="fp32")
-ENCODE = EncodeSettings(preset="ultrafast")
+ENCODE = EncodeSettings(speed="ultrafast")
 # 0 ascent steps, no colour pull, no sharpening: frame t is exactly frame t-1 moved.
 STILL_DREAM = DreamSettings(octaves=1, iterations=0)
-MOTION_ONLY = dict(iterations=0, color_coherence=0.0, sharpen=0.0)
+MOTION_ONLY = dict(iterations_next=0, color_coherence=0.0, sharpen=0.0)
 CANDIDATE_ZOOMS = np.round(np.arange(0.99, 1.125, 0.0025), 4)
 
 
 def zoom_of(image: torch.Tensor, zoom: float) -> torch.Tensor:
-    return affine_step(image, zoom=zoom, angle_deg=0.0, shift_x=0.0, shift_y=0.0)
+    return affine_step(image, zoom=zoom, angle_deg=0.0, translate_x=0.0, translate_y=0.0)
 
 
 def fine_detail(image: torch.Tensor) -> float:
@@ -73,7 +74,7 @@ def test_identity_step_changes_nothing():
 
 def test_shift_moves_content_right_and_down():
     image = to_tensor(textured_frame(40, 48, 0))
-    moved = affine_step(image, zoom=1.0, angle_deg=0.0, shift_x=3.0, shift_y=2.0)
+    moved = affine_step(image, zoom=1.0, angle_deg=0.0, translate_x=3.0, translate_y=2.0)
     torch.testing.assert_close(moved[..., 10:-10, 10:-10], image[..., 8:-12, 7:-13], atol=1e-6, rtol=0)
 
 
@@ -120,7 +121,7 @@ def test_300_frames_do_not_drift(tmp_path, real_model, use_model):
     rose to 1.6-2.2x; with bilinear resampling the saturation fell to 0.71x."""
     use_model(real_model)
     settings = DreamSettings(objective="mid", octaves=1, iterations=2, step=0.01, jitter=16, seed=0)
-    zoom = ZoomSettings(zoom=1.015, iterations=1, sharpen=0.2, color_coherence=0.5)  # the zoom-drift look
+    zoom = ZoomSettings(zoom=1.015, iterations_next=1, sharpen=0.2, color_coherence=0.5)  # the zoom-drift look
     dream_zoom(tmp_path / "out", settings, CPU, zoom, ENCODE, frames=300, size=(64, 64), progress=False)
     frames = read_png_frames(tmp_path / "out")
     assert len(frames) == 300
@@ -138,6 +139,19 @@ def test_300_frames_do_not_drift(tmp_path, real_model, use_model):
     assert np.all((contrast > 0.8) & (contrast < 1.25)), "faded to grey or blew up"
     assert np.all((detail > 0.8) & (detail < 1.25)), "lost its detail or turned to noise"
     assert np.all((saturation > 0.8) & (saturation < 1.25)), "lost or gained colour"
+
+
+def test_the_default_zoom_from_noise_dreams_in_colour(tmp_path, real_model, use_model):
+    """The default look (zoom-drift) from the seeded noise, 12 frames at 64x64: mean HSV
+    saturation 104-108 of 255 on every frame, measured; the earlier grey-with-grain start
+    gave 56-70 (and 51-55 over the README's 384x384 clip)."""
+    use_model(real_model)
+    preset = load_preset("zoom-drift")
+    settings, zoom = build("dream", preset, {}), build("zoom", preset, {})
+    dream_zoom(tmp_path / "out", settings, CPU, zoom, ENCODE, frames=12, size=(64, 64), progress=False)
+    saturation = np.array([cv2.cvtColor(f, cv2.COLOR_RGB2HSV)[..., 1].mean() for f in read_png_frames(tmp_path / "out")])
+    assert saturation.min() >= 90, f"a pastel dream: saturation {saturation.round()}"
+    assert saturation.max() <= 1.15 * saturation.min(), f"the colour does not hold: {saturation.round()}"
 
 
 def test_zoom_schedule_drives_the_motion(tmp_path, init_picture, tiny_model, use_model):
@@ -160,7 +174,7 @@ def test_variations_render_side_by_side_and_differ(tmp_path, tiny_model, use_mod
     use_model(tiny_model)
     settings = DreamSettings(octaves=1, iterations=2, step=0.05, jitter=4, seed=7)
     result = dream_zoom(
-        tmp_path / "out", settings, CPU, ZoomSettings(iterations=1), ENCODE,
+        tmp_path / "out", settings, CPU, ZoomSettings(iterations_next=1), ENCODE,
         frames=3, size=(48, 32), variations=2, progress=False,
     )  # fmt: skip
     frames = read_png_frames(tmp_path / "out")
@@ -177,9 +191,9 @@ def test_looks_of_different_presets_dream_as_one_batch_like_each_alone(tmp_path,
     calls = []
     dream_call = dream_module.Dreamer.__call__
     monkeypatch.setattr(dream_module.Dreamer, "__call__", lambda self, images, **kw: calls.append(len(images)) or dream_call(self, images, **kw))
-    a = (DreamSettings(objective="low", octaves=1, iterations=2, step=0.05, jitter=4, seed=3), ZoomSettings(zoom=1.03, iterations=1))
+    a = (DreamSettings(objective="low", octaves=1, iterations=2, step=0.05, jitter=4, seed=3), ZoomSettings(zoom=1.03, iterations_next=1))
     b = (DreamSettings(objective="high:3", octaves=1, iterations=2, step=0.02, jitter=4, seed=3),
-         ZoomSettings(zoom=0.98, angle=2.0, iterations=1, color_coherence=0.3))  # fmt: skip
+         ZoomSettings(zoom=0.98, angle=2.0, iterations_next=1, color_coherence=0.3))  # fmt: skip
     options = dict(frames=3, size=(40, 32), progress=False)
     dream_zoom(tmp_path / "both", *a[:1], CPU, a[1], ENCODE, variations=[a, b], **options)
     assert calls == [2, 2, 2]  # one batch of both looks per frame
@@ -254,6 +268,26 @@ def test_killed_and_interrupted_zoom_resumes_to_the_same_frames(tmp_path, check_
     assert len(resumed) == len(whole) == 24
     for t, (a, b) in enumerate(zip(whole, resumed)):
         np.testing.assert_array_equal(a, b, err_msg=f"frame {t}")
+
+
+def test_scheduled_dream_settings_keep_the_ranges_of_fixed_ones(tmp_path, capsys):
+    # iterations_next = "1e9" used to be accepted, and the render hung at frame 1.
+    with pytest.raises(ValueError, match=r"^iterations-next: 1e\+09 is out of range: expected a value from 0 to 1000$"):
+        ZoomSettings(iterations_next="1e9")
+    with pytest.raises(ValueError, match=r"^step: frame 100: 2 is out of range: expected a value from 0 to 1$"):
+        ZoomSettings(step="0:(0.01), 100:(2)")
+    with pytest.raises(ValueError, match=r"^blend: -0.5 is out of range"):
+        ZoomSettings(blend=-0.5)
+    # Formulas are checked on every frame they are evaluated.
+    loud = ZoomSettings(iterations_next="3 + 2000*bass").schedules()["iterations_next"]
+    assert loud(0, {"bass": 0.0}) == 3
+    with pytest.raises(ValueError, match=r"^iterations-next: frame 7: 2003 is out of range"):
+        loud(7, {"bass": 1.0})
+    # On the command line: one line, exit code 2, before any work.
+    assert main(["zoom", str(tmp_path / "o.mp4"), "--iterations-next", "1e9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "iterations-next: 1e+09 is out of range" in err and "\n" not in err
+    assert not (tmp_path / "o.mp4").exists()
 
 
 def test_zoom_on_each_device_matches_the_cpu(tmp_path, tiny_model, use_model, device):
