@@ -568,6 +568,7 @@ def _load_onnx(path: Path) -> tuple[DreamModel, int]:
     except Exception as exc:
         raise ValueError(f"--model {path}: not an ONNX file ({type(exc).__name__})") from None
     probe_size = _onnx_input_size(proto, path)
+    _inline_shared_weights(proto)
     unsupported = _unconvertible_ops(proto, get_converter)
     if unsupported:
         raise ValueError(
@@ -607,6 +608,29 @@ def _onnx_input_size(proto, path: Path) -> tuple[int, int]:
     if len(dims) != 4 or dims[1] not in (3, None):
         raise ValueError(f"--model {path}: the input has shape {shape}; dreamreel feeds (batch, 3, height, width) RGB pictures")
     return dims[2] or 224, dims[3] or 224
+
+
+def _inline_shared_weights(proto) -> None:
+    """Point the users of ``Identity(initializer)`` nodes at the initializer itself.
+
+    ``torch.onnx.export`` stores equal weights once and shares them through
+    Identity nodes (a freshly initialised ResNet-50's 47 zero biases become
+    one); onnx2torch reads convolution weights from initializers only, and
+    fails on such a graph with a KeyError.
+    """
+    initializers = {tensor.name for tensor in proto.graph.initializer}
+    graph_outputs = {value.name for value in proto.graph.output}
+    shared = {
+        index: (node.output[0], node.input[0])
+        for index, node in enumerate(proto.graph.node)
+        if node.op_type == "Identity" and node.input[0] in initializers and node.output[0] not in graph_outputs
+    }
+    source = dict(shared.values())
+    for node in proto.graph.node:
+        for position, name in enumerate(node.input):
+            node.input[position] = source.get(name, name)
+    for index in sorted(shared, reverse=True):
+        del proto.graph.node[index]
 
 
 def _unconvertible_ops(proto, get_converter) -> list[str]:

@@ -429,3 +429,28 @@ def test_timm_model_by_name_with_a_weights_file(tmp_path, capsys):
         load_model("timm:mobilenetv3_smal_050", weights=tmp_path / "mine.pth")
     with pytest.raises(ValueError, match=r"--weights .*mine\.pth: not a timm resnet18 state dict \(no 'fc\.weight' key\)"):
         load_model("timm:resnet18", weights=tmp_path / "mine.pth")
+
+
+def test_onnx_weights_shared_through_identity_nodes_convert(tmp_path):
+    import warnings
+
+    import onnx
+
+    torch.manual_seed(0)
+    convs = [torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, stride=2, padding=1)]
+    for conv in convs:
+        conv.bias.data.zero_()  # two equal biases: the exporter stores one and shares it through an Identity node
+    net = torch.nn.Sequential(
+        convs[0], torch.nn.ReLU(), convs[1], torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(8, 3),
+    ).eval()  # fmt: skip
+    path = tmp_path / "shared.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17,
+                          dynamic_axes={"input": {2: "h", 3: "w"}}, input_names=["input"])  # fmt: skip
+    assert "Identity" in {node.op_type for node in onnx.load(str(path)).graph.node}
+    model = load_model(str(path))
+    x = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(model(x, [LOGITS])[LOGITS], net((x - model.mean) / model.std), atol=1e-5)
