@@ -719,7 +719,7 @@ def build_page(folders: Folders, worker: RenderWorker):
                 with gr.Row():
                     side = gr.Number(value=512, precision=0, label="Longest side, px", elem_id="side")
                     frames = gr.Number(value=None, precision=0, label="Frames (zoom length; video: at most)", elem_id="frames")
-                with gr.Accordion("Zoom schedules", open=False):
+                with gr.Accordion("Zoom schedules", open=False, elem_id="zoom_accordion"):
                     zoom_zoom = gr.Textbox(str(zoom_defaults.zoom), label="zoom (scale per frame)", elem_id="zoom_zoom")
                     zoom_angle = gr.Textbox(str(zoom_defaults.angle), label="angle (degrees per frame)")
                     with gr.Row():
@@ -730,8 +730,8 @@ def build_page(folders: Folders, worker: RenderWorker):
                         zoom_fps = gr.Number(zoom_defaults.fps, label="fps", minimum=1, maximum=240)
                     with gr.Row():
                         audio = gr.File(label="Song (drives bass, mid, treble, rms, onset)", file_types=["audio"])
-                        bpm = gr.Number(None, label="bpm (empty: from the song)")
-                    schedule_plot = gr.LinePlot(x="frame", y="value", color="setting", label="Schedules over frames", height=220)
+                        bpm = gr.Number(None, label="bpm (empty: from the song)", elem_id="bpm")
+                    schedule_plot = gr.LinePlot(x="frame", y="value", color="setting", label="Schedules over frames", height=220, elem_id="schedule_plot")
                     audio_plot = gr.LinePlot(x="frame", y="value", color="feature", label="Song features over frames", height=220)
                 with gr.Accordion("Video", open=False):
                     with gr.Row():
@@ -745,11 +745,11 @@ def build_page(folders: Folders, worker: RenderWorker):
                 status = gr.Textbox(label="Status", interactive=False, elem_id="status")
                 preview_view = gr.Image(label="Preview", type="filepath", interactive=False, elem_id="preview_view")
                 result_view = gr.Image(label="Render", type="filepath", interactive=False, elem_id="result_view")
-                result_file = gr.File(label="Download", interactive=False, elem_id="result_file")
+                result_file = gr.File(label="Download", interactive=False, height=80, elem_id="result_file")
                 with gr.Row():
                     preset_name = gr.Textbox(label="Save as preset named", placeholder="my-look", elem_id="preset_name", scale=2)
                     save_button = gr.Button("Save preset", elem_id="save")
-                preset_file = gr.File(label="Preset file", interactive=False, elem_id="preset_file")
+                preset_file = gr.File(label="Preset file", interactive=False, height=80, elem_id="preset_file")
                 command = gr.Textbox(label="The same with the command line", interactive=False, elem_id="command")
 
         inputs = [
