@@ -259,7 +259,7 @@ def _combine(node: Node, setting: str) -> Objective | float:
     and differences of objectives, and products of an objective with numbers,
     make an objective. The tree is at most ``expr.MAX_NESTING`` deep.
     """
-    if not any(isinstance(n, Target) for n in walk(node)):
+    if not _has_target(node):
         return Expression(node, setting=setting).evaluate_at({}, None)
     if isinstance(node, Target):
         return node.value
@@ -271,6 +271,10 @@ def _combine(node: Node, setting: str) -> Objective | float:
         return _combine_product(node, setting)
     what = "a power" if isinstance(node, Power) else f"{node.function}(...)"
     raise ExprError(setting, f"{what} takes numbers, not objectives; weight objectives with '*'", column=node.column)
+
+
+def _has_target(node: Node) -> bool:
+    return any(isinstance(n, Target) for n in walk(node))
 
 
 def _combine_sum(node: Sum, setting: str) -> Objective:
@@ -291,7 +295,7 @@ def _combine_sum(node: Sum, setting: str) -> Objective:
 
 def _combine_product(node: Product, setting: str) -> Objective:
     factors = [("*", node.first), *node.rest]
-    at = [k for k, (_, factor) in enumerate(factors) if any(isinstance(n, Target) for n in walk(factor))]
+    at = [k for k, (_, factor) in enumerate(factors) if _has_target(factor)]
     if len(at) > 1:
         raise ExprError(setting, "cannot multiply two objectives; one factor must be a number",
                         column=factors[at[1]][1].column)
