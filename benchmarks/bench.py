@@ -1,7 +1,801 @@
-"""`python benchmarks/bench.py [--json] [--quick] ...`: the same as `dreamreel bench` (see dreamreel.pipeline.bench)."""
-import sys
+"""How fast dreamreel dreams, and where the time goes: ``dreamreel bench``.
 
-from dreamreel.pipeline.bench import main
+On a clip it generates (a deterministic textured pan, :mod:`pan`) or on
+``input``, with the ``video-flow`` preset's look at the given size, octaves
+and iterations (every frame takes ``iterations`` steps per octave):
+
+1. **first frame**: seconds from the benchmark's start (torch imported, the
+   model loaded and moved to the device) to the first dreamed frame back on
+   the host, at batch 1: what a user waits for;
+2. **ascent iteration**: ms of one gradient-ascent step at full size, after
+   warm-up; its FLOPs counted with ``torch.utils.flop_counter.FlopCounterMode``
+   give the achieved GFLOP/s, compared with a square matmul timed in the same
+   precision on the same device (the machine's own practical peak);
+3. **dream only**: frames per second of the library's :class:`Dreamer` on
+   pre-decoded frames, each from its own input as the video stage starts a
+   fresh frame, at batch 1 and at ``batch`` (N frames in one call); on CUDA,
+   ``gpu_busy`` is the share of the batch-1 wall time the GPU spends running
+   kernels (``torch.profiler``);
+4. **whole pipeline**: :func:`dream_video` on the clip at ``batch`` lanes,
+   decode → flow → blend → dream → save → encode into an mp4;
+   ``pipeline_efficiency`` is its frame rate over the dream-only rate at the
+   same batch;
+5. **naive reference**: the same algorithm run the way earlier tools run it
+   (fp32, NCHW, batch norms unfolded, batch 1, every stage in turn on one
+   thread, frames round-tripped through JPEG files, the mp4 encoded at the end);
+   ``speedup_vs_naive`` is the pipeline's frame rate over its rate;
+6. **stage costs**: each other stage alone, per frame, to explain an
+   efficiency below 1 (on a small CPU the stages share the cores with the model);
+7. **memory**: the pipeline in a fresh process on the clip and on one
+   ``LONG_CLIP_FACTOR`` times longer at the same size (one step per octave:
+   see ``MEMORY_ITERATIONS``); each child reports its own peak resident
+   memory (VmHWM), which streaming keeps flat;
+8. **quality**: the objective the fast settings reach on the first frame,
+   over what fp32 reaches from the same start and the same random rolls.
+
+Every stage is the library's own function (:class:`Dreamer`, :func:`dream`,
+:func:`dream_video`, :mod:`flow`, :func:`carry_residual`, :class:`FrameWriter`);
+only the order and the clock are the benchmark's. Timings on a shared machine
+are noisy: every ratio is taken between numbers measured in the same run, a
+few seconds apart, and ``repeat`` keeps the fastest of several runs. On a CPU
+that other programs also use, OpenMP's spin-waiting can make torch many times
+slower (5-10x measured on the 2-core development machine beside three other
+torch processes); the table shows the load average before and after, and the
+settings hold ``OMP_WAIT_POLICY``. ``threads=1``, or ``OMP_WAIT_POLICY=PASSIVE``,
+keeps such runs usable (on an idle machine PASSIVE costs up to 2x). Progress
+goes to ``log``; ``phase_s`` says how long each part of the run took.
+
+Heavy modules (torch, OpenCV) are imported inside the functions, so the CLI
+can import this module to build its parser. ``python benchmarks/bench.py
+ARGS`` is ``dreamreel bench ARGS``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from dreamreel.benchmarks import children, pan
+
+# --- tunable constants ----------------------------------------------------------
+
+# Defaults: the video-flow preset's steady state (3 octaves, 5 steps a frame)
+# at 640x360, sized so the whole run takes about 1.5 minutes on the 2-core
+# development CPU (AVX512-BF16) when nothing else runs: 12 frames dreamed
+# alone, 12 through the pipeline, 6 naive fp32 frames, then 12 and 120 frames
+# in the memory children.
+DEFAULT_MODEL = "efficientnet-lite0"
+DEFAULT_SIZE = (640, 360)
+DEFAULT_OCTAVES = 3
+DEFAULT_ITERATIONS = 5
+DEFAULT_FRAMES = 12
+LONG_CLIP_FACTOR = 10  # the memory check's long clip, in short clips
+# Ascent steps per octave in the memory children. Memory depends on the
+# frame size, octaves, batch and model, and on whether frames pile up; not on
+# how many steps each picture takes, which only costs time (10x frames).
+MEMORY_ITERATIONS = 1
+PRESET = "video-flow"  # the look: objective, octave scale, step, jitter, blend, flow
+
+# quick (tests, smoke checks): the same measurements, rougher.
+QUICK_SIZE = (128, 72)
+QUICK_FRAMES = 4
+QUICK_ITERATIONS = 1
+QUICK_OCTAVES = 1
+
+# Repetitions of the timed micro-benchmarks: (warm-up, timed), full / quick.
+# The first steps at a new picture size build the backend's kernels
+# (oneDNN primitives, cuDNN plans) and run up to 10x slower.
+ITERATION_REPEATS = {"full": (3, 7), "quick": (1, 2)}
+MATMUL_REPEATS = {"full": (2, 7), "quick": (1, 2)}
+# Side of the square matmul that stands for the machine's peak: 2048 keeps a
+# 2-core CPU busy for ~0.1-0.3 s; a GPU needs a bigger one to fill it.
+MATMUL_SIDE = {"cpu": 2048, "cuda": 8192, "mps": 4096}
+QUICK_MATMUL_SIDE = 256
+NAIVE_FRAMES = 6  # naive fp32 frames cost ~1.5-3x a fast one; 6 are enough for a rate
+QUICK_NAIVE_FRAMES = 2
+# Frames of the batch-1 pass that torch.profiler watches for gpu_busy (CUDA only).
+PROFILED_FRAMES = 4
+NAIVE_JPEG_QUALITY = 95  # what earlier tools wrote their frames with
+NAIVE_ENCODE_ARGS = ["-c:v", "libx264", "-crf", "18", "-preset", "medium", "-pix_fmt", "yuv420p"]  # earlier tools' mp4
+
+REQUIRED_KEYS = (
+    "ms_per_iteration", "gflops_achieved", "gflops_peak", "percent_of_peak",
+    "first_frame_s", "dream_fps_batch1", "dream_fps_batchN",
+    "fps_dream_only", "fps_pipeline", "pipeline_efficiency", "fps_naive", "speedup_vs_naive",
+    "peak_rss_short_mb", "peak_rss_long_mb", "memory_ratio_long_short",
+    "objective_ratio_fast_vs_fp32", "device",
+)  # fmt: skip
+
+
+def log_to_stderr(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# --- clocks -----------------------------------------------------------------------
+
+
+def _synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its children that have ended (ffmpeg)."""
+    import resource
+
+    children_usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children_usage.ru_utime + children_usage.ru_stime
+
+
+def _timed(fn: Callable[[], object], device, warmup: int, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn``, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def busy_seconds(intervals: Iterable[tuple[float, float]]) -> float:
+    """Length of the union of (start, end) intervals: time during which at least one ran.
+
+    Kernels on several streams overlap; their union, not their sum, is the
+    time the GPU was busy.
+    """
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def gpu_kernel_seconds(fn: Callable[[], object], device) -> float:
+    """Seconds the GPU spends running kernels and copies while ``fn`` runs (CUDA, ``torch.profiler``)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        _synchronize(device)
+    spans = [(e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA]
+    return busy_seconds(spans) / 1e6  # the profiler counts microseconds
+
+
+# --- measurements -------------------------------------------------------------------
+
+
+def matmul_gflops(device, dtype, side: int, warmup: int, repeats: int) -> float:
+    """GFLOP/s of a ``side`` x ``side`` matmul in ``dtype`` on ``device`` (median of ``repeats``)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(side, side, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(side, side, generator=g).to(device=device, dtype=dtype)
+    times = _timed(lambda: a @ b, device, warmup, repeats)
+    return 2 * side**3 / statistics.median(times) / 1e9
+
+
+def ascent_flops(model, images, objective, settings, autocast_dtype) -> int:
+    """FLOPs of one ascent step on ``images``, as FlopCounterMode counts them.
+
+    The forward and backward pass of every tile, as :func:`dream.objective_gradient`
+    runs them, plus the gradient blur. FlopCounterMode counts convolutions and
+    matrix products only (what dominates; elementwise ops are not counted).
+
+    The passes are re-run here with ``backward()`` rather than through
+    ``objective_gradient``: FlopCounterMode's module tracker breaks
+    ``torch.autograd.grad`` on a leaf input ("A leaf node was passed to
+    _will_engine_execute_node", pytorch/pytorch#131753). The operations, and so
+    the count, are the same.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dreamreel.pipeline.dream import gaussian_blur, tile_batches
+
+    amp = torch.autocast(images.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    with FlopCounterMode(display=False) as counter:
+        for part, _ in tile_batches(images.detach(), settings.tile, settings.tile_batch):
+            part = part.contiguous(memory_format=model.input_format).requires_grad_(True)
+            with amp:
+                acts = model(part, objective.layers)
+            objective(acts).sum().backward()
+        gaussian_blur(images, settings.smooth)
+    return counter.get_total_flops()
+
+
+def tiled_settings(dreamer, settings, images):
+    """``settings`` with the tile the dreamer picks for ``images`` (B, 3, H, W) when ``tile`` is None (auto).
+
+    The step timed alone and its FLOP count need the tile the dreamer uses:
+    on CUDA its own choice by free memory, elsewhere :data:`CPU_TILE`.
+    """
+    from dreamreel.pipeline.dream import CPU_TILE
+
+    if settings.tile is not None:
+        return settings
+    if dreamer.device.type == "cuda":
+        return replace(settings, tile=dreamer.gpu_tile(images.shape[0], *images.shape[-2:], settings))
+    return replace(settings, tile=CPU_TILE)
+
+
+def _precision_name(dtype) -> str:
+    import torch
+
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def dream_batches(dreamer, frames: list, seed: int, batch: int, count: int | None = None) -> list:
+    """Dream ``count`` frames in calls of ``batch``, each from its own input; the 8-bit results.
+
+    Frame k is ``frames[k % len(frames)]`` with the random stream the video
+    stage gives frame k (:func:`frame_generator`), dreamed with the dreamer's
+    own settings, as :func:`dream_video` dreams a frame that starts afresh.
+    ``count`` (default ``len(frames)``) is rounded up to whole batches.
+    """
+    from dreamreel.pipeline.dream import frame_generator, to_tensor, to_uint8
+
+    count = count or len(frames)
+    dreamed = []
+    for first in range(0, math.ceil(count / batch) * batch, batch):
+        indices = range(first, first + batch)
+        images = to_tensor([frames[k % len(frames)] for k in indices])
+        dreamed += list(to_uint8(dreamer(images, generators=[frame_generator(seed, k) for k in indices])))
+    return dreamed
+
+
+def dream_rate(dreamer, frames: list, seed: int, batch: int) -> tuple[float, float, list]:
+    """Frames per second of :func:`dream_batches` at ``batch``, after one untimed call of that shape.
+
+    Returns (frames per second, CPU seconds per frame, the dreamed frames).
+    """
+    from dreamreel.pipeline.dream import to_tensor
+
+    # The untimed call builds the batch shape's kernels at every octave.
+    dreamer(to_tensor([frames[k % len(frames)] for k in range(batch)]), iterations=1)
+    _synchronize(dreamer.device)
+    start, cpu = time.perf_counter(), _cpu_seconds()
+    dreamed = dream_batches(dreamer, frames, seed, batch)
+    _synchronize(dreamer.device)
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    return len(dreamed) / seconds, cpu / len(dreamed), dreamed
+
+
+def naive_video(clip: Path, frames: int, model, settings, video, device, folder: Path) -> float:
+    """Seconds to dream ``frames`` frames of ``clip`` the way earlier tools do.
+
+    Same algorithm as :func:`dream_video` (flow-warped residual, consistency
+    mask, scene cuts, same steps), run naively: fp32 and NCHW (no autocast, no
+    channels_last), batch norms as layers of their own, batch 1, and every
+    stage in turn on the calling thread: decode a frame, check for a cut,
+    compute its flow with OpenCV, blend, dream, write the dream as a JPEG and
+    read it back (the carried frame is the one on disk), and encode the JPEG
+    folder to mp4 at the end. ``model`` is already loaded.
+    """
+    import cv2
+    import torch
+
+    from dreamreel.pipeline import decode, flow
+    from dreamreel.pipeline.dream import dream, frame_generator, to_tensor, to_uint8
+    from dreamreel.pipeline.ffmpeg import run_ffmpeg
+    from dreamreel.pipeline.objectives import parse_objective
+    from dreamreel.pipeline.video import carry_residual
+
+    objective = parse_objective(settings.objective, model)
+    estimator = flow.FlowEstimator(video.flow)
+    cuts = flow.CutDetector()
+    reader = decode.read_frames(clip, max_frames=frames)  # probes the file now: not timed
+    fps = decode.probe_video(clip).fps
+    folder.mkdir()
+    previous_input = previous_dream = None
+    start = time.perf_counter()
+    for index, current in enumerate(reader):
+        # 1. cut, flow and blend, on this thread
+        start_picture = to_tensor(current)
+        cut = cuts(current)
+        if previous_input is not None and not cut and video.blend > 0:
+            backward = estimator(current, previous_input)
+            mask = flow.consistency_mask(estimator(previous_input, current), backward)
+            start_picture = carry_residual(
+                start_picture, to_tensor(previous_dream), to_tensor(previous_input), flow.flow_to_tensor(backward),
+                torch.from_numpy(mask)[None, None], video.blend,
+            )  # fmt: skip
+        # 2. dream in fp32, batch 1
+        dreamed = dream(
+            model, start_picture.to(device), objective, settings, generator=frame_generator(settings.seed, index)
+        )
+        # 3. round-trip through a JPEG file
+        path = folder / f"frame_{index:06d}.jpg"
+        cv2.imwrite(str(path), cv2.cvtColor(to_uint8(dreamed)[0], cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, NAIVE_JPEG_QUALITY])
+        previous_dream = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        previous_input = current
+    # 4. encode the folder
+    run_ffmpeg(
+        ["-framerate", f"{fps.numerator}/{fps.denominator}", "-start_number", "0", "-i", str(folder / "frame_%06d.jpg"),
+         *NAIVE_ENCODE_ARGS, str(folder / "naive.mp4")],
+        what="encoding the naive reference's frames",
+    )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def stage_costs(clip: Path, frames: int, dreamed: list, video, fps, folder: Path) -> dict:
+    """Milliseconds per frame of each non-dream stage alone, on this thread.
+
+    decode: OpenCV decoding; cuts: the scene-cut check (:class:`flow.CutDetector`);
+    flow: two flows and the consistency mask (the prefetch thread's work);
+    blend: the carried residual (on the CPU, as the pipeline does); save: the
+    PNG the work folder keeps; encode: :class:`FrameWriter` with the default
+    settings (``encode_codec`` says which encoder), wall time until the file is
+    closed, and the CPU time ffmpeg used (``encode_cpu``), which on a small CPU
+    is taken from the model.
+    """
+    import resource
+
+    import torch
+
+    from dreamreel.pipeline import decode, flow
+    from dreamreel.pipeline.dream import to_tensor
+    from dreamreel.pipeline.encode import EncodeSettings, FrameWriter
+    from dreamreel.pipeline.files import frame_path, save_image
+    from dreamreel.pipeline.render import PNG_COMPRESSION
+    from dreamreel.pipeline.video import carry_residual
+
+    costs = {}
+    start = time.perf_counter()
+    inputs = list(decode.read_frames(clip, max_frames=frames))
+    costs["decode"] = (time.perf_counter() - start) / len(inputs)
+
+    detect = flow.CutDetector()
+    start = time.perf_counter()
+    for frame in inputs:
+        detect(frame)
+    costs["cuts"] = (time.perf_counter() - start) / len(inputs)
+
+    estimator = flow.FlowEstimator(video.flow)
+    pairs = list(zip(inputs, inputs[1:]))
+    flows = []
+    start = time.perf_counter()
+    for previous, current in pairs:
+        backward = estimator(current, previous)
+        flows.append((backward, flow.consistency_mask(estimator(previous, current), backward)))
+    costs["flow"] = (time.perf_counter() - start) / max(1, len(pairs))
+
+    start = time.perf_counter()
+    for (previous, current), (backward, mask), previous_dream in zip(pairs, flows, dreamed):
+        carry_residual(
+            to_tensor(current), to_tensor(previous_dream), to_tensor(previous), flow.flow_to_tensor(backward),
+            torch.from_numpy(mask)[None, None], video.blend,
+        )  # fmt: skip
+    costs["blend"] = (time.perf_counter() - start) / max(1, len(flows))
+
+    saved = folder / "stages-frames"  # as the render job saves finished frames
+    saved.mkdir()
+    start = time.perf_counter()
+    for index, rgb in enumerate(dreamed):
+        save_image(frame_path(saved, index), rgb, png_compression=PNG_COMPRESSION)
+    costs["save"] = (time.perf_counter() - start) / len(dreamed)
+
+    height, width = dreamed[0].shape[:2]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    with FrameWriter(folder / "stages.mp4", fps=fps, size=(width, height), settings=EncodeSettings(keep_audio=False)) as writer:
+        for rgb in dreamed:
+            writer.write(rgb)
+    costs["encode"] = (time.perf_counter() - start) / len(dreamed)
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    costs["encode_cpu"] = cpu / len(dreamed)
+    return {"ms_per_frame": {name: seconds * 1000 for name, seconds in costs.items()}, "encode_codec": writer.codec}
+
+
+def objective_scores(model, objective, images, settings) -> list[float]:
+    """The objective of (B, 3, H, W) pictures, scored in fp32 as the dreamer scores them (tiled)."""
+    from dreamreel.pipeline.dream import objective_gradient
+
+    _, score = objective_gradient(model, images, objective, tile=settings.tile, autocast_dtype=None)
+    return score.tolist()
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (runnable processes): how busy the machine was."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+# --- the benchmark ----------------------------------------------------------------------
+
+
+def run_benchmark(
+    *,
+    model: str = DEFAULT_MODEL,
+    size: tuple[int, int] | None = None,
+    octaves: int | None = None,
+    iterations: int | None = None,
+    frames: int | None = None,
+    batch: int = 1,
+    device: str = "auto",
+    precision: str = "auto",
+    input: str | Path | None = None,
+    threads: int | None = None,
+    repeat: int = 1,
+    quick: bool = False,
+    log: Callable[[str], None] | None = log_to_stderr,
+) -> dict:
+    """Measure dreaming and the video pipeline; see the module docstring.
+
+    Args:
+        model: zoo name or TorchScript file.
+        size: (width, height) of the generated clip, both even; not with ``input``.
+        octaves, iterations: pyramid levels and ascent steps per octave (every frame).
+        frames: frames of the short clip; the memory check's long clip has
+            ``LONG_CLIP_FACTOR`` times more.
+        batch: N, frames dreamed in one call for ``dream_fps_batchN`` and the
+            pipeline's lanes.
+        device, precision: as ``--device`` and ``--precision``.
+        input: a video file to use instead of the generated pan (its first
+            frames, at its own size).
+        threads: torch CPU threads for this run and its children; None keeps
+            torch's default (one per core).
+        repeat: run the dream-only, pipeline and naive measurements this many
+            times, interleaved, and keep the fastest of each (other programs
+            only ever slow a run down).
+        quick: fewer repetitions, a small matmul, 2 naive frames, and the two
+            memory children run at the same time (tests, smoke checks).
+            Sizes left at None take the ``QUICK_*`` values instead of ``DEFAULT_*``.
+        log: receives progress lines; None for silence.
+
+    Returns:
+        A JSON-ready dict: the keys of ``REQUIRED_KEYS``; ``batch_n``;
+        ``gpu_busy`` (None off CUDA); the per-stage costs in
+        ``stage_ms_per_frame``; the seconds of each part in ``phase_s``; and
+        the settings used in ``settings``.
+
+    Raises:
+        ValueError: a bad setting or input.
+    """
+    began = time.perf_counter()
+    import torch
+
+    from dreamreel.pipeline.presets import build, load_preset
+
+    if input is not None and size is not None:
+        raise ValueError("--size applies to the generated pan; with --input the file's own size is used")
+    size = size or (QUICK_SIZE if quick else DEFAULT_SIZE)
+    frames = QUICK_FRAMES if frames is None and quick else DEFAULT_FRAMES if frames is None else frames
+    if not (isinstance(frames, int) and frames >= 2):
+        raise ValueError(f"--frames {frames!r}: expected a whole number >= 2 (flow needs pairs)")
+    if input is None and not (len(size) == 2 and all(isinstance(n, int) and n >= 16 and n % 2 == 0 for n in size)):
+        raise ValueError(f"--size {size!r}: expected WIDTHxHEIGHT, both even (yuv420p video) and >= 16")
+    for name, value in (("batch", batch), ("threads", threads), ("repeat", repeat)):
+        if value is not None and not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"--{name} {value!r}: expected a whole number >= 1")
+    preset = load_preset(PRESET)
+    settings = build("dream", preset, {
+        "octaves": octaves or (QUICK_OCTAVES if quick else DEFAULT_OCTAVES),
+        "iterations": iterations or (QUICK_ITERATIONS if quick else DEFAULT_ITERATIONS),
+    })  # fmt: skip
+    video = build("video", preset, {"batch": batch, "iterations_next": settings.iterations})  # every frame: `iterations`
+    say = log or (lambda _message: None)
+
+    def progress(message: str) -> None:
+        say(f"[{time.perf_counter() - began:5.1f} s] {message}")
+
+    load_before = _load_average()
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="dreamreel-bench-") as tmp:
+            result = _measure(
+                Path(tmp), began=began, model=model, size=size, frames=frames, settings=settings, video=video,
+                device=device, precision=precision, input=input, repeat=repeat, quick=quick, log=progress,
+            )  # fmt: skip
+    finally:
+        torch.set_num_threads(default_threads)
+    result["settings"].update(
+        model=model,
+        input=str(input) if input is not None else "generated pan",
+        device=device,
+        precision=precision,
+        repeat=repeat,
+        quick=quick,
+        torch_threads=threads or default_threads,
+        cpu_count=os.cpu_count(),
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+        load_average_1min=[load_before, _load_average()],
+        seconds=round(time.perf_counter() - began, 1),
+    )
+    return result
+
+
+def _measure(
+    folder: Path, *, began, model, size, frames, settings, video, device, precision, input, repeat, quick, log
+) -> dict:
+    """The body of :func:`run_benchmark`, working in ``folder``; ``began`` is its start on the clock.
+
+    Long for a reason: the phases share the loaded models, the clips and the
+    timings, and read best as one numbered sequence.
+    """
+    import torch
+
+    from dreamreel.pipeline import decode, models
+    from dreamreel.pipeline.dream import ComputeSettings, Dreamer, ascent_step, dream, frame_generator, to_tensor
+    from dreamreel.pipeline.encode import EncodeSettings
+    from dreamreel.pipeline.objectives import parse_objective
+    from dreamreel.pipeline.render import QUEUE_FRAMES
+    from dreamreel.pipeline.video import PREFETCH_FRAMES, dream_video
+
+    mode = "quick" if quick else "full"
+    dev = models.pick_device(device)
+    autocast_dtype = models.pick_precision(precision, dev)
+    compute = ComputeSettings(model=model, device=str(dev), precision=precision)
+    phases: dict[str, float] = {}
+    mark = time.perf_counter()
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        phases[name] = round(now - mark, 2)
+        mark = now
+
+    # 1. the first frame: the model loaded, one frame of the input dreamed (batch 1)
+    long_frames = frames * LONG_CLIP_FACTOR
+    if input is None:
+        texture = pan.pan_texture(size, long_frames)
+        first_input = pan.pan_frame(texture, size, 0)
+    else:
+        first_input = next(iter(decode.read_frames(input, max_frames=1)), None)
+        if first_input is None:
+            raise ValueError(f"{input}: has no frame; the benchmark needs at least 2")
+    log(f"first frame: loading {model} on {dev} ({_precision_name(autocast_dtype)}, {torch.get_num_threads()} threads)")
+    dreamer = Dreamer(settings, compute)
+    dreamer(to_tensor(first_input), generators=[frame_generator(settings.seed, 0)]).cpu()
+    first_frame_s = time.perf_counter() - began
+    phase("first_frame")
+
+    # 2. the clips
+    if input is None:
+        log(f"generating a {size[0]}x{size[1]} pan of {frames} and {long_frames} frames")
+        short_clip = pan.write_pan_clip(folder / "pan_short.mp4", texture, size, frames)
+        long_clip = pan.write_pan_clip(folder / "pan_long.mp4", texture, size, long_frames)
+        del texture
+    else:
+        short_clip = long_clip = Path(input)
+    inputs = list(decode.read_frames(short_clip, max_frames=frames))
+    if len(inputs) < 2:
+        raise ValueError(f"{short_clip}: has {len(inputs)} frame; the benchmark needs at least 2")
+    frames = len(inputs)
+    height, width = inputs[0].shape[:2]
+    clip_fps = decode.probe_video(short_clip).fps
+    batch = video.batch
+    phase("clips")
+
+    # 3. one ascent iteration: time, FLOPs, and the matmul peak beside it
+    images = to_tensor([inputs[k % frames] for k in range(batch)], dev)
+    generators = [frame_generator(settings.seed, k) for k in range(batch)]
+    tiled = tiled_settings(dreamer, settings, images)
+    log(f"timing one ascent iteration at {width}x{height}, batch {batch}, tile {tiled.tile}")
+    step_times = _timed(
+        lambda: ascent_step(dreamer.model, images, dreamer.objective, tiled, generators, autocast_dtype),
+        dev, *ITERATION_REPEATS[mode],
+    )  # fmt: skip
+    ms_per_iteration = statistics.median(step_times) * 1000
+    flops = ascent_flops(dreamer.model, images, dreamer.objective, tiled, autocast_dtype)
+    gflops_achieved = flops / (ms_per_iteration / 1000) / 1e9
+    side = QUICK_MATMUL_SIDE if quick else MATMUL_SIDE.get(dev.type, 2048)
+    log(f"timing a {side}x{side} matmul in {_precision_name(autocast_dtype)}")
+    gflops_peak = matmul_gflops(dev, autocast_dtype or torch.float32, side, *MATMUL_REPEATS[mode])
+    del images
+    phase("iteration_and_matmul")
+
+    # 4. quality: fast settings against fp32 on the first frame (this also
+    # builds the fp32 kernels the naive reference uses below)
+    log("quality check: fast vs fp32 on the first frame")
+    fp32_model = models.load_model(model).to(dev)  # as earlier tools: batch norms unfolded
+    fp32_objective = parse_objective(settings.objective, fp32_model)
+    first = to_tensor(inputs[0], dev)
+    fast_out = dreamer(first, generators=[frame_generator(settings.seed, 0)])
+    fp32_out = dream(fp32_model, first, fp32_objective, settings, generator=frame_generator(settings.seed, 0))
+    pictures = torch.cat([first, fp32_out, fast_out.float()])
+    score_start, score_fp32, score_fast = objective_scores(fp32_model, fp32_objective, pictures, tiled)
+    del fast_out, fp32_out, pictures
+    phase("quality")
+
+    # 5. dreaming alone (batch 1, batch N), the whole pipeline and the naive
+    # reference, in turn (kernels are built by now); the fastest of `repeat` runs
+    naive_frames = min(frames, QUICK_NAIVE_FRAMES if quick else NAIVE_FRAMES)
+    rate = {1: 0.0, batch: 0.0}
+    dream_cpu = {1: math.inf, batch: math.inf}
+    pipeline_seconds = naive_seconds = pipeline_startup = pipeline_cpu = math.inf
+    gpu_peak_dream = None
+    for run in range(repeat):
+        of = f" (run {run + 1} of {repeat})" if repeat > 1 else ""
+        for n in rate:
+            log(f"dream only: {frames} frames at batch {n}{of}")
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            fps, cpu, dreamed = dream_rate(dreamer, inputs, settings.seed, n)
+            rate[n], dream_cpu[n] = max(rate[n], fps), min(dream_cpu[n], cpu)
+            if dev.type == "cuda" and n == batch:
+                gpu_peak_dream = torch.cuda.max_memory_allocated(dev) / 2**20
+
+        log(f"whole pipeline: {frames} frames → mp4, batch {batch}{of}")
+        start, cpu = time.perf_counter(), _cpu_seconds()
+        result = dream_video(
+            short_clip, folder / f"pipeline_{run}.mp4", settings, compute, video, EncodeSettings(),
+            max_frames=frames, progress=False,
+        )  # fmt: skip
+        pipeline_cpu = min(pipeline_cpu, _cpu_seconds() - cpu)
+        pipeline_startup = min(pipeline_startup, time.perf_counter() - start - result.seconds)
+        pipeline_seconds = min(pipeline_seconds, result.seconds)
+
+        log(f"naive reference: {naive_frames} frames, fp32, sequential, JPEG round trip{of}")
+        seconds = naive_video(short_clip, naive_frames, fp32_model, settings, video, dev, folder / f"naive_{run}")
+        naive_seconds = min(naive_seconds, seconds)
+    fps_dream_only = rate[batch]
+    fps_pipeline = frames / pipeline_seconds
+    fps_naive = naive_frames / naive_seconds
+    del fp32_model
+    gpu_busy = None
+    if dev.type == "cuda":
+        log(f"gpu_busy: {PROFILED_FRAMES} frames at batch 1 under torch.profiler")
+        kernel_s = gpu_kernel_seconds(lambda: dream_batches(dreamer, inputs, settings.seed, 1, PROFILED_FRAMES), dev)
+        gpu_busy = kernel_s / (PROFILED_FRAMES / rate[1])  # over the wall time of the unprofiled run
+    phase("dream_pipeline_naive")
+
+    # 6. each other stage alone
+    log("stage costs")
+    stages = stage_costs(short_clip, frames, dreamed, video, clip_fps, folder)
+    stages["ms_per_frame"]["dream"] = 1000 / fps_dream_only
+    del dreamer, dreamed
+    phase("stages")
+
+    # 7. memory: the pipeline in fresh processes, on the short and the long clip
+    memory_settings = replace(settings, iterations=min(settings.iterations, MEMORY_ITERATIONS))
+    memory_video = replace(video, iterations_next=memory_settings.iterations)
+    queued = PREFETCH_FRAMES + QUEUE_FRAMES  # frames the pipeline holds at most, per lane
+    if frames < queued:
+        log(f"note: {frames} frames do not fill the pipeline's queues ({queued} frames), so the long clip's peak "
+            "also holds the frames that fill them")  # fmt: skip
+    spec = {"dream": asdict(memory_settings), "compute": asdict(compute), "video": asdict(memory_video),
+            "threads": torch.get_num_threads()}  # fmt: skip
+    jobs = {
+        name: {**spec, "input": str(clip), "output": str(folder / f"child_{name}.mp4"), "max_frames": count}
+        for name, clip, count in (("short", short_clip, frames), ("long", long_clip, long_frames))
+    }
+    if quick or dev.type == "cuda":  # at the same time: each child's peak is its own
+        log(f"memory: pipeline on {frames} and {long_frames} frames in two fresh processes at once")
+        running = {name: children.start_child(job) for name, job in jobs.items()}
+        reports = {name: children.finish_child(proc, jobs[name]) for name, proc in running.items()}
+    else:  # one after the other: on a CPU they would share the cores
+        reports = {}
+        for name, job in jobs.items():
+            log(f"memory: pipeline on {job['max_frames']} frames in a fresh process")
+            reports[name] = children.finish_child(children.start_child(job), job)
+    if reports["long"]["frames"] < long_frames:
+        log(f"note: {long_clip} has only {reports['long']['frames']} frames, not {long_frames}")
+    phase("memory")
+    log("done")
+
+    return {
+        "device": str(dev),
+        "precision": _precision_name(autocast_dtype),
+        "first_frame_s": first_frame_s,
+        "ms_per_iteration": ms_per_iteration,
+        "ms_per_iteration_min": min(step_times) * 1000,
+        "gflop_per_iteration": flops / 1e9,
+        "gflops_achieved": gflops_achieved,
+        "gflops_peak": gflops_peak,
+        "percent_of_peak": 100 * gflops_achieved / gflops_peak,
+        "dream_fps_batch1": rate[1],
+        "dream_fps_batchN": rate[batch],
+        "batch_n": batch,
+        "gpu_busy": gpu_busy,
+        "fps_dream_only": fps_dream_only,
+        "fps_pipeline": fps_pipeline,
+        "pipeline_efficiency": fps_pipeline / fps_dream_only,
+        "pipeline_startup_s": pipeline_startup,
+        "cpu_ms_per_frame_dream_only": 1000 * dream_cpu[batch],
+        "cpu_ms_per_frame_pipeline": 1000 * pipeline_cpu / frames,
+        "fps_naive": fps_naive,
+        "speedup_vs_naive": fps_pipeline / fps_naive,
+        "stage_ms_per_frame": stages["ms_per_frame"],
+        "encode_codec": stages["encode_codec"],
+        "peak_rss_short_mb": reports["short"]["peak_rss_mb"],
+        "peak_rss_long_mb": reports["long"]["peak_rss_mb"],
+        "memory_ratio_long_short": reports["long"]["peak_rss_mb"] / reports["short"]["peak_rss_mb"],
+        "gpu_peak_dream_mb": gpu_peak_dream,
+        "gpu_peak_short_mb": reports["short"]["gpu_peak_mb"],
+        "gpu_peak_long_mb": reports["long"]["gpu_peak_mb"],
+        "objective_start": score_start,
+        "objective_fp32": score_fp32,
+        "objective_fast": score_fast,
+        "objective_ratio_fast_vs_fp32": score_fast / score_fp32,
+        "phase_s": phases,
+        "settings": {
+            "size": f"{width}x{height}",
+            "frames": frames,
+            "frames_long": reports["long"]["frames"],
+            "memory_iterations": memory_settings.iterations,
+            "frames_naive": naive_frames,
+            "octaves": settings.octaves,
+            "octave_scale": settings.octave_scale,
+            "iterations": settings.iterations,
+            "objective": settings.objective,
+            "step": settings.step,
+            "jitter": settings.jitter,
+            "smooth": settings.smooth,
+            "tile": settings.tile,
+            "tile_batch": settings.tile_batch,
+            "blend": video.blend,
+            "flow": video.flow,
+            "batch": batch,
+            "warmup_frames": video.warmup,
+            "matmul_side": side,
+        },
+    }
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def format_table(r: dict) -> str:
+    """The result of :func:`run_benchmark` as a readable table."""
+    s = r["settings"]
+
+    def mb(value) -> str:
+        return "-" if value is None else f"{value:.0f} MB"
+
+    stages = r["stage_ms_per_frame"]
+    n = r["batch_n"]
+    busy = "GPU busy -" if r["gpu_busy"] is None else f"GPU busy {r['gpu_busy']:.2f} of the time"
+    rows = [
+        ("first frame (start-up, model load)", f"{r['first_frame_s']:.1f} s", f"{s['size']}, batch 1"),
+        ("ascent iteration (full size)", f"{r['ms_per_iteration']:.1f} ms", f"{r['gflop_per_iteration']:.2f} GFLOP → {r['gflops_achieved']:.1f} GFLOP/s"),
+        (f"matmul {s['matmul_side']}² {r['precision']}", f"{r['gflops_peak']:.1f} GFLOP/s", f"model reaches {r['percent_of_peak']:.1f} % of it"),
+        ("dream only, batch 1", f"{r['dream_fps_batch1']:.3f} fps", f"{1000 / r['dream_fps_batch1']:.0f} ms/frame, {busy}"),
+        *[(f"dream only, batch {n}", f"{r['dream_fps_batchN']:.3f} fps", f"{stages['dream']:.0f} ms/frame")] * (n > 1),
+        (f"whole pipeline, batch {n}", f"{r['fps_pipeline']:.3f} fps", f"efficiency {r['pipeline_efficiency']:.2f} (+{r['pipeline_startup_s']:.1f} s startup)"),
+        ("CPU per frame: dream / pipeline", f"{r['cpu_ms_per_frame_dream_only']:.0f} ms", f"{r['cpu_ms_per_frame_pipeline']:.0f} ms (all threads, ffmpeg included)"),
+        (f"naive reference ({s['frames_naive']} fr)", f"{r['fps_naive']:.3f} fps", f"speed-up {r['speedup_vs_naive']:.2f}x"),
+        ("peak RSS short / long", f"{mb(r['peak_rss_short_mb'])} / {mb(r['peak_rss_long_mb'])}", f"ratio {r['memory_ratio_long_short']:.3f}, {r['peak_rss_long_mb'] - r['peak_rss_short_mb']:+.0f} MB ({s['frames']} / {s['frames_long']} frames)"),
+        ("GPU peak dream / short / long", f"{mb(r['gpu_peak_dream_mb'])}", f"{mb(r['gpu_peak_short_mb'])} / {mb(r['gpu_peak_long_mb'])}"),
+        ("objective fast / fp32", f"{r['objective_ratio_fast_vs_fp32']:.3f}", f"start {r['objective_start']:.4g}, fp32 {r['objective_fp32']:.4g}, fast {r['objective_fast']:.4g}"),
+        (f"stages alone, ms/frame ({r['encode_codec']})", " ".join(f"{k} {v:.1f}" for k, v in stages.items() if k != "dream"), ""),
+        ("seconds per phase", " ".join(f"{k} {v:.1f}" for k, v in r["phase_s"].items()), ""),
+    ]  # fmt: skip
+    head = (
+        f"dreamreel bench: {s['model']} {s['size']}, {s['octaves']} octaves x {s['iterations']} iterations, "
+        f"batch {s['batch']}, {r['device']} {r['precision']}, {s['torch_threads']} threads, "
+        f"best of {s['repeat']} ({s['input']}, {s['seconds']:.0f} s, load {s['load_average_1min'][0]} → {s['load_average_1min'][1]})"
+    )
+    width = max(len(name) for name, _, _ in rows)
+    value_width = max(len(value) for _, value, _ in rows[:-2])
+    lines = [head, "-" * len(head)]
+    lines += [f"{name:<{width}}  {value:>{value_width}}  {note}".rstrip() for name, value, note in rows]
+    return "\n".join(lines)
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dreamreel.cli.main import main
+
+    sys.exit(main(["bench", *sys.argv[1:]]))

@@ -65,6 +65,11 @@ def add_dream_options(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tile-batch", type=int, help="tiles that go through the network together (more is faster on a GPU)")
     p.add_argument("--max-side", type=positive_int, help="downscale the input so its longest side is at most PX")
     p.add_argument("--seed", type=int, help="random seed (same seed, same output)")
+    add_device_options(p)
+
+
+def add_device_options(p) -> None:
+    """--device and --precision, shared by the dreaming commands and bench."""
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps (default: auto)")
     p.add_argument(
         "--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
@@ -203,9 +208,19 @@ def cmd_zoom(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from dreamreel.pipeline.bench import run_args
+    import json
 
-    return run_args(args, args.parser)
+    from dreamreel.benchmarks.bench import format_table, log_to_stderr, run_benchmark
+
+    result = run_benchmark(
+        model=args.model, input=args.input, size=args.size, octaves=args.octaves, iterations=args.iterations,
+        frames=args.frames, batch=args.batch, device=args.device, precision=args.precision, threads=args.threads,
+        repeat=args.repeat, quick=args.quick, log=None if args.quiet else log_to_stderr,
+    )  # fmt: skip
+    print(format_table(result), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(result))
+    return EXIT_OK
 
 
 def cmd_models(args) -> int:
@@ -339,13 +354,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     p.set_defaults(run=cmd_zoom)
 
-    from dreamreel.pipeline.bench import add_arguments as add_bench_arguments  # light: no torch import
+    from dreamreel.benchmarks import bench  # light: its constants, no torch import
 
     p = sub.add_parser("bench", help="measure speed, pipeline efficiency and memory",
-                       description="Benchmark: ms per iteration, GFLOP/s, pipeline efficiency, speed-up, memory.")
-    add_bench_arguments(p)
+                       description="Benchmark (benchmarks/bench.py): first frame, ms per iteration, GFLOP/s, "
+                                   "dream-only fps at batch 1 and N, GPU busy, pipeline efficiency, speed-up, memory.")
+    (w, h), (qw, qh) = bench.DEFAULT_SIZE, bench.QUICK_SIZE
+    p.add_argument("--model", default=bench.DEFAULT_MODEL, help="zoo model or TorchScript file")
+    p.add_argument("--input", help="video file to use instead of the generated pan (its own size)")
+    p.add_argument("--size", type=size_arg, help=f"WxH of the generated pan, both even (default {w}x{h}; --quick {qw}x{qh})")
+    p.add_argument("--octaves", type=positive_int,
+                   help=f"pyramid levels (default {bench.DEFAULT_OCTAVES}; --quick {bench.QUICK_OCTAVES})")
+    p.add_argument("--iterations", type=positive_int,
+                   help=f"ascent steps per octave, every frame (default {bench.DEFAULT_ITERATIONS}; --quick {bench.QUICK_ITERATIONS})")
+    p.add_argument("--frames", type=int, help=f"frames of the short clip, >= 2; the long one has {bench.LONG_CLIP_FACTOR}x "
+                                              f"(default {bench.DEFAULT_FRAMES}; --quick {bench.QUICK_FRAMES})")
+    p.add_argument("--batch", type=positive_int, default=1,
+                   help="N: frames per call for the batch-N dream rate, and the pipeline's lanes (default 1)")
+    add_device_options(p)
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's, one per core)")
+    p.add_argument("--repeat", type=positive_int, default=1, help="runs of the frame-rate measurements; the fastest counts")
+    p.add_argument("--quick", action="store_true", help="small and rough: for tests and smoke checks")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
     add_common(p)
-    p.set_defaults(run=cmd_bench, parser=p)
+    p.set_defaults(run=cmd_bench)
 
     p = sub.add_parser("models", help="list the models and whether their weights are here")
     add_common(p)
