@@ -165,6 +165,7 @@ def read_frames(
     end_s: float | None = None,
     max_frames: int | None = None,
     max_side: int | None = None,
+    skip: int = 0,
 ) -> Iterator[np.ndarray]:
     """Stream a video's frames, upright, as RGB arrays.
 
@@ -188,6 +189,11 @@ def read_frames(
         max_side: shrink frames so the longest side is at most this many
             pixels (``--max-side``), see :func:`output_size`; None keeps the
             size.
+        skip: start this many frames after the clip's first frame (a lane
+            or a resumed run part-way into the clip). The clip's frames are
+            counted by index from its first frame, so ``skip=k`` yields
+            exactly the clip's frames k, k+1, ... (no seconds rounded again),
+            and `max_frames` still counts from the clip's first frame.
 
     Yields:
         (H, W, 3) RGB uint8 frames, all the same size.
@@ -205,6 +211,8 @@ def read_frames(
         raise ValueError(f"--max-frames {max_frames}: expected a whole number >= 1")
     if max_side is not None and not (isinstance(max_side, numbers.Integral) and max_side >= MIN_MAX_SIDE):
         raise ValueError(f"--max-side {max_side}: expected a whole number of pixels >= {MIN_MAX_SIDE}")
+    if not (isinstance(skip, numbers.Integral) and skip >= 0):
+        raise ValueError(f"skip {skip}: expected a whole number of frames >= 0")
     info = probe_video(path)
     if info.duration_s is not None and start_s >= info.duration_s:
         raise ValueError(
@@ -219,7 +227,7 @@ def read_frames(
         )
     if max_frames is not None:
         stop = min(stop, first + max_frames) if stop is not None else first + max_frames
-    return _stream(info, first, stop, output_size(info.width, info.height, max_side))
+    return _stream(info, first + skip, stop, output_size(info.width, info.height, max_side))
 
 
 def _stream(info: VideoInfo, first: int, stop: int | None, size: tuple[int, int]) -> Iterator[np.ndarray]:

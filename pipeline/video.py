@@ -17,14 +17,22 @@ start ``warmup`` frames early, both lanes dream those frames and the output
 crossfades from one dream to the other over them. Cuts come from one cheap
 pass over the input before dreaming (colour histograms and the flow check,
 :class:`~dreamreel.pipeline.flow.CutDetector`); the plan is stored in the
-work folder, so a resumed run cuts the video the same way.
+work folder, so a resumed run cuts the video the same way. Lanes are opt-in
+(``--batch N``, for throughput): one lane is the default on every device.
+
+On a GPU every picture of the loop (the carried dream, the warp, the
+consistency mask) stays on the device; the CPU decodes and computes flow
+ahead in threads, and the dreamed frame is copied back while the next one is
+already queued, so the GPU does not wait for the host.
 """
 
 from __future__ import annotations
 
+import os
 import queue
-import sys
 import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 import dataclasses
 from dataclasses import asdict, dataclass
@@ -35,16 +43,16 @@ import numpy as np
 import torch
 
 from . import decode, flow, segments
-from .dream import ComputeSettings, Dreamer, DreamSettings, frame_generator, to_tensor, to_uint8
+from .dream import ComputeSettings, Download, Dreamer, DreamSettings, frame_generator, quantize_8bit, to_tensor
 from .encode import EncodeSettings, FrameWriter, output_kind
 from .files import check_output_folder
 from .render import RenderJob, RenderResult, file_stamp, job_record
 
 PREFETCH_FRAMES = 4  # decoded + flowed frames waiting per lane
-# --batch auto on CUDA: lanes fill this share of the free GPU memory; the rest
-# is headroom for the allocator's fragmentation and the octaves' other sizes.
-GPU_MEMORY_SHARE = 0.8
-MAX_AUTO_LANES = 16
+# Threads computing flow for consecutive frames at once: DIS (medium) took
+# 59 ms for a 1280x720 pair (both directions) on the 16-core GPU host, so one
+# thread capped a GPU render at 17 frames/s.
+FLOW_WORKERS = min(4, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -57,59 +65,35 @@ class VideoSettings:
         flow: ``dis`` (OpenCV DIS), ``farneback`` or ``none`` (plain blending).
         iterations_next: ascent steps per octave for frames after a lane's
             first (the carried dream needs fewer); None = ``iterations``.
-        batch: lanes dreamed as one batch (1 = strictly sequential); None =
-            auto: 1 on a CPU, as many as fit in free memory on a CUDA GPU.
+        batch: lanes dreamed as one batch (1 = strictly sequential, the
+            default: lanes start afresh, so they trade a little coherence at
+            their borders for throughput).
         warmup: frames before a lane border inside a shot that both lanes
             dream and the output crossfades over.
+        temporal: pull of every ascent step towards the carried start picture
+            where the flow is trusted (the temporal term, see
+            :func:`~dreamreel.pipeline.dream.temporal_pull`): 0 = off (the
+            ascent may wander from the carried dream), 1 = no change there.
     """
 
     blend: float = 0.6
     flow: str = "dis"
     iterations_next: int | None = None
-    batch: int | None = None
+    batch: int = 1
     warmup: int = 6
+    temporal: float = 0.0
 
     def __post_init__(self):
-        if isinstance(self.blend, bool) or not isinstance(self.blend, (int, float)) or not 0 <= self.blend <= 1:
-            raise ValueError(f"--blend {self.blend!r}: expected a number from 0 to 1")
+        for name, value in (("blend", self.blend), ("temporal", self.temporal)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"--{name} {value!r}: expected a number from 0 to 1")
         if self.flow not in flow.FLOW_METHODS:
             raise ValueError(f"--flow {self.flow!r}: expected one of {', '.join(flow.FLOW_METHODS)}")
         for name, value, lo in (("iterations-next", self.iterations_next, 0), ("batch", self.batch, 1), ("warmup", self.warmup, 0)):
-            if value is None and name in ("iterations-next", "batch"):
+            if value is None and name == "iterations-next":
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= 10_000:
                 raise ValueError(f"--{name} {value!r}: expected a whole number from {lo} to 10000")
-
-
-def lanes_that_fit(free_bytes: int, lane_bytes: int, total: int, warmup: int) -> int:
-    """Lanes for ``--batch auto`` on a GPU with ``free_bytes`` free and ``lane_bytes`` needed per lane.
-
-    As many as fit in ``GPU_MEMORY_SHARE`` of the free memory, at most
-    ``MAX_AUTO_LANES``, and few enough that the warm-up frames (``warmup``
-    per lane after the first) stay within a quarter of the ``total`` frames.
-    """
-    fit = int(GPU_MEMORY_SHARE * free_bytes) // max(1, lane_bytes)
-    worth_it = 1 + total // (4 * warmup) if warmup else MAX_AUTO_LANES
-    return max(1, min(fit, worth_it, MAX_AUTO_LANES))
-
-
-def auto_lanes(dreamer: Dreamer, height: int, width: int, total: int, warmup: int) -> int:
-    """``--batch auto``: 1 lane off CUDA; on CUDA, what :func:`lanes_that_fit` allows.
-
-    A CPU keeps one lane: torch already spreads one picture over every core,
-    and each extra lane dreams ``warmup`` frames that are thrown away. On CUDA
-    one lane's memory is measured with one ascent step per octave at full size.
-    """
-    if dreamer.device.type != "cuda":
-        return 1
-    device = dreamer.device
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    dreamer(torch.rand(1, 3, height, width), iterations=1)
-    lane_bytes = torch.cuda.max_memory_allocated(device) - before
-    free_bytes, _ = torch.cuda.mem_get_info(device)
-    return lanes_that_fit(free_bytes, lane_bytes, total, warmup)
 
 
 def carry_residual(
@@ -122,6 +106,10 @@ def carry_residual(
 ) -> torch.Tensor:
     """The start picture of frame t: its input plus the warped, masked dream residual.
 
+    The residual is warped bicubic (:func:`~dreamreel.pipeline.flow.warp_with_flow`):
+    carried detail is resampled every frame, and bilinear resampling blurs it
+    away within a few frames.
+
     Args:
         current: (B, 3, H, W) input frame t in [0, 1].
         previous_dream, previous_input: (B, 3, H, W) frame t-1 dreamed and raw.
@@ -132,7 +120,7 @@ def carry_residual(
     Returns:
         (B, 3, H, W) in [0, 1].
     """
-    residual = flow.warp_with_flow(previous_dream - previous_input, backward_flow)
+    residual = flow.warp_with_flow(previous_dream - previous_input, backward_flow, mode="bicubic")
     # Zero-mean per channel: the carried detail may not shift the frame's
     # colour balance, or frames brighten a little more every frame.
     residual = residual - residual.mean(dim=(2, 3), keepdim=True)
@@ -148,34 +136,47 @@ class _Lane:
     stop: int  # one past its last frame
     index: int  # next frame to dream
     prefetch: _Prefetch
-    previous_input: np.ndarray | None = None
-    previous_dream: np.ndarray | None = None
+    previous_input: torch.Tensor | None = None  # (1, 3, H, W) on the dreamer's device
+    previous_dream: torch.Tensor | None = None  # (1, 3, H, W) 8-bit values, as saved
 
 
 class _Prefetch:
-    """Decode frames ``first..stop-1`` and compute their flow in a background thread.
+    """Decode frames ``first..stop-1`` in a background thread, with their flow from ``FLOW_WORKERS`` threads.
 
-    No flow is computed into a frame of ``cuts`` (a new shot: nothing is carried).
+    Each item is the frame and the backward and forward flow between it and
+    the frame before (None at ``first``, at ``cuts``, where a new shot starts
+    and nothing is carried, and with ``method`` "none").
     """
 
     def __init__(self, frames: Iterator[np.ndarray], first: int, stop: int, cuts: Sequence[int], method: str):
         self.queue: queue.Queue = queue.Queue(maxsize=PREFETCH_FRAMES)
-        self.estimator = flow.FlowEstimator(method) if method != "none" else None
+        self.method = method
+        self._local = threading.local()  # a FlowEstimator per flow thread: they are not thread-safe
         self.thread = threading.Thread(target=self._run, args=(frames, first, stop, set(cuts)), daemon=True)
         self.thread.start()
+
+    def _flows(self, previous: np.ndarray, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        estimator = getattr(self._local, "estimator", None)
+        if estimator is None:
+            estimator = self._local.estimator = flow.FlowEstimator(self.method)
+        return estimator(frame, previous), estimator(previous, frame)
 
     def _run(self, frames: Iterator[np.ndarray], first: int, stop: int, cuts: set[int]) -> None:
         previous = None
         try:
-            for t, frame in zip(range(first, stop), frames):
-                item = {"frame": frame, "flow": None, "mask": None, "cut": t in cuts}
-                if previous is not None and self.estimator is not None and not item["cut"]:
-                    backward = self.estimator(frame, previous)
-                    forward = self.estimator(previous, frame)
-                    item["flow"] = backward
-                    item["mask"] = flow.consistency_mask(forward, backward)
-                previous = frame
-                self.queue.put(item)
+            with ThreadPoolExecutor(FLOW_WORKERS, thread_name_prefix="dreamreel-flow") as pool:
+                pending: deque = deque()  # (frame, cut, future of its flows), in frame order
+                for t, frame in zip(range(first, stop), frames):
+                    cut = t in cuts
+                    flows = None
+                    if previous is not None and self.method != "none" and not cut:
+                        flows = pool.submit(self._flows, previous, frame)
+                    pending.append((frame, cut, flows))
+                    previous = frame
+                    while len(pending) > FLOW_WORKERS:
+                        self.queue.put(_item(*pending.popleft()))
+                while pending:
+                    self.queue.put(_item(*pending.popleft()))
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             self.queue.put(exc)
             return
@@ -186,6 +187,11 @@ class _Prefetch:
         if isinstance(item, BaseException):
             raise item
         return item
+
+
+def _item(frame: np.ndarray, cut: bool, flows) -> dict:
+    backward, forward = flows.result() if flows is not None else (None, None)
+    return {"frame": frame, "cut": cut, "backward": backward, "forward": forward}
 
 
 def dream_lanes(
@@ -216,6 +222,7 @@ def dream_lanes(
         to restart the lockstep included).
     """
     step = segments.resume_step(plan, ids, pictures.has)
+    device = dreamer.device
     dreamed_frames = 0
     lanes = []
     for k in ids:
@@ -226,40 +233,57 @@ def dream_lanes(
         carried = index > seg.first  # its previous frame is on disk: carry it, as the interrupted run did
         lane = _Lane(k, seg.first, seg.stop, index, _Prefetch(frames(index - carried), index - carried, seg.stop, plan.cuts, video.flow))
         if carried:
-            lane.previous_input = lane.prefetch.next()["frame"]
-            lane.previous_dream = pictures.load(k, index - 1)
+            lane.previous_input = to_tensor(lane.prefetch.next()["frame"], device)
+            lane.previous_dream = to_tensor(pictures.load(k, index - 1), device)
         lanes.append(lane)
+    in_flight = None  # (lanes and indices, Download) of the batch queued last
     while lanes and not stop_requested():
         # 1. each lane's start picture: fresh at its first frame and at cuts, else carried
-        starts, generators, groups = [], [], {}
+        starts, weights, generators, groups = [], [], [], {}
         for lane in lanes:
             item = lane.prefetch.next()
-            current = item["frame"]
+            current = to_tensor(item["frame"], device)
             if lane.index == lane.first or item["cut"] or video.blend == 0:
-                start = to_tensor(current)
+                start = current
+                weight = torch.zeros_like(start[:, :1])  # nothing carried: no temporal pull
                 n_iter = settings.iterations
             else:
-                start = _carry(lane, current, item, video.blend)
+                start, weight = _carry(lane, current, item, video.blend)
                 n_iter = settings.iterations if video.iterations_next is None else video.iterations_next
             lane.previous_input = current
             starts.append(start)
+            weights.append(weight)
             generators.append(frame_generator(settings.seed, lane.index))
             groups.setdefault(n_iter, []).append(len(starts) - 1)
-        # 2. dream the batch (lanes in their first frame may need more steps)
+        # 2. dream the batch (lanes in their first frame may need more steps); the dreams stay on the device
         dreamed = [None] * len(starts)
         for n_iter, members in groups.items():
             batch = torch.cat([starts[m] for m in members])
-            result = to_uint8(dreamer(batch, iterations=n_iter, generators=[generators[m] for m in members]))
-            for m, rgb in zip(members, result):
-                dreamed[m] = rgb
-        # 3. finish, or keep for the crossfade
-        for lane, rgb in zip(lanes, dreamed):
-            lane.previous_dream = rgb
-            pictures.put(lane.segment, lane.index, rgb)
+            anchor = _anchor(batch, torch.cat([weights[m] for m in members]), video.temporal)
+            result = dreamer(batch, iterations=n_iter, generators=[generators[m] for m in members], anchor=anchor)
+            for m, picture in zip(members, quantize_8bit(result)):  # carried as the 8-bit frame that is saved
+                dreamed[m] = picture[None]
+        for lane, picture in zip(lanes, dreamed):
+            lane.previous_dream = picture
+        # 3. copy this batch to the host while the next one is queued; finish, or keep for the crossfade, the last one
+        queued = ([(lane.segment, lane.index) for lane in lanes], Download(torch.cat(dreamed)))
+        if in_flight is not None:
+            _hand_over(in_flight, pictures)
+        in_flight = queued
+        for lane in lanes:
             lane.index += 1
         dreamed_frames += len(dreamed)
         lanes = [lane for lane in lanes if lane.index < lane.stop]
+    if in_flight is not None:
+        _hand_over(in_flight, pictures)
     return dreamed_frames
+
+
+def _hand_over(batch: tuple[list[tuple[int, int]], Download], pictures: segments.SegmentPictures) -> None:
+    """Wait for a dreamed batch's copy to the host and give each picture to ``pictures``."""
+    places, download = batch
+    for (segment, index), rgb in zip(places, download.wait()):
+        pictures.put(segment, index, rgb)
 
 
 @dataclass(frozen=True)
@@ -291,9 +315,8 @@ class Clip:
 
     def frames(self, first: int = 0) -> Iterator[np.ndarray]:
         """The clip's frames from its frame ``first`` on, RGB uint8 (H, W, 3)."""
-        max_frames = None if self.max_frames is None else self.max_frames - first
         return decode.read_frames(
-            self.input, start_s=self.start_s + first / self.fps, end_s=self.end_s, max_frames=max_frames, max_side=self.max_side
+            self.input, start_s=self.start_s, end_s=self.end_s, max_frames=self.max_frames, max_side=self.max_side, skip=first
         )
 
     def record(self, settings: DreamSettings, compute: ComputeSettings, video: VideoSettings, **parts) -> dict:
@@ -374,10 +397,7 @@ def dream_video(
         dreamer = Dreamer(settings, compute)
         plan = segments.load_plan(job.folder)
         if plan is None:
-            lane_count = video.batch or auto_lanes(dreamer, height, width, total, video.warmup)
-            if video.batch is None and progress and lane_count > 1:
-                print(f"dreamreel: --batch auto: {lane_count} lanes fit in the free GPU memory", file=sys.stderr)
-            plan = segments.plan_lanes(total, cuts, lane_count, video.warmup)
+            plan = segments.plan_lanes(total, cuts, video.batch, video.warmup)
             segments.save_plan(job.folder, plan)
         elif plan.total != total:
             raise ValueError(f"{job.folder} holds a plan for {plan.total} frames, not {total}; delete it to start over")
@@ -389,13 +409,30 @@ def dream_video(
         return job.finish(lanes=len(plan.segments))
 
 
-def _carry(lane: _Lane, current: np.ndarray, item: dict, blend: float) -> torch.Tensor:
-    cur = to_tensor(current)
-    h, w = current.shape[:2]
-    if item["flow"] is None:  # --flow none: plain blending, everything "consistent"
-        backward = torch.zeros(1, h, w, 2)
-        mask = torch.ones(1, 1, h, w)
+def _anchor(starts: torch.Tensor, weights: torch.Tensor, temporal: float) -> tuple | None:
+    """The temporal term of a batch: each picture pulled towards its carried start where its mask trusts it.
+
+    Args:
+        starts: (B, 3, H, W) start pictures.
+        weights: (B, 1, H, W) consistency masks; 0 for pictures with nothing carried.
+        temporal: pull per ascent step, 0..1.
+
+    Returns:
+        ``anchor`` for :meth:`~dreamreel.pipeline.dream.Dreamer.__call__`, or
+        None when the pull is off.
+    """
+    if temporal == 0:
+        return None
+    return starts, weights, temporal
+
+
+def _carry(lane: _Lane, current: torch.Tensor, item: dict, blend: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame ``current``'s (1, 3, H, W) start picture and its (1, 1, H, W) consistency mask, on its device."""
+    _, _, h, w = current.shape
+    if item["backward"] is None:  # --flow none: plain blending, everything "consistent"
+        backward = torch.zeros(1, h, w, 2, device=current.device)
+        mask = torch.ones(1, 1, h, w, device=current.device)
     else:
-        backward = flow.flow_to_tensor(item["flow"])
-        mask = torch.from_numpy(item["mask"]).float()[None, None]
-    return carry_residual(cur, to_tensor(lane.previous_dream), to_tensor(lane.previous_input), backward, mask, blend)
+        backward = flow.flow_to_tensor(item["backward"], device=current.device)
+        mask = flow.consistency_mask(flow.flow_to_tensor(item["forward"], device=current.device), backward)
+    return carry_residual(current, lane.previous_dream, lane.previous_input, backward, mask, blend), mask

@@ -144,6 +144,10 @@ def test_read_frames_streams_every_frame_in_order(counting_clip):
         (dict(start_s=0.1, end_s=0.3, max_frames=2), [3, 4]),
         (dict(end_s=10.0), list(range(12))),
         (dict(start_s=7 / NTSC, max_frames=np.int64(2)), [7, 8]),  # exact Fraction, numpy count
+        # skip counts frames from the clip's first; max_frames and end_s still bound the clip
+        (dict(start_s=0.1, skip=4), list(range(7, 12))),
+        (dict(start_s=0.1, max_frames=5, skip=3), [6, 7]),
+        (dict(start_s=0.1, end_s=0.2, skip=3), []),
     ],
 )
 def test_start_end_and_max_frames_select_frames(counting_clip, options, expected):
@@ -231,6 +235,7 @@ def test_full_read_of_an_intact_file_does_not_warn(long_clip, recwarn):
         (dict(max_frames=0), "--max-frames"),
         (dict(max_frames=2.5), "--max-frames"),
         (dict(max_side=15), "--max-side"),
+        (dict(skip=-1), "skip"),
     ],
 )
 def test_bad_options_name_their_flag(counting_clip, options, flag):
