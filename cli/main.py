@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--flow", choices=["dis", "farneback", "none"], help="optical flow method (none = plain blending)")
     v.add_argument("--iterations-next", type=int, help="ascent steps per octave for frames after the first")
     v.add_argument("--batch", type=positive_int,
-                   help="lanes dreamed as one batch (1 = strictly sequential; default: 1 on a CPU, what fits on a GPU)")
+                   help="lanes dreamed as one batch, for throughput (default 1: strictly sequential)")
     v.add_argument("--start", type=float, default=0.0, help="first second to dream")
     v.add_argument("--end", type=float, help="second to stop before")
     v.add_argument("--max-frames", type=positive_int, help="dream at most N frames")
