@@ -224,3 +224,16 @@ def test_the_cut_pass_in_ray_tasks_finds_what_one_pass_finds(ray_cluster, shots_
     assert (clip.total, clip.cuts) == (18, (6, 12))
     for chunk in (4, 6, 7, 18, 50):  # chunk borders on a cut, beside one, at the end, past it
         assert find_cuts_ray(ray_cluster, clip, chunk_frames=chunk) == (18, (6, 12)), chunk
+
+
+@pytest.mark.slow
+def test_dream_videos_dreams_a_list_in_one_queue(ray_cluster, shots_clip, single_process, tmp_path):
+    from dreamreel.pipeline.distributed import RaySettings, dream_videos
+
+    outs = [tmp_path / "a", tmp_path / "b.mp4"]
+    results = dream_videos([(shots_clip, outs[0]), (shots_clip, outs[1])], SETTINGS, CPU, VIDEO, ENCODE,
+                           RaySettings(workers=2), progress=False)  # fmt: skip
+    assert [r.output for r in results] == outs and [r.frames for r in results] == [18, 18]
+    for t, (a, b) in enumerate(zip(single_process, read_png_frames(outs[0]))):
+        np.testing.assert_array_equal(a, b, err_msg=f"frame {t}")
+    assert len(list(read_frames(outs[1]))) == 18 and not work_folder(outs[1]).exists()
