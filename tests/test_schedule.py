@@ -197,6 +197,24 @@ def test_non_numbers_are_refused(bad):
         parse_schedule(bad, setting="zoom")
 
 
+def test_bounds_are_checked_when_parsed_where_possible_and_on_every_frame():
+    bounded = {"setting": "iterations", "bounds": (0, 1000)}
+    # Keyframes without variables fail at once, naming their frame and value.
+    with pytest.raises(ExprError, match=r"^iterations: 1e\+09 is out of range: expected a value from 0 to 1000$"):
+        parse_schedule("1e9", **bounded)
+    with pytest.raises(ExprError, match=r"^iterations: frame 50: -1 is out of range"):
+        parse_schedule("0:(3), 50:(-1)", **bounded)
+    # Between keyframes inside the bounds, interpolation stays inside them.
+    steps = parse_schedule("0:(0), 10:(1000), 20:(0)", interpolation="cubic", **bounded)
+    assert all(0 <= steps(frame, {}) <= 1000 for frame in range(21))
+    # Formulas are checked on each frame they are evaluated at.
+    loud = parse_schedule("3 + 2000*bass", **bounded)
+    assert loud(0, {"bass": 0.1}) == pytest.approx(203)
+    with pytest.raises(ExprError, match=r"^iterations: frame 7: 2003 is out of range"):
+        loud(7, {"bass": 1.0})
+    assert "bounds=(0, 1000)" in repr(loud)
+
+
 def test_unknown_interpolation():
     with pytest.raises(ExprError, match="interpolation must be 'linear' or 'cubic'"):
         parse_schedule("1", setting="zoom", interpolation="spline")
