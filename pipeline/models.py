@@ -568,7 +568,7 @@ def _load_onnx(path: Path) -> tuple[DreamModel, int]:
     except Exception as exc:
         raise ValueError(f"--model {path}: not an ONNX file ({type(exc).__name__})") from None
     probe_size = _onnx_input_size(proto, path)
-    _inline_shared_weights(proto)
+    _constants_as_weights(proto)
     unsupported = _unconvertible_ops(proto, get_converter)
     if unsupported:
         raise ValueError(
@@ -610,16 +610,30 @@ def _onnx_input_size(proto, path: Path) -> tuple[int, int]:
     return dims[2] or 224, dims[3] or 224
 
 
-def _inline_shared_weights(proto) -> None:
-    """Point the users of ``Identity(initializer)`` nodes at the initializer itself.
+def _constants_as_weights(proto) -> None:
+    """Turn ``Constant`` nodes into initializers, skip ``Identity(initializer)`` nodes, drop trailing empty inputs.
 
-    ``torch.onnx.export`` stores equal weights once and shares them through
-    Identity nodes (a freshly initialised ResNet-50's 47 zero biases become
-    one); onnx2torch reads convolution weights from initializers only, and
-    fails on such a graph with a KeyError.
+    onnx2torch reads convolution weights and some operands (Clip's bounds)
+    from initializers only, has no converter for the Constant of opset 19
+    and up, and takes an omitted optional input ("") for a name. Exporters
+    write all three: ``torch.onnx.export`` stores equal weights once and
+    shares them through Identity nodes (a fresh ResNet-50's zero biases), and
+    timm's TF-style padding clips with a Constant lower bound and no upper one.
     """
-    initializers = {tensor.name for tensor in proto.graph.initializer}
+    import onnx
+
     graph_outputs = {value.name for value in proto.graph.output}
+    constants = [
+        index for index, node in enumerate(proto.graph.node)
+        if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"] and node.output[0] not in graph_outputs
+    ]  # fmt: skip
+    for index in constants:
+        node = proto.graph.node[index]
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(node.attribute[0].t)
+        tensor.name = node.output[0]
+        proto.graph.initializer.append(tensor)
+    initializers = {tensor.name for tensor in proto.graph.initializer}
     shared = {
         index: (node.output[0], node.input[0])
         for index, node in enumerate(proto.graph.node)
@@ -629,7 +643,9 @@ def _inline_shared_weights(proto) -> None:
     for node in proto.graph.node:
         for position, name in enumerate(node.input):
             node.input[position] = source.get(name, name)
-    for index in sorted(shared, reverse=True):
+        while node.input and not node.input[-1]:
+            node.input.pop()
+    for index in sorted([*constants, *shared], reverse=True):
         del proto.graph.node[index]
 
 

@@ -454,3 +454,27 @@ def test_onnx_weights_shared_through_identity_nodes_convert(tmp_path):
     x = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(model(x, [LOGITS])[LOGITS], net((x - model.mean) / model.std), atol=1e-5)
+
+
+def test_onnx_constants_and_omitted_inputs_as_exporters_write_them(tmp_path):
+    """A Constant of opset 19 (onnx2torch has no converter) feeding a Clip whose upper bound is omitted ("")."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Constant", [], ["low"], value=numpy_helper.from_array(np.array(0.25, np.float32))),
+        helper.make_node("Clip", ["x", "low", ""], ["clipped"]),  # how timm's TF-style padding exports
+        helper.make_node("GlobalAveragePool", ["clipped"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "clip", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), str(tmp_path / "clip.onnx"))
+    model = load_model(str(tmp_path / "clip.onnx"))
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    expected = ((x - model.mean) / model.std).clamp(min=0.25).mean((2, 3))
+    assert torch.allclose(model(x, [LOGITS])[LOGITS], expected, atol=1e-6)
+    assert model.layer_names == ["Clip", "GlobalAveragePool"]  # the nodes with (B, C, H, W) outputs
