@@ -508,8 +508,9 @@ def _load_timm(arch: str, state, source: str) -> tuple[DreamModel, int]:
     """timm's ``arch`` with the user's weights; layers are timm's ``feature_info`` stages.
 
     Aliases follow the stages' stride: ``low`` the last stage at stride 8 or
-    less, ``mid`` at 16 or less, ``high`` the deepest, as the zoo's aliases do
-    (efficientnet-lite0: blocks.2 / blocks.4 / blocks.6 by this rule).
+    less, ``mid`` at 16 or less, ``high`` the deepest; close to the zoo's
+    aliases chosen by eye (efficientnet-lite0 by this rule: blocks.2 /
+    blocks.4 / blocks.6; in the zoo: blocks.2 / blocks.4 / blocks.5).
     """
     import timm
 
@@ -527,16 +528,16 @@ def _load_timm(arch: str, state, source: str) -> tuple[DreamModel, int]:
     if not stages:
         raise ValueError(f"--model {TIMM_PREFIX}{arch}: the model lists no feature stages (feature_info) to dream")
     layer_names = [module for module, _ in stages]
-    aliases = {
-        "low": [m for m, r in stages if r <= 8][-1:] or layer_names[:1],
-        "mid": [m for m, r in stages if r <= 16][-1:] or layer_names[:1],
-        "high": layer_names[-1:],
-    }
+
+    def deepest_within(stride: int) -> str:
+        within = [module for module, reduction in stages if reduction <= stride]
+        return within[-1] if within else layer_names[0]
+
+    aliases = {"low": deepest_within(8), "mid": deepest_within(16), "high": layer_names[-1]}
     mean, std, probe_size = _timm_preprocessing(net)
     model = DreamModel(
-        net, mean=mean, std=std, layer_names=layer_names, aliases={k: v[0] for k, v in aliases.items()},
-        name=TIMM_PREFIX + arch, probe_size=probe_size,
-    )  # fmt: skip
+        net, mean=mean, std=std, layer_names=layer_names, aliases=aliases, name=TIMM_PREFIX + arch, probe_size=probe_size
+    )
     return model, int(net.num_classes)
 
 
