@@ -368,8 +368,19 @@ def ascent_step(
 def _step_sizes(settings: DreamSettings, step: float | Sequence[float] | None, x: torch.Tensor) -> float | torch.Tensor:
     size = settings.step if step is None else step
     if isinstance(size, Sequence):
-        return torch.tensor(size, device=x.device, dtype=torch.float32).view(-1, 1, 1, 1)
+        return _on_device(torch.tensor(size, dtype=torch.float32).view(-1, 1, 1, 1), x.device)
     return size
+
+
+def _on_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor copied to ``device`` without waiting for the work queued there.
+
+    A plain copy from pageable memory makes torch wait until the GPU's queue
+    is empty, which would stall the host once per octave.
+    """
+    if device.type == "cuda":
+        values = values.pin_memory()
+    return values.to(device, non_blocking=True)
 
 
 class CapturedStep:
@@ -422,14 +433,13 @@ def _octave_ascent(
     model, x, objective, settings, generators, autocast_dtype, step, n_iter, anchor, on_step, graphs
 ) -> torch.Tensor:
     """``n_iter`` ascent steps at one octave: replayed from a CUDA graph where ``graphs`` allows, else eager."""
-    shifts = jitter_shifts(generators, n_iter, jitter_limit(settings, *x.shape[-2:]))
-    if x.device.type == "cuda":
-        shifts = shifts.pin_memory()
-    shifts = shifts.to(x.device, non_blocking=True)
+    shifts = _on_device(jitter_shifts(generators, n_iter, jitter_limit(settings, *x.shape[-2:])), x.device)
     step = _step_sizes(settings, step, x)
     if graphs is not None and n_iter > 0:
-        step = torch.as_tensor(step, device=x.device, dtype=torch.float32).expand(x.shape[0], 1, 1, 1)
-        anchor_t = None if anchor is None else (*anchor[:2], torch.as_tensor(anchor[2], device=x.device, dtype=torch.float32))
+        # the graph's inputs as tensors: filled on the device, not copied from the host
+        b = x.shape[0]
+        step = step.expand(b, 1, 1, 1) if torch.is_tensor(step) else torch.full((b, 1, 1, 1), step, device=x.device)
+        anchor_t = None if anchor is None else (*anchor[:2], torch.full((), anchor[2], device=x.device))
         captured = graphs.get(model, objective, settings, autocast_dtype, x, shifts[0], step, anchor_t)
         return captured.run(x, shifts, step, anchor_t, on_step)
     for rolls in shifts:
@@ -563,6 +573,7 @@ class Dreamer:
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.graphs = StepGraphs() if self.device.type == "cuda" else None
         self._step_bytes_per_pixel: float | None = None
+        self._gpu_tiles: dict[tuple[int, int, int, int], int] = {}
 
     def _guide_activations(self, path: str) -> Callable[[str], torch.Tensor]:
         from .files import load_image
@@ -633,19 +644,25 @@ class Dreamer:
         The memory of a step is measured once (one eager step on a 256x256
         picture) as bytes per pixel and scaled to ``batch`` x ``height`` x
         ``width``; a tile may take ``GPU_TILE_MEMORY_SHARE`` of the free memory.
+        The choice is kept per shape: asking the GPU for its free memory on
+        every frame would wait for its queue.
         """
+        key = (batch, height, width, settings.tile_batch)
+        if key in self._gpu_tiles:
+            return self._gpu_tiles[key]
         if self._step_bytes_per_pixel is None:
-            probe = torch.rand(1, 3, 256, 256, device=self.device)
+            probe = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)).to(self.device)
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             before = torch.cuda.memory_allocated(self.device)
             probe_settings = replace(settings, tile=256, tile_batch=1)
-            ascent_step(self.model, probe, self.objective, probe_settings, [self.generator], self.autocast_dtype)
+            ascent_step(self.model, probe, self.objective, probe_settings, [torch.Generator()], self.autocast_dtype)
             self._step_bytes_per_pixel = (torch.cuda.max_memory_allocated(self.device) - before) / 256**2
         free, _ = torch.cuda.mem_get_info(self.device)
         pixels = GPU_TILE_MEMORY_SHARE * free / self._step_bytes_per_pixel / (batch * settings.tile_batch)
         side = max(height, width) if height * width <= pixels else int(math.sqrt(pixels)) // 32 * 32
-        return max(64, min(side, 8192))
+        self._gpu_tiles[key] = max(64, min(side, 8192))
+        return self._gpu_tiles[key]
 
 
 def to_tensor(rgb, device: torch.device | str = "cpu") -> torch.Tensor:
