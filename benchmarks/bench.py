@@ -61,6 +61,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 
 from dreamreel.benchmarks import children, pan
@@ -414,6 +415,134 @@ def objective_scores(model, objective, images, settings) -> list[float]:
     return score.tolist()
 
 
+def ascent_figures(dreamer, inputs: list, settings, batch: int, quick: bool, log) -> dict:
+    """One ascent step at full size on ``batch`` frames: its time, its FLOPs and the matmul peak beside it.
+
+    Returns ms_per_iteration (median) and ms_per_iteration_min, gflop_per_iteration,
+    gflops_achieved, gflops_peak, percent_of_peak, matmul_side, and ``tiled``:
+    ``settings`` with the tile the dreamer uses.
+    """
+    import torch
+
+    from dreamreel.pipeline.dream import ascent_step, frame_generator, to_tensor
+
+    mode, dev, dtype = "quick" if quick else "full", dreamer.device, dreamer.autocast_dtype
+    images = to_tensor([inputs[k % len(inputs)] for k in range(batch)], dev)
+    generators = [frame_generator(settings.seed, k) for k in range(batch)]
+    tiled = tiled_settings(dreamer, settings, images)
+    log(f"timing one ascent iteration at {images.shape[-1]}x{images.shape[-2]}, batch {batch}, tile {tiled.tile}")
+    step_times = _timed(
+        lambda: ascent_step(dreamer.model, images, dreamer.objective, tiled, generators, dtype), dev, *ITERATION_REPEATS[mode]
+    )
+    seconds = statistics.median(step_times)
+    flops = ascent_flops(dreamer.model, images, dreamer.objective, tiled, dtype)
+    side = QUICK_MATMUL_SIDE if quick else MATMUL_SIDE.get(dev.type, 2048)
+    log(f"timing a {side}x{side} matmul in {_precision_name(dtype)}")
+    peak = matmul_gflops(dev, dtype or torch.float32, side, *MATMUL_REPEATS[mode])
+    return {
+        "ms_per_iteration": seconds * 1000, "ms_per_iteration_min": min(step_times) * 1000,
+        "gflop_per_iteration": flops / 1e9, "gflops_achieved": flops / seconds / 1e9, "gflops_peak": peak,
+        "percent_of_peak": 100 * flops / seconds / 1e9 / peak, "matmul_side": side, "tiled": tiled,
+    }  # fmt: skip
+
+
+def frame_rates(dreamer, fp32_model, inputs, clip, folder, settings, compute, video, repeat, naive_frames, log) -> dict:
+    """Dreaming alone at batch 1 and N, :func:`dream_video` on ``clip`` and the naive reference, in turn, ``repeat`` times.
+
+    Returns the best of the runs: dream_fps and dream_cpu_s (CPU seconds per
+    frame), each keyed by batch; pipeline_s, pipeline_cpu_s and
+    pipeline_startup_s; naive_s; gpu_peak_dream_mb (CUDA, at batch N); and
+    ``dreamed``, the 8-bit frames of the last dream-only pass at batch N.
+    """
+    import torch
+
+    from dreamreel.pipeline.encode import EncodeSettings
+    from dreamreel.pipeline.video import dream_video
+
+    dev, frames, batch = dreamer.device, len(inputs), video.batch
+    best = {"dream_fps": {1: 0.0, batch: 0.0}, "dream_cpu_s": {1: math.inf, batch: math.inf}, "pipeline_s": math.inf,
+            "pipeline_cpu_s": math.inf, "pipeline_startup_s": math.inf, "naive_s": math.inf, "gpu_peak_dream_mb": None}
+    for run in range(repeat):
+        of = f" (run {run + 1} of {repeat})" if repeat > 1 else ""
+        for n in best["dream_fps"]:
+            log(f"dream only: {frames} frames at batch {n}{of}")
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            fps, cpu, best["dreamed"] = dream_rate(dreamer, inputs, settings.seed, n)
+            best["dream_fps"][n], best["dream_cpu_s"][n] = max(best["dream_fps"][n], fps), min(best["dream_cpu_s"][n], cpu)
+            if dev.type == "cuda" and n == batch:
+                best["gpu_peak_dream_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+
+        log(f"whole pipeline: {frames} frames → mp4, batch {batch}{of}")
+        start, cpu = time.perf_counter(), _cpu_seconds()
+        result = dream_video(
+            clip, folder / f"pipeline_{run}.mp4", settings, compute, video, EncodeSettings(), max_frames=frames, progress=False
+        )
+        best["pipeline_cpu_s"] = min(best["pipeline_cpu_s"], _cpu_seconds() - cpu)
+        best["pipeline_startup_s"] = min(best["pipeline_startup_s"], time.perf_counter() - start - result.seconds)
+        best["pipeline_s"] = min(best["pipeline_s"], result.seconds)
+
+        log(f"naive reference: {naive_frames} frames, fp32, sequential, JPEG round trip{of}")
+        seconds = naive_video(clip, naive_frames, fp32_model, settings, video, dev, folder / f"naive_{run}")
+        best["naive_s"] = min(best["naive_s"], seconds)
+    return best
+
+
+def quality_scores(dreamer, fp32_model, first_rgb, settings, tiled) -> list[float]:
+    """The objective, scored in fp32, of the first frame as it is, dreamed in fp32, and dreamed by ``dreamer``.
+
+    Both dreams start from the same picture with the same random rolls.
+    """
+    import torch
+
+    from dreamreel.pipeline.dream import dream, frame_generator, to_tensor
+    from dreamreel.pipeline.objectives import parse_objective
+
+    objective = parse_objective(settings.objective, fp32_model)
+    first = to_tensor(first_rgb, dreamer.device)
+    fast = dreamer(first, generators=[frame_generator(settings.seed, 0)])
+    fp32 = dream(fp32_model, first, objective, settings, generator=frame_generator(settings.seed, 0))
+    return objective_scores(fp32_model, objective, torch.cat([first, fp32, fast.float()]), tiled)
+
+
+def memory_reports(folder: Path, clips: dict, settings, compute, video, *, at_once: bool, log) -> dict:
+    """:func:`dream_video` in a fresh process per clip; each child's report (peak memory, frames).
+
+    ``clips`` maps a name to (path, frames); ``settings`` are the dream
+    settings of the children (every frame takes ``settings.iterations``);
+    ``at_once`` starts the children together (each peak is its own process's).
+    """
+    import torch
+
+    from dreamreel.pipeline.render import QUEUE_FRAMES
+    from dreamreel.pipeline.video import PREFETCH_FRAMES
+
+    queued = PREFETCH_FRAMES + QUEUE_FRAMES  # frames the pipeline holds at most, per lane
+    shortest = min(count for _, count in clips.values())
+    if shortest < queued:
+        log(f"note: {shortest} frames do not fill the pipeline's queues ({queued} frames), so the longer clip's peak "
+            "also holds the frames that fill them")  # fmt: skip
+    spec = {"dream": asdict(settings), "compute": asdict(compute), "threads": torch.get_num_threads(),
+            "video": asdict(replace(video, iterations_next=settings.iterations))}  # fmt: skip
+    jobs = {
+        name: {**spec, "input": str(clip), "output": str(folder / f"child_{name}.mp4"), "max_frames": count}
+        for name, (clip, count) in clips.items()
+    }
+    if at_once:
+        log(f"memory: pipeline on {' and '.join(str(c) for _, c in clips.values())} frames in fresh processes at once")
+        running = {name: children.start_child(job) for name, job in jobs.items()}
+        reports = {name: children.finish_child(proc, jobs[name]) for name, proc in running.items()}
+    else:  # one after the other: on a CPU they would share the cores
+        reports = {}
+        for name, job in jobs.items():
+            log(f"memory: pipeline on {job['max_frames']} frames in a fresh process")
+            reports[name] = children.finish_child(children.start_child(job), job)
+    for name, (clip, count) in clips.items():
+        if reports[name]["frames"] < count:
+            log(f"note: {clip} has only {reports[name]['frames']} frames, not {count}")
+    return reports
+
+
 def _load_average() -> float | None:
     """The 1-minute load average (runnable processes): how busy the machine was."""
     try:
@@ -532,19 +661,15 @@ def _measure(
 ) -> dict:
     """The body of :func:`run_benchmark`, working in ``folder``; ``began`` is its start on the clock.
 
-    Long for a reason: the phases share the loaded models, the clips and the
-    timings, and read best as one numbered sequence.
+    Over 80 lines for a reason: the numbered phases (each a function where it
+    is more than a few lines) share the model, the clips and the timings, and
+    the dict returned names every figure in one place.
     """
     import torch
 
     from dreamreel.pipeline import decode, models
-    from dreamreel.pipeline.dream import ComputeSettings, Dreamer, ascent_step, dream, frame_generator, to_tensor
-    from dreamreel.pipeline.encode import EncodeSettings
-    from dreamreel.pipeline.objectives import parse_objective
-    from dreamreel.pipeline.render import QUEUE_FRAMES
-    from dreamreel.pipeline.video import PREFETCH_FRAMES, dream_video
+    from dreamreel.pipeline.dream import ComputeSettings, Dreamer, frame_generator, to_tensor
 
-    mode = "quick" if quick else "full"
     dev = models.pick_device(device)
     autocast_dtype = models.pick_precision(precision, dev)
     compute = ComputeSettings(model=model, device=str(dev), precision=precision)
@@ -590,75 +715,29 @@ def _measure(
     phase("clips")
 
     # 3. one ascent iteration: time, FLOPs, and the matmul peak beside it
-    images = to_tensor([inputs[k % frames] for k in range(batch)], dev)
-    generators = [frame_generator(settings.seed, k) for k in range(batch)]
-    tiled = tiled_settings(dreamer, settings, images)
-    log(f"timing one ascent iteration at {width}x{height}, batch {batch}, tile {tiled.tile}")
-    step_times = _timed(
-        lambda: ascent_step(dreamer.model, images, dreamer.objective, tiled, generators, autocast_dtype),
-        dev, *ITERATION_REPEATS[mode],
-    )  # fmt: skip
-    ms_per_iteration = statistics.median(step_times) * 1000
-    flops = ascent_flops(dreamer.model, images, dreamer.objective, tiled, autocast_dtype)
-    gflops_achieved = flops / (ms_per_iteration / 1000) / 1e9
-    side = QUICK_MATMUL_SIDE if quick else MATMUL_SIDE.get(dev.type, 2048)
-    log(f"timing a {side}x{side} matmul in {_precision_name(autocast_dtype)}")
-    gflops_peak = matmul_gflops(dev, autocast_dtype or torch.float32, side, *MATMUL_REPEATS[mode])
-    del images
+    step = ascent_figures(dreamer, inputs, settings, batch, quick, log)
     phase("iteration_and_matmul")
 
     # 4. quality: fast settings against fp32 on the first frame (this also
     # builds the fp32 kernels the naive reference uses below)
     log("quality check: fast vs fp32 on the first frame")
     fp32_model = models.load_model(model).to(dev)  # as earlier tools: batch norms unfolded
-    fp32_objective = parse_objective(settings.objective, fp32_model)
-    first = to_tensor(inputs[0], dev)
-    fast_out = dreamer(first, generators=[frame_generator(settings.seed, 0)])
-    fp32_out = dream(fp32_model, first, fp32_objective, settings, generator=frame_generator(settings.seed, 0))
-    pictures = torch.cat([first, fp32_out, fast_out.float()])
-    score_start, score_fp32, score_fast = objective_scores(fp32_model, fp32_objective, pictures, tiled)
-    del fast_out, fp32_out, pictures
+    score_start, score_fp32, score_fast = quality_scores(dreamer, fp32_model, inputs[0], settings, step["tiled"])
     phase("quality")
 
     # 5. dreaming alone (batch 1, batch N), the whole pipeline and the naive
     # reference, in turn (kernels are built by now); the fastest of `repeat` runs
     naive_frames = min(frames, QUICK_NAIVE_FRAMES if quick else NAIVE_FRAMES)
-    rate = {1: 0.0, batch: 0.0}
-    dream_cpu = {1: math.inf, batch: math.inf}
-    pipeline_seconds = naive_seconds = pipeline_startup = pipeline_cpu = math.inf
-    gpu_peak_dream = None
-    for run in range(repeat):
-        of = f" (run {run + 1} of {repeat})" if repeat > 1 else ""
-        for n in rate:
-            log(f"dream only: {frames} frames at batch {n}{of}")
-            if dev.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(dev)
-            fps, cpu, dreamed = dream_rate(dreamer, inputs, settings.seed, n)
-            rate[n], dream_cpu[n] = max(rate[n], fps), min(dream_cpu[n], cpu)
-            if dev.type == "cuda" and n == batch:
-                gpu_peak_dream = torch.cuda.max_memory_allocated(dev) / 2**20
-
-        log(f"whole pipeline: {frames} frames → mp4, batch {batch}{of}")
-        start, cpu = time.perf_counter(), _cpu_seconds()
-        result = dream_video(
-            short_clip, folder / f"pipeline_{run}.mp4", settings, compute, video, EncodeSettings(),
-            max_frames=frames, progress=False,
-        )  # fmt: skip
-        pipeline_cpu = min(pipeline_cpu, _cpu_seconds() - cpu)
-        pipeline_startup = min(pipeline_startup, time.perf_counter() - start - result.seconds)
-        pipeline_seconds = min(pipeline_seconds, result.seconds)
-
-        log(f"naive reference: {naive_frames} frames, fp32, sequential, JPEG round trip{of}")
-        seconds = naive_video(short_clip, naive_frames, fp32_model, settings, video, dev, folder / f"naive_{run}")
-        naive_seconds = min(naive_seconds, seconds)
+    runs = frame_rates(dreamer, fp32_model, inputs, short_clip, folder, settings, compute, video, repeat, naive_frames, log)
+    rate, dreamed = runs["dream_fps"], runs["dreamed"]
     fps_dream_only = rate[batch]
-    fps_pipeline = frames / pipeline_seconds
-    fps_naive = naive_frames / naive_seconds
+    fps_pipeline = frames / runs["pipeline_s"]
+    fps_naive = naive_frames / runs["naive_s"]
     del fp32_model
     gpu_busy = None
     if dev.type == "cuda":
         log(f"gpu_busy: {PROFILED_FRAMES} frames at batch 1 under torch.profiler")
-        kernel_s = gpu_kernel_seconds(lambda: dream_batches(dreamer, inputs, settings.seed, 1, PROFILED_FRAMES), dev)
+        kernel_s = gpu_kernel_seconds(partial(dream_batches, dreamer, inputs, settings.seed, 1, PROFILED_FRAMES), dev)
         gpu_busy = kernel_s / (PROFILED_FRAMES / rate[1])  # over the wall time of the unprofiled run
     phase("dream_pipeline_naive")
 
@@ -671,28 +750,8 @@ def _measure(
 
     # 7. memory: the pipeline in fresh processes, on the short and the long clip
     memory_settings = replace(settings, iterations=min(settings.iterations, MEMORY_ITERATIONS))
-    memory_video = replace(video, iterations_next=memory_settings.iterations)
-    queued = PREFETCH_FRAMES + QUEUE_FRAMES  # frames the pipeline holds at most, per lane
-    if frames < queued:
-        log(f"note: {frames} frames do not fill the pipeline's queues ({queued} frames), so the long clip's peak "
-            "also holds the frames that fill them")  # fmt: skip
-    spec = {"dream": asdict(memory_settings), "compute": asdict(compute), "video": asdict(memory_video),
-            "threads": torch.get_num_threads()}  # fmt: skip
-    jobs = {
-        name: {**spec, "input": str(clip), "output": str(folder / f"child_{name}.mp4"), "max_frames": count}
-        for name, clip, count in (("short", short_clip, frames), ("long", long_clip, long_frames))
-    }
-    if quick or dev.type == "cuda":  # at the same time: each child's peak is its own
-        log(f"memory: pipeline on {frames} and {long_frames} frames in two fresh processes at once")
-        running = {name: children.start_child(job) for name, job in jobs.items()}
-        reports = {name: children.finish_child(proc, jobs[name]) for name, proc in running.items()}
-    else:  # one after the other: on a CPU they would share the cores
-        reports = {}
-        for name, job in jobs.items():
-            log(f"memory: pipeline on {job['max_frames']} frames in a fresh process")
-            reports[name] = children.finish_child(children.start_child(job), job)
-    if reports["long"]["frames"] < long_frames:
-        log(f"note: {long_clip} has only {reports['long']['frames']} frames, not {long_frames}")
+    clips = {"short": (short_clip, frames), "long": (long_clip, long_frames)}
+    reports = memory_reports(folder, clips, memory_settings, compute, video, at_once=quick or dev.type == "cuda", log=log)
     phase("memory")
     log("done")
 
@@ -700,12 +759,7 @@ def _measure(
         "device": str(dev),
         "precision": _precision_name(autocast_dtype),
         "first_frame_s": first_frame_s,
-        "ms_per_iteration": ms_per_iteration,
-        "ms_per_iteration_min": min(step_times) * 1000,
-        "gflop_per_iteration": flops / 1e9,
-        "gflops_achieved": gflops_achieved,
-        "gflops_peak": gflops_peak,
-        "percent_of_peak": 100 * gflops_achieved / gflops_peak,
+        **{key: value for key, value in step.items() if key != "tiled"},
         "dream_fps_batch1": rate[1],
         "dream_fps_batchN": rate[batch],
         "batch_n": batch,
@@ -713,9 +767,9 @@ def _measure(
         "fps_dream_only": fps_dream_only,
         "fps_pipeline": fps_pipeline,
         "pipeline_efficiency": fps_pipeline / fps_dream_only,
-        "pipeline_startup_s": pipeline_startup,
-        "cpu_ms_per_frame_dream_only": 1000 * dream_cpu[batch],
-        "cpu_ms_per_frame_pipeline": 1000 * pipeline_cpu / frames,
+        "pipeline_startup_s": runs["pipeline_startup_s"],
+        "cpu_ms_per_frame_dream_only": 1000 * runs["dream_cpu_s"][batch],
+        "cpu_ms_per_frame_pipeline": 1000 * runs["pipeline_cpu_s"] / frames,
         "fps_naive": fps_naive,
         "speedup_vs_naive": fps_pipeline / fps_naive,
         "stage_ms_per_frame": stages["ms_per_frame"],
@@ -723,7 +777,7 @@ def _measure(
         "peak_rss_short_mb": reports["short"]["peak_rss_mb"],
         "peak_rss_long_mb": reports["long"]["peak_rss_mb"],
         "memory_ratio_long_short": reports["long"]["peak_rss_mb"] / reports["short"]["peak_rss_mb"],
-        "gpu_peak_dream_mb": gpu_peak_dream,
+        "gpu_peak_dream_mb": runs["gpu_peak_dream_mb"],
         "gpu_peak_short_mb": reports["short"]["gpu_peak_mb"],
         "gpu_peak_long_mb": reports["long"]["gpu_peak_mb"],
         "objective_start": score_start,
@@ -750,7 +804,7 @@ def _measure(
             "flow": video.flow,
             "batch": batch,
             "warmup_frames": video.warmup,
-            "matmul_side": side,
+            "matmul_side": step["matmul_side"],
         },
     }
 
