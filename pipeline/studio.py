@@ -56,6 +56,9 @@ PREVIEW_ZOOM_FRAMES = 8
 MAX_SIDE = 4096  # largest render side the page accepts, in pixels
 MAX_FRAMES = 100_000  # longest zoom the page accepts
 MAX_PLOT_POINTS = 2000  # schedule plots sample at most this many frames
+# Cancel waits this long for the frames in hand to finish before answering.
+CANCEL_WAIT_S = 120.0
+POLL_S = 1.0  # how often a waiting render request updates the page's progress bar
 # Sub-folders of the output folder.
 UPLOADS = ".uploads"  # Gradio's file cache: uploads and files shown on the page
 PREVIEWS = ".preview"
@@ -311,13 +314,12 @@ def output_path(job: Job, folders: Folders) -> Path:
             return path
 
 
-def render(job: Job, folders: Folders) -> Outcome:
-    """The full render into the output folder, with the CLI's job function."""
+def render(job: Job, out: Path) -> Outcome:
+    """The full render into ``out`` (see :func:`output_path`), with the CLI's job function."""
     from .image import NOISE, dream_image
     from .video import dream_video
     from .zoom import dream_zoom
 
-    out = output_path(job, folders)
     if job.kind == "image":
         w, h = job.size()
         result = dream_image(job.source or NOISE, out, job.dream, job.compute, max_side=job.side, noise_size=(w, h))
@@ -330,6 +332,15 @@ def render(job: Job, folders: Folders) -> Outcome:
             init=job.source, audio=job.audio, bpm=job.bpm,
         )  # fmt: skip
     return Outcome(out, f"wrote {out.name}: {result.frames} frames at {result.fps:g} fps in {result.seconds:.1f} s")
+
+
+def cancelled_line(out: Path) -> str:
+    """What a cancelled render left, in one line."""
+    from .render import work_folder
+
+    if out.suffix == ".png":
+        return f"cancelled: {out.name} was not written"
+    return f"cancelled: {out.name} was not written; its finished frames are kept in {work_folder(out).name}"
 
 
 # --- presets and the command line ------------------------------------------------------
@@ -473,9 +484,10 @@ def model_layers(name: str) -> tuple[list[str], str]:
 
 
 class _Task:
-    def __init__(self, fn: Callable[[], object], owner: str):
+    def __init__(self, fn: Callable[[], object], owner: str, label: str):
         self.fn = fn
         self.owner = owner
+        self.label = label
         self.context = contextvars.copy_context()  # the page's progress bar follows the task
         self.done = threading.Event()
         self.value: object = None
@@ -503,28 +515,39 @@ class RenderWorker:
         self._running: _Task | None = None
         self._cancel_sent = False
 
-    def submit(self, fn: Callable[[], object], owner: str) -> object:
+    def submit(
+        self, fn: Callable[[], object], owner: str, label: str = "", poll: Callable[[], None] | None = None
+    ) -> object:
         """Run ``fn`` on the main thread after the renders before it; its value, or its exception.
+
+        ``poll`` is called about once a second while waiting (progress for the page).
 
         Raises:
             Cancelled: the render was cancelled.
         """
-        task = _Task(fn, owner)
+        task = _Task(fn, owner, label)
         self._tasks.put(task)
-        task.done.wait()
+        while not task.done.wait(POLL_S):
+            if poll is not None:
+                poll()
         if task.error is not None:
             raise task.error
         return task.value
 
-    def cancel(self, owner: str) -> bool:
-        """Interrupt ``owner``'s render in progress; False when it has none running."""
+    def cancel(self, owner: str, wait_s: float = 0.0) -> str | None:
+        """Interrupt ``owner``'s render in progress and wait up to ``wait_s`` for it to stop.
+
+        Returns:
+            The label of the render interrupted, or None when ``owner`` has none running.
+        """
         with self._lock:
             task = self._running
             if task is None or task.owner != owner or self._cancel_sent:
-                return False
+                return None
             self._cancel_sent = True
             _thread.interrupt_main()
-            return True
+        task.done.wait(wait_s)
+        return task.label
 
     def run_next(self, timeout_s: float) -> None:
         """Run the next task, if one arrives within ``timeout_s`` (main thread only)."""
@@ -556,6 +579,26 @@ class RenderWorker:
         """Run renders until Ctrl-C."""
         while True:
             self.run_next(timeout_s=0.5)
+
+
+def relay_tqdm(progress) -> None:
+    """Send the page the counts of the tqdm bars Gradio tracks for this request.
+
+    Gradio's tqdm tracking looks up the page in the context of the thread that
+    updates a bar; a zoom or video render counts its frames from the render
+    job's saver thread, which has no such context, so the page's bar would
+    stay at 0. The page thread waiting for the render copies each tracked
+    bar's count (``tqdm.n``) into Gradio's tracker and sends it. Uses Gradio's
+    ``Progress.iterables`` (checked on Gradio 6.31); without it, nothing happens.
+    """
+    tracked = getattr(progress, "iterables", None)
+    if not tracked:
+        return
+    for item in tracked:
+        bar = getattr(item, "_tqdm", None)
+        if bar is not None and item.index is not None:
+            item.index = bar.n
+    progress.update(0)
 
 
 # --- errors ----------------------------------------------------------------------------
@@ -674,17 +717,22 @@ def build_page(folders: Folders, worker: RenderWorker):
     def on_render(data, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
         try:
             job = job_from_page(page_values(data), folders)
-            outcome = worker.submit(lambda: render(job, folders), owner=request.session_hash)
+            out = output_path(job, folders)
+            outcome = worker.submit(
+                lambda: render(job, out), owner=request.session_hash, label=str(out), poll=lambda: relay_tqdm(progress)
+            )
         except Cancelled:
-            return gr.skip(), gr.skip(), "cancelled: a zoom or video keeps its finished frames; render again to continue"
+            return gr.skip(), gr.skip(), cancelled_line(out)
         except Exception as exc:  # noqa: BLE001 - one line on the page
             return gr.skip(), gr.skip(), fail(exc)
         picture = str(outcome.path) if outcome.path.suffix == ".png" else None
         return picture, str(outcome.path), outcome.message
 
     def on_cancel(request: gr.Request):
-        if worker.cancel(request.session_hash):
-            return "cancelling: stopping after the frames in hand"
+        # Gradio drops the cancelled render's own answer, so this one reports how it ended
+        stopped = worker.cancel(request.session_hash, wait_s=CANCEL_WAIT_S)
+        if stopped:
+            return cancelled_line(Path(stopped))
         return "nothing of yours is rendering; a queued render of yours was taken off the queue"
 
     def on_save(data):

@@ -159,21 +159,21 @@ def test_one_render_at_a_time_and_cancel_is_ctrl_c():
         while True:  # stands for a dream loop: stops only when interrupted
             time.sleep(0.01)
 
-    def submit(name, fn, owner):
+    def submit(name, fn, owner, label):
         try:
-            results[name] = worker.submit(fn, owner)
+            results[name] = worker.submit(fn, owner, label)
         except studio.Cancelled as exc:
             results[name] = exc
 
-    first = threading.Thread(target=submit, args=("first", long_render, "alice"))
-    second = threading.Thread(target=submit, args=("second", lambda: order.append("second") or "done", "bob"))
+    first = threading.Thread(target=submit, args=("first", long_render, "alice", "alice's render"))
+    second = threading.Thread(target=submit, args=("second", lambda: order.append("second") or "done", "bob", ""))
     first.start()
 
     def cancel_when_started():
         started.wait(10)
         second.start()  # queued behind the first
-        assert not worker.cancel("bob")  # bob cannot stop alice's render
-        assert worker.cancel("alice")
+        assert worker.cancel("bob") is None  # bob cannot stop alice's render
+        assert worker.cancel("alice", wait_s=10) == "alice's render"
 
     canceller = threading.Thread(target=cancel_when_started)
     canceller.start()
