@@ -143,8 +143,13 @@ class Job:
         from .decode import output_size
 
         side = side or self.side
-        if self.source is None or self.kind == "video":
+        if self.source is None:
             return side, side
+        if self.kind == "video":
+            from .decode import probe_video
+
+            info = probe_video(self.source)
+            return output_size(info.width, info.height, side)
         from .files import load_image
 
         h, w = load_image(self.source).shape[:2]

@@ -132,6 +132,24 @@ def test_schedule_plot_shows_the_beat_kick(folders):
         studio.schedule_curves(studio.job_from_page({**page, "zoom_zoom": "1 + 0.1*bass"}, folders))
 
 
+def test_previews_of_a_clip_and_of_a_zoom(folders, make_panning_clip, use_model, tiny_model, one_torch_thread):
+    """A clip previews as its dreamed first frame; a zoom as its first frames in a GIF."""
+    use_model(tiny_model)
+    clip = folders.uploads / "u" / "clip.mp4"
+    clip.parent.mkdir(parents=True)
+    make_panning_clip(clip, frames=4, size=(64, 48))
+    outcome = studio.preview(studio.job_from_page({**PAGE, "kind": "video", "source": str(clip), "side": 64}, folders), folders)
+    assert outcome.message.startswith("preview of the first frame at 64x48 in ")
+    dreamed, first = load_image(outcome.path), load_image(folders.previews / "first-frame.png")
+    assert dreamed.shape == (48, 64, 3) and np.abs(dreamed.astype(int) - first.astype(int)).mean() > 1
+
+    outcome = studio.preview(studio.job_from_page({**PAGE, "kind": "zoom", "side": 48, "iterations": 2}, folders), folders)
+    assert outcome.message.startswith(f"preview of {studio.PREVIEW_ZOOM_FRAMES} zoom frames at 48x48 in ")
+    import imageio.v3 as iio
+
+    assert iio.imread(outcome.path, index=None).shape == (studio.PREVIEW_ZOOM_FRAMES, 48, 48, 3)
+
+
 def test_port_in_use_is_one_line(tmp_path, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
