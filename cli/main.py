@@ -140,6 +140,7 @@ def cmd_video(args) -> int:
     preset = load_preset_arg(args, "video-flow")
     video = build("video", preset, {
         "blend": args.blend, "flow": args.flow, "iterations_next": args.iterations_next, "batch": args.batch,
+        "temporal": args.temporal,
     })
     options = dict(start_s=args.start, end_s=args.end, max_frames=args.max_frames, max_side=args.max_side, progress=not args.quiet)
     settings, compute, encode = dream_settings(args, preset), compute_settings(args, preset), encode_settings(args, preset)
@@ -220,6 +221,31 @@ def cmd_bench(args) -> int:
     print(format_table(result), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(result))
+    return EXIT_OK
+
+
+def cmd_metrics(args) -> int:
+    import json
+    from dataclasses import asdict
+
+    from dreamreel.pipeline.metrics import measure_files
+
+    report, seams = measure_files(
+        args.input, args.output, batch=args.batch, warmup=args.warmup, start_s=args.start, end_s=args.end,
+        max_frames=args.max_frames, max_side=args.max_side,
+    )  # fmt: skip
+    figures = {k: v for k, v in asdict(report).items() if k != "changes"}
+    figures["seam_scores"] = seams
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return EXIT_OK
+    seam_text = ", ".join(f"{s:.2f}" for s in seams) if seams else "no lane borders inside a shot"
+    print(f"{report.frames} frames, {report.pairs} frame pairs (scene cuts left out)\n")
+    print(f"{'':<28}{'OUTPUT':>10}{'INPUT':>10}")
+    print(f"{'warping error':<28}{report.warping_error:>10.4f}{report.input_warping_error:>10.4f}   lower = steadier")
+    print(f"{'dream strength':<28}{report.dream_strength:>10.4f}{'':>10}   mean |OUTPUT - INPUT|")
+    print(f"{'fine detail (x1000)':<28}{1000 * report.fine_detail:>10.3f}{1000 * report.input_fine_detail:>10.3f}   variance of the Laplacian")
+    print(f"{'seam score at lane borders':<28}{seam_text}   1.0 = no seam")
     return EXIT_OK
 
 
@@ -312,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--blend", type=float, help="share of the previous dream carried into the next frame, 0..1")
     v.add_argument("--flow", choices=["dis", "farneback", "none"], help="optical flow method (none = plain blending)")
     v.add_argument("--iterations-next", type=int, help="ascent steps per octave for frames after the first")
+    v.add_argument("--temporal", type=float,
+                   help="pull of every ascent step towards the carried dream where the flow is trusted, 0..1 (0 = off)")
     v.add_argument("--batch", type=positive_int,
                    help="lanes dreamed as one batch, for throughput (default 1: strictly sequential)")
     v.add_argument("--start", type=float, default=0.0, help="first second to dream")
@@ -378,6 +406,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
     add_common(p)
     p.set_defaults(run=cmd_bench)
+
+    p = sub.add_parser("metrics", help="how steady and how strong a dreamed video is",
+                       description="Warping error (flicker) of OUTPUT and of INPUT, dream strength, fine detail "
+                                   "and lane seam scores; see the README for what they mean.")
+    p.add_argument("input", metavar="INPUT", help="the input video")
+    p.add_argument("output", metavar="OUTPUT", help="the dreamed video, or its folder of PNG frames")
+    p.add_argument("--start", type=float, default=0.0, help="the --start the output was dreamed with")
+    p.add_argument("--end", type=float, help="the --end the output was dreamed with")
+    p.add_argument("--max-frames", type=positive_int, help="the --max-frames the output was dreamed with")
+    p.add_argument("--max-side", type=positive_int, help="the --max-side the output was dreamed with")
+    p.add_argument("--batch", type=positive_int, default=1, help="the --batch (lanes) the output was dreamed with")
+    p.add_argument("--warmup", type=int, default=6, help="warm-up frames before a lane border")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    add_common(p)
+    p.set_defaults(run=cmd_metrics)
 
     p = sub.add_parser("models", help="list the models and whether their weights are here")
     add_common(p)

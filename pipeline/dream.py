@@ -299,19 +299,35 @@ def jitter_shifts(generators: list[torch.Generator], steps: int, limit: int) -> 
     ])  # fmt: skip
 
 
+# The temporal pull leaves the finest detail free: it pulls the difference to
+# the anchor blurred by this sigma (pixels). Measured on three 30-frame clips
+# at 256 px (README, Temporal coherence): pulling the whole difference kept
+# 0.77-0.86x the fine detail of frames dreamed alone, sigma 0.5 kept
+# 0.89-1.1x for a little more flicker, sigma 1.0 kept more still but flickered
+# past the target (warping error 0.36-0.40x of frames dreamed alone).
+TEMPORAL_PULL_SIGMA = 0.5
+
+
 def temporal_pull(x: torch.Tensor, anchor: torch.Tensor, weight: torch.Tensor, strength: float | torch.Tensor) -> torch.Tensor:
-    """A proximal step towards ``anchor``: ``x - strength * weight * (x - anchor)``.
+    """A proximal step towards ``anchor``: ``x - strength * weight * blur(x - anchor)``.
 
     The temporal term of video dreaming (Ruder et al. 2016): the picture is
-    pulled towards the previous output warped onto this frame, where the
-    consistency mask ``weight`` says that frame can be trusted.
+    pulled towards the carried dream (the previous output warped onto this
+    frame), where the consistency mask ``weight`` says that frame can be
+    trusted. The difference is blurred (``TEMPORAL_PULL_SIGMA``) so the ascent
+    may still sharpen the finest detail, which the carried dream loses to
+    resampling every frame. Pure tensor arithmetic: no host sync, so it runs
+    inside a captured CUDA graph.
 
     Args:
         x, anchor: (B, 3, H, W).
-        weight: (B, 1, H, W) in [0, 1].
-        strength: 0 (off) to 1 (snap to the anchor) per step.
+        weight: (B, 1, H, W) in [0, 1]; 0 leaves a pixel alone.
+        strength: 0 (off) to 1 per step, a number or a 0-d tensor.
+
+    Returns:
+        (B, 3, H, W).
     """
-    return x - strength * weight * (x - anchor)
+    return x - strength * weight * gaussian_blur(x - anchor, TEMPORAL_PULL_SIGMA)
 
 
 def ascent_update(

@@ -15,7 +15,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import cv2
 import numpy as np
 
 from .dream import to_tensor
@@ -34,18 +36,29 @@ class CoherenceReport:
         dream_strength: mean |output - input|, 0..1 intensity, over all frames.
         frames: number of frames read.
         pairs: consecutive frame pairs in warping_error (scene cuts left out).
+        input_warping_error: the same measure of the input video: the floor
+            that flow errors, noise and lighting changes leave.
+        fine_detail: :func:`fine_detail` of the output frames (a blurred or
+            smeared dream scores lower).
+        input_fine_detail: the same of the input frames.
+        changes: the warping error of each consecutive pair (t-1, t), None at
+            scene cuts; what :func:`seam_scores` compares.
     """
 
     warping_error: float
     dream_strength: float
     frames: int
     pairs: int
+    input_warping_error: float = 0.0
+    fine_detail: float = 0.0
+    input_fine_detail: float = 0.0
+    changes: tuple[float | None, ...] = ()
 
 
 def measure(
     outputs: Iterable[np.ndarray], inputs: Iterable[np.ndarray], *, method: str = "dis"
 ) -> CoherenceReport:
-    """Warping error and dream strength of a dreamed video in one pass.
+    """Warping error, dream strength and fine detail of a dreamed video and its input, in one pass.
 
     For each t >= 1 the backward flow and its forward check are computed on the
     INPUT frames t and t-1 (dreamed frames would have their patterns tracked as
@@ -54,7 +67,8 @@ def measure(
     is averaged over the pixels :func:`~dreamreel.pipeline.flow.consistency_mask`
     keeps. Pairs that :func:`~dreamreel.pipeline.flow.scene_cut` calls a cut
     (including those where no pixel passes the check) are left out, since
-    nothing should carry over there.
+    nothing should carry over there. The input's own warping error uses the
+    same flow and mask.
 
     Args:
         outputs: dreamed frames, RGB uint8 (H, W, 3), all the same size.
@@ -71,18 +85,23 @@ def measure(
             pair being a scene cut.
     """
     estimator = FlowEstimator(method)
-    pair_errors = []
-    strength_sum = 0.0
+    changes: list[float | None] = []
+    input_errors = []
+    strength_sum = detail_sum = input_detail_sum = 0.0
     frames = 0
     previous = None
     for output, input_ in _paired_frames(outputs, inputs):
         frames += 1
         strength_sum += _mean_abs_difference(output, input_)
+        detail_sum += _laplacian_variance(output)
+        input_detail_sum += _laplacian_variance(input_)
         if previous is not None:
-            error = _pair_warping_error(estimator, *previous, output, input_)
-            if error is not None:
-                pair_errors.append(error)
+            pair_flow = _pair_flow(estimator, previous[1], input_)
+            changes.append(None if pair_flow is None else _masked_warping_error(previous[0], output, *pair_flow))
+            if pair_flow is not None:
+                input_errors.append(_masked_warping_error(previous[1], input_, *pair_flow))
         previous = (output, input_)
+    pair_errors = [c for c in changes if c is not None]
     if frames < 2:
         raise ValueError(f"got {frames} frame(s); warping error compares consecutive frames, so pass at least 2")
     if not pair_errors:
@@ -95,6 +114,10 @@ def measure(
         dream_strength=strength_sum / frames,
         frames=frames,
         pairs=len(pair_errors),
+        input_warping_error=float(np.mean(input_errors)),
+        fine_detail=detail_sum / frames,
+        input_fine_detail=input_detail_sum / frames,
+        changes=tuple(changes),
     )
 
 
@@ -196,14 +219,47 @@ def _pair_warping_error(
     input_: np.ndarray,
 ) -> float | None:
     """Mean masked warping error of one pair of consecutive frames, None at a scene cut."""
+    pair_flow = _pair_flow(estimator, prev_input, input_)
+    return None if pair_flow is None else _masked_warping_error(prev_output, output, *pair_flow)
+
+
+def _pair_flow(estimator: FlowEstimator, prev_input: np.ndarray, input_: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Backward flow (H, W, 2) and consistency mask (H, W) of two input frames; None at a scene cut."""
     backward = estimator(input_, prev_input)
     forward = estimator(prev_input, input_)
     mask = consistency_mask(forward, backward)
     if scene_cut(prev_input, input_, inconsistent_fraction=1.0 - float(mask.mean())):
         return None
-    warped = warp_with_flow(to_tensor(prev_output), flow_to_tensor(backward))
-    error = (warped - to_tensor(output)).abs().mean(dim=1)[0].numpy()  # (H, W)
+    return backward, mask
+
+
+def _masked_warping_error(previous: np.ndarray, current: np.ndarray, backward: np.ndarray, mask: np.ndarray) -> float:
+    """Mean |current - previous warped along ``backward``| over the pixels ``mask`` keeps."""
+    warped = warp_with_flow(to_tensor(previous), flow_to_tensor(backward))
+    error = (warped - to_tensor(current)).abs().mean(dim=1)[0].numpy()  # (H, W)
     return float((error * mask).sum() / mask.sum())
+
+
+def fine_detail(frame: np.ndarray) -> float:
+    """Variance of the Laplacian of a frame's grey levels, 0..1 intensity squared.
+
+    A standard sharpness measure (Pech-Pacheco et al. 2000): it grows with
+    fine texture and sharp edges and falls when a picture is blurred, so a
+    dream smeared by repeated resampling scores lower than one dreamed alone.
+
+    Args:
+        frame: RGB uint8 (H, W, 3).
+
+    Returns:
+        >= 0; 0 for a flat picture.
+    """
+    check_rgb(frame, "frame")
+    return _laplacian_variance(frame)
+
+
+def _laplacian_variance(frame: np.ndarray) -> float:
+    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    return float(cv2.Laplacian(grey, cv2.CV_32F).var())
 
 
 def _mean_abs_difference(a: np.ndarray, b: np.ndarray) -> float:
@@ -232,3 +288,67 @@ def _paired_frames(
                     "outputs and inputs must all share one frame size (resize the outputs to the inputs)"
                 )
         yield output, input_
+
+
+def measure_files(
+    input: str | Path,
+    output: str | Path,
+    *,
+    batch: int = 1,
+    warmup: int = 6,
+    start_s: float = 0.0,
+    end_s: float | None = None,
+    max_frames: int | None = None,
+    max_side: int | None = None,
+) -> tuple[CoherenceReport, list[float]]:
+    """:func:`measure` of a dreamed video file against its input, and the seam scores of its lanes.
+
+    This is ``dreamreel metrics INPUT OUTPUT``. The clip options pick the
+    input frames the output was dreamed from, as ``dreamreel video`` took
+    them; ``batch`` and ``warmup`` give the lane plan it used
+    (:func:`~dreamreel.pipeline.segments.plan_lanes` with the input's scene
+    cuts), whose borders :func:`seam_scores` rates.
+
+    Args:
+        input: the input video file.
+        output: the dreamed video file, or a folder of ``frame_NNNNNN.png``.
+        batch: lanes the output was dreamed in (``--batch``); 1 = no borders.
+
+    Returns:
+        (the report, one seam score per lane border away from scene cuts).
+
+    Raises:
+        ValueError: a missing or unreadable file, or outputs and inputs that
+            differ in frame count or size (the message says which option to pass).
+    """
+    from . import decode, segments
+    from .files import FRAME_GLOB, load_image
+
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"--batch {batch!r}: expected a whole number of at least 1")
+    output = Path(output)
+    if output.is_dir():
+        paths = sorted(output.glob(FRAME_GLOB))
+        if not paths:
+            raise ValueError(f"OUTPUT {output}: a folder without frame_NNNNNN.png files; expected a video or a frames folder")
+        outputs = lambda: (load_image(p) for p in paths)  # noqa: E731 - read twice: count, then measure
+    else:
+        decode.probe_video(output)
+        outputs = lambda: decode.read_frames(output)  # noqa: E731
+    inputs = lambda: decode.read_frames(input, start_s=start_s, end_s=end_s, max_frames=max_frames, max_side=max_side)  # noqa: E731
+    first_output, first_input = next(outputs()), next(inputs())
+    if first_output.shape != first_input.shape:
+        (oh, ow), (ih, iw) = first_output.shape[:2], first_input.shape[:2]
+        raise ValueError(
+            f"OUTPUT frames are {ow}x{oh} but INPUT frames are {iw}x{ih}; pass the --max-side the output was dreamed with"
+        )
+    output_count, (input_count, cuts) = sum(1 for _ in outputs()), segments.find_cuts(inputs())
+    if output_count != input_count:
+        raise ValueError(
+            f"OUTPUT has {output_count} frames but INPUT has {input_count}; "
+            "pass the --start, --end and --max-frames the output was dreamed with"
+        )
+    report = measure(outputs(), inputs())
+    plan = segments.plan_lanes(input_count, cuts, batch, warmup)
+    borders = [(s.first, s.start) for s in plan.segments[1:]]
+    return report, seam_scores(list(report.changes), borders) if borders else []

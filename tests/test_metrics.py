@@ -126,3 +126,64 @@ def test_frame_changes_follow_the_motion_and_skip_cuts():
     changes = frame_changes([*pan_frames[:3], other], [*pan_frames[:3], other])
     assert len(changes) == 3 and changes[2] is None  # a cut
     assert max(changes[:2]) < 0.01  # the pan itself, followed by the flow, barely changes
+
+
+def test_measure_reports_the_inputs_floor_and_fine_detail():
+    import cv2
+
+    from dreamreel.pipeline.metrics import fine_detail
+
+    report = measure(with_noise(panning_clip()), panning_clip())
+    assert report.input_warping_error < 0.005 < report.warping_error  # the input is steady, the noise is not
+    assert report.fine_detail > report.input_fine_detail > 0  # grain adds fine detail
+    assert len(report.changes) == FRAMES - 1 and np.mean(report.changes) == pytest.approx(report.warping_error)
+    blurred = [cv2.GaussianBlur(frame, (0, 0), 1.5) for frame in panning_clip()]
+    assert fine_detail(blurred[0]) < 0.5 * fine_detail(next(panning_clip()))  # blur removes it
+    with pytest.raises(ValueError, match="frame must be an RGB uint8"):
+        fine_detail(blurred[0].astype(np.float32))
+
+
+@pytest.fixture
+def pan_video(tmp_path, make_panning_clip):
+    """10 frames of a 64x64 pan as an mp4, and the same frames decoded."""
+    from dreamreel.pipeline.decode import read_frames
+
+    path = make_panning_clip(tmp_path / "pan.mp4", frames=10)
+    return path, list(read_frames(path))
+
+
+def save_frames(folder, frames) -> None:
+    from dreamreel.pipeline.files import frame_path, save_image
+
+    folder.mkdir()
+    for t, frame in enumerate(frames):
+        save_image(frame_path(folder, t), frame)
+
+
+def test_measure_files_reads_a_frames_folder_against_the_input_and_rates_lane_borders(tmp_path, pan_video):
+    from dreamreel.pipeline.metrics import measure_files
+
+    path, frames = pan_video
+    save_frames(tmp_path / "out", list(with_noise(frames)))
+    report, seams = measure_files(path, tmp_path / "out")
+    assert report.frames == 10 and seams == []
+    assert report.warping_error == pytest.approx(measure(with_noise(frames), frames).warping_error)
+    report, seams = measure_files(path, tmp_path / "out", batch=2, warmup=2)
+    assert len(seams) == 1 and 0.3 < seams[0] < 3  # noise everywhere: the border is like any other pair
+    save_frames(tmp_path / "part", frames[2:5])
+    report, _ = measure_files(path, tmp_path / "part", start_s=0.07, max_frames=3)  # frames 2..4 at 29.97 fps
+    assert report.frames == 3 and report.input_warping_error < 0.005 and report.dream_strength == 0
+
+def test_measure_files_refuses_other_counts_and_sizes_naming_the_option(tmp_path, pan_video):
+    from dreamreel.pipeline.metrics import measure_files
+
+    path, frames = pan_video
+    save_frames(tmp_path / "short", frames[:7])
+    with pytest.raises(ValueError, match="OUTPUT has 7 frames but INPUT has 10; pass the --start"):
+        measure_files(path, tmp_path / "short")
+    with pytest.raises(ValueError, match="OUTPUT frames are 64x64 but INPUT frames are 32x32; pass the --max-side"):
+        measure_files(path, path, max_side=32)
+    with pytest.raises(ValueError, match="no such file"):
+        measure_files(path, tmp_path / "missing.mp4")
+    with pytest.raises(ValueError, match="--batch 0"):
+        measure_files(path, path, batch=0)
