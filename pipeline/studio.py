@@ -43,6 +43,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: this module imports no torch until a job runs
+    from .dream import ComputeSettings, DreamSettings
+    from .encode import EncodeSettings
+    from .video import VideoSettings
+    from .zoom import ZoomSettings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -117,7 +124,6 @@ class Job:
     Attributes:
         kind: ``image``, ``video`` or ``zoom``.
         source: picture (image, zoom start) or clip (video); None = seeded noise.
-        preset: the preset the controls started from, or None.
         dream, compute, zoom, video, encode: the settings, as the CLI builds them.
         side: longest side of the output in pixels.
         frames: zoom length in frames; video: the most frames to dream (None = all).
@@ -127,12 +133,11 @@ class Job:
 
     kind: str
     source: Path | None
-    preset: object  # presets.Preset | None (kept untyped so this module imports no torch)
-    dream: object
-    compute: object
-    zoom: object
-    video: object
-    encode: object
+    dream: "DreamSettings"
+    compute: "ComputeSettings"
+    zoom: "ZoomSettings"
+    video: "VideoSettings"
+    encode: "EncodeSettings"
     side: int
     frames: int | None
     audio: Path | None
@@ -258,7 +263,7 @@ def job_from_page(values: dict, folders: Folders) -> Job:
     if bpm is not None and not (isinstance(bpm, (int, float)) and math.isfinite(bpm) and bpm > 0):
         raise ValueError(f"--bpm {bpm!r}: expected a positive number of beats per minute")
     audio = folders.upload(values.get("audio"), "--audio") if kind == "zoom" else None
-    return Job(kind, source, preset, dream, ComputeSettings(model=model), zoom, video, encode, side, frames, audio, bpm)
+    return Job(kind, source, dream, ComputeSettings(model=model), zoom, video, encode, side, frames, audio, bpm)
 
 
 # --- previews and renders ------------------------------------------------------------
