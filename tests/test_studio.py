@@ -132,6 +132,26 @@ def test_schedule_plot_shows_the_beat_kick(folders):
         studio.schedule_curves(studio.job_from_page({**page, "zoom_zoom": "1 + 0.1*bass"}, folders))
 
 
+def test_schedule_plot_shows_the_song(folders):
+    """With a song, the plot holds its features: a 60 Hz thump every half second shows in bass every 12 frames."""
+    import wave
+
+    song = folders.uploads / "s" / "song.wav"
+    song.parent.mkdir(parents=True)
+    rate = 22050
+    t = np.arange(rate * 2) / rate
+    thumps = 0.5 * np.sin(2 * np.pi * 60 * t) * (np.mod(t, 0.5) < 0.1)
+    with wave.open(str(song), "wb") as out:
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(rate)
+        out.writeframes((thumps * 32767).astype(np.int16).tobytes())
+    page = {**PAGE, "kind": "zoom", "preset": "zoom-bass-dream", "audio": str(song), "zoom_zoom": None}  # the preset's zoom
+    curves, audio = studio.schedule_curves(studio.job_from_page(page, folders))
+    assert set(audio) == {"frame", "rms", "bass", "mid", "treble", "onset"} and len(audio["frame"]) == 48  # the song's length
+    bass = np.array(audio["bass"])
+    assert np.all(bass[[1, 13, 25, 37]] > 3 * bass[[9, 21, 33, 45]])  # loud just after each thump, quiet before the next
+    assert len(curves["zoom"]) == 48 and max(curves["zoom"]) > min(curves["zoom"])  # zoom follows the bass
+
+
 def test_previews_of_a_clip_and_of_a_zoom(folders, make_panning_clip, use_model, tiny_model, one_torch_thread):
     """A clip previews as its dreamed first frame; a zoom as its first frames in a GIF."""
     use_model(tiny_model)
