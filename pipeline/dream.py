@@ -745,15 +745,38 @@ class Download:
         return self._host.numpy()
 
 
-def noise_image(width: int, height: int, seed: int) -> torch.Tensor:
-    """A seeded start picture for dreaming from nothing: (1, 3, H, W) in [0, 1].
+# The seeded start picture (noise_image): blobs of colour from random grids of
+# this many cells across the longer side, each finer grid at half the weight
+# of the one before, spread over this range around mid-grey; then grain
+# (uniform noise blurred by 1 px) of this amplitude.
+NOISE_COLOUR_CELLS = (6, 24)
+NOISE_COLOUR_RANGE = 0.8
+NOISE_GRAIN = 0.3
 
-    Mid-grey with soft coloured noise: flat grey gives the network nothing to
-    amplify, white noise gives only pixel-level patterns.
+
+def noise_image(width: int, height: int, seed: int) -> torch.Tensor:
+    """A seeded start picture for dreaming from nothing: (1, 3, H, W) in [0, 1], mean about 0.5.
+
+    Soft blobs of saturated colour with grain on top. Flat grey gives the
+    network nothing to amplify and white noise only pixel-level patterns;
+    grey with grain (the earlier start) dreams a grey-pastel tunnel (mean HSV
+    saturation 51-55 of 255 over the README's first zoom), because a zoom's
+    colour coherence then holds every frame to frame 0's dull colours. Each
+    channel here is a random grid of :data:`NOISE_COLOUR_CELLS` cells,
+    upsampled bicubically, so the blobs are of every hue and as large at any
+    size; the grain gives the network detail to start from.
     """
     g = torch.Generator().manual_seed(seed)
-    noise = torch.rand(1, 3, height, width, generator=g)
-    return (0.5 + 0.6 * (gaussian_blur(noise, 1.0) - 0.5)).clamp(0, 1)
+    side = max(width, height)
+    colour = torch.zeros(1, 3, height, width)
+    for k, cells in enumerate(NOISE_COLOUR_CELLS):
+        grid = (max(2, round(cells * height / side)), max(2, round(cells * width / side)))
+        coarse = torch.rand(1, 3, *grid, generator=g)
+        colour += F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False) / 2**k
+    colour -= colour.mean(dim=(2, 3), keepdim=True)
+    colour /= colour.abs().amax(dim=(2, 3), keepdim=True).clamp(min=1e-6)
+    grain = gaussian_blur(torch.rand(1, 3, height, width, generator=g) - 0.5, 1.0)
+    return (0.5 + NOISE_COLOUR_RANGE / 2 * colour + NOISE_GRAIN * grain).clamp(0, 1)
 
 
 def frame_generator(seed: int, frame: int) -> torch.Generator:

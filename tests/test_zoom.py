@@ -112,13 +112,36 @@ def test_match_color_moves_lab_statistics_to_the_reference():
     assert match_color(dull, reference, 0.0) is dull
 
 
+def test_match_color_moves_colour_from_pixel_fringes_into_regions():
+    # Colour that changes from pixel to pixel, as in a dream's fringes, is what a
+    # video codec's half-resolution colour (4:2:0) erases; coherence rebuilds the
+    # regional colour of frame 0 (here the colour blobs of the seeded start).
+    reference = lab_stats(dream_module.noise_image(64, 64, seed=0))
+    fringes = (0.5 + 0.3 * (torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)) - 0.5))
+    regional = lambda images: lab_stats(images)[0, 2, 1:]  # noqa: E731 - a and b
+    before = regional(fringes)
+    frames = [match_color(fringes, reference, 1.0)]
+    assert torch.all(regional(frames[0]) > 1.9 * before)  # 2.3x asked, at most MAX_REGION_GAIN per frame
+    for _ in range(7):
+        frames.append(match_color(frames[-1], reference, 1.0))
+    # Frame after frame, nearer the reference (measured 0.43 after one, 0.85 after eight),
+    # while the mean and std of L, a and b stay on it.
+    shares = [regional(frame) / reference[0, 2, 1:] for frame in frames]
+    assert all(torch.all(later > earlier) for earlier, later in zip(shares, shares[1:]))
+    assert torch.all(shares[-1] > 0.8) and torch.all(shares[-1] < 1.0)
+    for frame in frames:
+        torch.testing.assert_close(lab_stats(frame)[0, :2], reference[0, :2], rtol=0.01, atol=0.1)
+
+
 # --- the loop ---------------------------------------------------------------------------
 
 
 def test_300_frames_do_not_drift(tmp_path, real_model, use_model):
-    """Frames 15-299 against frames 5-14, measured: luminance 1.000-1.001, contrast 0.99-1.03,
-    fine detail 0.99-1.09, saturation 0.94-1.00. With match_color switched off the contrast
-    rose to 1.6-2.2x; with bilinear resampling the saturation fell to 0.71x."""
+    """Frames 30-299 against frames 20-29, once the smooth colour blobs of the start picture
+    have been dreamed over (their fine detail builds up over the first 20 frames), measured:
+    luminance 1.00, contrast 1.00-1.04, fine detail 0.91-1.04, saturation 0.94-1.00. Earlier,
+    against frames 5-14 of a grey start: with match_color switched off the contrast rose to
+    1.6-2.2x; with bilinear resampling the saturation fell to 0.71x."""
     use_model(real_model)
     settings = DreamSettings(objective="mid", octaves=1, iterations=2, step=0.01, jitter=16, seed=0)
     zoom = ZoomSettings(zoom=1.015, iterations_next=1, sharpen=0.2, color_coherence=0.5)  # the zoom-drift look
@@ -133,8 +156,8 @@ def test_300_frames_do_not_drift(tmp_path, real_model, use_model):
         return np.array([grey.mean(), grey.std(), detail, saturation])
 
     table = np.stack([measures(f) for f in frames])
-    early = table[5:15].mean(0)
-    luminance, contrast, detail, saturation = (table[15:] / early).T
+    early = table[20:30].mean(0)
+    luminance, contrast, detail, saturation = (table[30:] / early).T
     assert np.all(np.abs(luminance - 1) < 0.05), "the picture darkened or brightened"
     assert np.all((contrast > 0.8) & (contrast < 1.25)), "faded to grey or blew up"
     assert np.all((detail > 0.8) & (detail < 1.25)), "lost its detail or turned to noise"
