@@ -103,3 +103,22 @@ def test_temporal_lowers_the_warping_error_of_a_moving_clip(tmp_path, make_panni
     # 0.15 (pure feedback accumulates) and 0.066.
     assert reports[0.6].dream_strength > 0.02  # the pulled clip still dreams
     assert reports[0.6].warping_error < 0.6 * reports[0.0].warping_error, reports
+
+
+def test_temporal_works_with_lanes_whose_first_frames_share_a_batch_with_carried_ones(
+    tmp_path, make_panning_clip, tiny_model, use_model
+):
+    """--batch 2 with one step count for all frames: a lane's fresh first frame (weight 0) rides in the anchored batch."""
+    use_model(tiny_model)
+    clip = make_panning_clip(tmp_path / "pan.mp4", frames=12)
+    inputs = list(read_frames(clip))
+    settings = DreamSettings(objective="mid", octaves=1, iterations=3, step=0.02, jitter=4, seed=1)
+    errors = {}
+    for temporal in (0.0, 0.6):
+        out = tmp_path / f"lanes-{round(10 * temporal)}"
+        video = VideoSettings(blend=1.0, batch=2, warmup=2, temporal=temporal)
+        dream_video(clip, out, settings, CPU, video, EncodeSettings(speed="ultrafast"), progress=False)
+        frames = read_png_frames(out)
+        assert len(frames) == 12
+        errors[temporal] = measure(frames, inputs).warping_error
+    assert errors[0.6] < 0.8 * errors[0.0], errors
