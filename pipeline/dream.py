@@ -14,6 +14,7 @@ a batch are independent (each has its own score and its own step size).
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -190,6 +191,9 @@ FP16_LOSS_SCALE = 2.0**12
 # Eager runs of an ascent step before its CUDA graph is captured: the first
 # run allocates and picks kernels, the second reuses them as the graph will.
 GRAPH_WARMUP_RUNS = 2
+# Captured steps a dreamer keeps (a video uses one per octave; zoom looks and
+# lanes add a few); each holds the activations of its shape in GPU memory.
+MAX_CAPTURED_STEPS = 24
 
 
 def tile_batches(x: torch.Tensor, tile: int, tile_batch: int) -> Iterator[tuple[torch.Tensor, list[tuple[int, int]]]]:
@@ -462,7 +466,8 @@ def _octave_ascent(
         step = step.expand(b, 1, 1, 1) if torch.is_tensor(step) else torch.full((b, 1, 1, 1), step, device=x.device)
         anchor_t = None if anchor is None else (*anchor[:2], torch.full((), anchor[2], device=x.device))
         captured = graphs.get(model, objective, settings, autocast_dtype, x, shifts[0], step, anchor_t)
-        return captured.run(x, shifts, step, anchor_t, on_step)
+        if captured is not None:
+            return captured.run(x, shifts, step, anchor_t, on_step)
     for rolls in shifts:
         x, score = ascent_update(model, x, objective, rolls, step, settings, autocast_dtype, anchor)
         if on_step is not None:
@@ -471,15 +476,28 @@ def _octave_ascent(
 
 
 class StepGraphs:
-    """The captured ascent steps of one dreamer, built on first use of a shape and kept."""
+    """The captured ascent steps of one dreamer, built on first use of a shape and kept.
+
+    At most ``MAX_CAPTURED_STEPS`` are kept, the least recently used dropped
+    first: each holds its shape's activations in GPU memory. A step that cannot
+    be captured (a model that asks the host for a value in its forward pass)
+    is remembered as such and runs eagerly.
+    """
 
     def __init__(self):
-        self._steps: dict[tuple, CapturedStep] = {}
+        self._steps: collections.OrderedDict[tuple, CapturedStep | None] = collections.OrderedDict()
 
-    def get(self, model, objective, settings, autocast_dtype, x, shifts, step, anchor) -> CapturedStep:
+    def get(self, model, objective, settings, autocast_dtype, x, shifts, step, anchor) -> CapturedStep | None:
+        """The captured step for this objective, shape and settings; None where capture failed."""
         key = (id(objective), tuple(x.shape), settings.tile, settings.tile_batch, settings.smooth, shifts.shape[0], anchor is not None)
         if key not in self._steps:
-            self._steps[key] = CapturedStep(model, objective, settings, autocast_dtype, x, shifts, step, anchor)
+            try:
+                self._steps[key] = CapturedStep(model, objective, settings, autocast_dtype, x, shifts, step, anchor)
+            except RuntimeError:
+                self._steps[key] = None
+            if len(self._steps) > MAX_CAPTURED_STEPS:
+                self._steps.popitem(last=False)
+        self._steps.move_to_end(key)
         return self._steps[key]
 
 

@@ -357,12 +357,12 @@ class RenderJob:
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
                 self._fail(exc)
                 return
-            with self._cond:
+            with self._cond:  # the savers share the bar too
                 self._saved.add(index)
                 if rgb is not None and len(self._recent) < QUEUE_FRAMES:
                     self._recent[index] = rgb
                 self._cond.notify_all()
-            self._bar.update(1)
+                self._bar.update(1)
         with self._cond:
             self._savers_running -= 1
             self._saver_done = self._savers_running == 0

@@ -19,6 +19,7 @@ Two things keep a feedback loop from drifting over hundreds of frames:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -298,7 +299,7 @@ def dream_zoom(
     Resumable like :func:`~dreamreel.pipeline.video.dream_video`.
     """
     from . import audio as audio_mod
-    from .objectives import per_image
+    from .objectives import Objective, per_image
 
     # 1. check everything before any work
     out = Path(output)
@@ -332,6 +333,12 @@ def dream_zoom(
         # input), and the last frame on disk when resuming
         dreamer = Dreamer(looks[0].dream, compute)
         parsed = {look.dream.objective: dreamer.parse_objective(look.dream.objective) for look in looks}
+
+        @functools.cache
+        def batch_objective(members: tuple[int, ...]) -> Objective:
+            """One objective for a batch of looks, made once: the GPU keeps a captured step per objective."""
+            objectives = [parsed[looks[k].dream.objective] for k in members]
+            return objectives[0] if len(set(map(id, objectives))) == 1 else per_image(objectives)
         # Every picture lives on the dreamer's device; only the finished 8-bit frame comes back to the host.
         device = dreamer.device
         if init_rgb is not None:
@@ -366,14 +373,13 @@ def dream_zoom(
                 # 6. dream: one batch per pyramid and step count, one random stream per look and frame
                 dreamed = torch.empty_like(start)
                 for members in _batches(looks, steps_per_octave):
-                    objectives = [parsed[looks[k].dream.objective] for k in members]
                     dreamed[members] = dreamer(
                         start[members],
                         iterations=steps_per_octave[members[0]],
                         step=[values[k].get("step", looks[k].dream.step) for k in members],
                         generators=[frame_generator(looks[k].seed, t) for k in members],
                         settings=looks[members[0]].dream,
-                        objective=objectives[0] if len(set(map(id, objectives))) == 1 else per_image(objectives),
+                        objective=batch_objective(tuple(members)),
                     ).to(dreamed.dtype)
                 previous = quantize_8bit(dreamed)  # carry the 8-bit frame, exactly as saved
                 rgb = to_uint8(previous)
