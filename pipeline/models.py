@@ -842,8 +842,10 @@ def prepare(model: DreamModel, device: torch.device) -> DreamModel:
     512 ms in NCHW and 345 ms in NHWC (fp32), and bf16 autocast gains most
     with it. CUDA keeps NCHW: on an H200 (torch 2.11, cuDNN 9) the first
     forward and backward pass at a new picture size took 4.8-6.6 s in NHWC
-    (cuDNN compiling kernels for the shape) against 0.07-0.23 s in NCHW, and
-    the passes after it were no faster (7.3 ms NHWC, 6.4 ms NCHW, bf16). MPS
+    (cuDNN compiling kernels for the shape) against 0.07-0.23 s in NCHW. NHWC
+    is faster after that (a captured 720p frame, 3 octaves x 5 steps: 25 ms
+    against 34 ms), but a job pays the compile for every octave and batch
+    size, which outweighs the gain on clips of a few hundred frames. MPS
     keeps NCHW too, where channels_last has been unreliable.
     """
     model = fold_batchnorm(model).to(device)
