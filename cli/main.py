@@ -10,6 +10,7 @@ on stderr), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 
@@ -27,6 +28,17 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """A finite number above 0 (seconds, beats per minute)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number above 0, got {text}")
     return value
 
 
@@ -144,6 +156,9 @@ def cmd_video(args) -> int:
     })
     options = dict(start_s=args.start, end_s=args.end, max_frames=args.max_frames, max_side=args.max_side, progress=not args.quiet)
     settings, compute, encode = dream_settings(args, preset), compute_settings(args, preset), encode_settings(args, preset)
+    ray_only = [f"--{name.replace('_', '-')}" for name in ("workers", "threads", "segment_frames", "verbose") if getattr(args, name)]
+    if args.ray is None and ray_only:
+        raise ValueError(f"{', '.join(ray_only)}: only used with --ray; add --ray or drop them")
     try:
         if args.ray is None:
             result = dream_video(args.input, args.output, settings, compute, video, encode, **options)
@@ -364,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--init", help="start picture (default: seeded noise)")
     length = z.add_mutually_exclusive_group()
     length.add_argument("--frames", type=positive_int, help="length in frames (default: the audio's length, else 5 s)")
-    length.add_argument("--seconds", type=float, help="length in seconds")
+    length.add_argument("--seconds", type=positive_number, help="length in seconds")
     z.add_argument("--fps", type=float, help="frames per second")
     z.add_argument("--size", type=size_arg, default=(512, 512), help="WxH of the animation")
     z.add_argument("--zoom", help="scale per frame (1.02 = 2%% closer)")
@@ -374,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--iterations-next", help="ascent steps per octave for frames after the first (--iterations: frame 0)")
     z.add_argument("--sharpen", type=float, help="unsharp amount after each resampling")
     z.add_argument("--audio", help="music file: drives bass/mid/treble/rms/onset and is muxed into the output")
-    z.add_argument("--bpm", type=float, help="tempo for the beat variable b (default: estimated from --audio)")
+    z.add_argument("--bpm", type=positive_number, help="tempo for the beat variable b (default: estimated from --audio)")
     z.add_argument("--variations", type=variations_arg, default=1,
                    help="K seeds, or PRESET,PRESET,... looks, rendered side by side as one batch")
     add_encode_options(p)
