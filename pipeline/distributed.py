@@ -277,15 +277,22 @@ def _find_cuts_in_chunk(clip: Clip, start: int, count: int) -> tuple[int, list[i
 
 
 def _start_workers(ray, settings: DreamSettings, compute: ComputeSettings, video: VideoSettings, distributed: RaySettings) -> list:
-    """One actor per GPU, or per ``threads`` CPUs; each loads the model once."""
+    """One actor per GPU, or per ``threads`` CPUs; each loads the model once.
+
+    Raises:
+        ValueError: ``--workers`` asks for more than the cluster holds (the
+            actors that do not fit would wait for resources forever).
+    """
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0)) if compute.device != "cpu" else 0
     if gpus:
-        count = distributed.workers or gpus
-        options = {"num_gpus": 1, "num_cpus": 1}
+        fit, options = gpus, {"num_gpus": 1, "num_cpus": 1}
     else:
-        count = distributed.workers or max(1, int(resources.get("CPU", 1)) // distributed.threads)
-        options = {"num_cpus": distributed.threads}
+        fit, options = max(1, int(resources.get("CPU", 1)) // distributed.threads), {"num_cpus": distributed.threads}
+    count = distributed.workers or fit
+    if count > fit:
+        what = f"{gpus} GPUs" if gpus else f"{int(resources.get('CPU', 1))} CPUs at --threads {distributed.threads}"
+        raise ValueError(f"--workers {count}: the Ray cluster holds {fit} workers ({what}); ask for at most {fit}")
     actor = ray.remote(SegmentWorker).options(max_restarts=WORKER_RESTARTS, max_task_retries=WORKER_RESTARTS, **options)
     return [actor.remote(settings, compute, video, distributed.threads) for _ in range(count)]
 

@@ -351,9 +351,9 @@ def open_clip(
         ValueError: an unreadable input, an output that cannot be written or
             is the input, or no frames between ``start_s`` and ``end_s``.
     """
-    input_path = Path(input)
+    input_path = Path(input).resolve()  # Ray workers on other nodes have other working folders
     info = decode.probe_video(input_path)
-    out = Path(output)
+    out = Path(output).resolve()
     output_kind(out)
     check_output_folder(out.parent)  # before the work folder is made there
     if out.exists() and out.resolve() == input_path.resolve():
