@@ -152,6 +152,7 @@ class _Prefetch:
         self.queue: queue.Queue = queue.Queue(maxsize=PREFETCH_FRAMES)
         self.method = method
         self._local = threading.local()  # a FlowEstimator per flow thread: they are not thread-safe
+        self._closed = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(frames, first, stop, set(cuts)), daemon=True)
         self.thread.start()
 
@@ -174,13 +175,31 @@ class _Prefetch:
                     pending.append((frame, cut, flows))
                     previous = frame
                     while len(pending) > FLOW_WORKERS:
-                        self.queue.put(_item(*pending.popleft()))
+                        if not self._put(_item(*pending.popleft())):
+                            return
                 while pending:
-                    self.queue.put(_item(*pending.popleft()))
+                    if not self._put(_item(*pending.popleft())):
+                        return
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            self.queue.put(exc)
+            self._put(exc)
             return
-        self.queue.put(None)
+        finally:
+            getattr(frames, "close", lambda: None)()  # the decoder's file, now
+        self._put(None)
+
+    def _put(self, item) -> bool:
+        """Queue ``item`` unless :meth:`close` was called first; False when closed."""
+        while not self._closed.is_set():
+            try:
+                self.queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def close(self) -> None:
+        """Stop reading: the thread ends within a moment even if nobody takes its frames."""
+        self._closed.set()
 
     def next(self):
         item = self.queue.get()
@@ -223,7 +242,6 @@ def dream_lanes(
     """
     step = segments.resume_step(plan, ids, pictures.has)
     device = dreamer.device
-    dreamed_frames = 0
     lanes = []
     for k in ids:
         seg = plan.segments[k]
@@ -236,6 +254,17 @@ def dream_lanes(
             lane.previous_input = to_tensor(lane.prefetch.next()["frame"], device)
             lane.previous_dream = to_tensor(pictures.load(k, index - 1), device)
         lanes.append(lane)
+    try:
+        return _lockstep(dreamer, lanes, pictures, settings, video, stop_requested)
+    finally:
+        for lane in lanes:  # a stop or an error leaves readers behind: end them
+            lane.prefetch.close()
+
+
+def _lockstep(dreamer, lanes, pictures, settings, video, stop_requested) -> int:
+    """The loop of :func:`dream_lanes`: one batch per step until the lanes end or a stop; returns frames dreamed."""
+    device = dreamer.device
+    dreamed_frames = 0
     in_flight = None  # (lanes and indices, Download) of the batch queued last
     while lanes and not stop_requested():
         # 1. each lane's start picture: fresh at its first frame and at cuts, else carried

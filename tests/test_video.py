@@ -355,3 +355,13 @@ def test_long_runs_keep_memory_flat_and_frame_time_steady(tmp_path, make_panning
     # passing hiccup of a shared machine, but not to a loop that slows down.
     first, last = np.median(gaps[2000][:500]), np.median(gaps[2000][-500:])
     assert last < 1.5 * first, (first, last)
+
+
+def test_a_stopped_run_leaves_no_reader_behind():
+    """A stop (Ctrl-C, a studio cancel) closes each lane's reader: its thread ends though nobody takes its frames."""
+    frames = (np.zeros((32, 32, 3), np.uint8) for _ in range(100))
+    prefetch = video_module._Prefetch(frames, 0, 100, [], "dis")
+    prefetch.next()
+    prefetch.close()
+    prefetch.thread.join(timeout=5)
+    assert not prefetch.thread.is_alive()
