@@ -330,6 +330,7 @@ def cmd_presets(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every command and flag, declared in one place: a flat list of argparse calls, long but with no logic to split."""
     parser = Parser(
         prog="dreamreel",
         description="DeepDream for video and animation.",

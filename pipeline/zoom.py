@@ -297,6 +297,10 @@ def dream_zoom(
             their pyramid and step count.
 
     Resumable like :func:`~dreamreel.pipeline.video.dream_video`.
+
+    Longer than most functions here on purpose: its numbered steps (checks,
+    job, model, then per frame schedules → feed back → dream → save) are one
+    render read top to bottom, and the per-frame steps share a dozen locals.
     """
     from . import audio as audio_mod
     from .objectives import Objective, per_image
