@@ -143,30 +143,17 @@ def video_codec(requested: str) -> str:
     "auto" and "h264_nvenc" become h264_nvenc when this ffmpeg lists it and a
     one-frame trial encode works (an NVIDIA GPU and driver), else libx264; a
     fall-back from an NVENC that ffmpeg lists but cannot use is announced in one
-    warning with the cause, once per process (for "auto" only where torch sees
-    a CUDA GPU: elsewhere x264 is what anyone expects). Any other name must be
-    an encoder this ffmpeg has.
-
-    Raises:
-        ValueError: ``requested`` is no encoder of this ffmpeg.
+    warning with the cause, once per process. Any other name is returned as it is.
     """
-    exe = ffmpeg_exe()
     if requested not in (AUTO_CODEC, NVENC_CODEC):
-        if requested not in encoders(exe):
-            raise ValueError(f"--codec {requested!r}: this ffmpeg has no such encoder; use auto, {X264_CODEC} or another from `ffmpeg -encoders`")
         return requested
+    exe = ffmpeg_exe()
     problem = encoder_problem(exe, NVENC_CODEC)
     if problem is None:
         return NVENC_CODEC
-    if requested == NVENC_CODEC or (NVENC_CODEC in encoders(exe) and _cuda_present()):
+    if requested == NVENC_CODEC or NVENC_CODEC in encoders(exe):
         _warn_once(f"{NVENC_CODEC} cannot encode here ({problem}); encoding with {X264_CODEC}")
     return X264_CODEC
-
-
-def _cuda_present() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def codec_args(codec: str, settings: EncodeSettings) -> list[str]:
