@@ -572,6 +572,9 @@ def run_benchmark(
 ) -> dict:
     """Measure dreaming and the video pipeline; see the module docstring.
 
+    Long only in its signature and the argument checks that give each flag
+    its one-line error; the measuring is :func:`_measure`.
+
     Args:
         model: zoo name or TorchScript file.
         size: (width, height) of the generated clip, both even; not with ``input``.

@@ -648,7 +648,12 @@ def import_gradio():
 
 
 def build_page(folders: Folders, worker: RenderWorker):
-    """The Gradio Blocks of the studio (not launched)."""
+    """The Gradio Blocks of the studio (not launched).
+
+    Over 80 lines for a reason: a page is declared widget by widget, and the
+    event wiring at the end refers to those widgets; the work behind every
+    event is a function of its own above.
+    """
     gr = import_gradio()
     import pandas as pd
 
