@@ -143,7 +143,9 @@ def video_codec(requested: str) -> str:
     "auto" and "h264_nvenc" become h264_nvenc when this ffmpeg lists it and a
     one-frame trial encode works (an NVIDIA GPU and driver), else libx264; a
     fall-back from an NVENC that ffmpeg lists but cannot use is announced in one
-    warning with the cause, once per process. Any other name is returned as it is.
+    warning with the cause, once per process: for "auto" only where torch sees a
+    CUDA GPU (most ffmpeg builds list NVENC, and on a machine without a GPU x264
+    is what anyone expects). Any other name is returned as it is.
     """
     if requested not in (AUTO_CODEC, NVENC_CODEC):
         return requested
@@ -151,9 +153,15 @@ def video_codec(requested: str) -> str:
     problem = encoder_problem(exe, NVENC_CODEC)
     if problem is None:
         return NVENC_CODEC
-    if requested == NVENC_CODEC or NVENC_CODEC in encoders(exe):
+    if requested == NVENC_CODEC or (NVENC_CODEC in encoders(exe) and _cuda_present()):
         _warn_once(f"{NVENC_CODEC} cannot encode here ({problem}); encoding with {X264_CODEC}")
     return X264_CODEC
+
+
+def _cuda_present() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def codec_args(codec: str, settings: EncodeSettings) -> list[str]:

@@ -341,16 +341,27 @@ def test_auto_uses_nvenc_where_the_trial_encode_works(tmp_path, fake_ffmpeg, rec
     assert args == ["-c:v", "h264_nvenc", "-preset", "p2", "-rc", "vbr", "-cq", "20", "-b:v", "0"]
 
 
-def test_listed_nvenc_without_a_gpu_falls_back_to_x264_with_one_warning(tmp_path, fake_ffmpeg):
+def test_listed_nvenc_without_a_gpu_falls_back_to_x264_with_one_warning(tmp_path, fake_ffmpeg, monkeypatch):
+    from dreamreel.pipeline import encode
     from dreamreel.pipeline.encode import video_codec
 
     fake_ffmpeg(listed=True, works=False)
+    monkeypatch.setattr(encode, "_cuda_present", lambda: True)  # a GPU the driver cannot reach, say
     with pytest.warns(UserWarning) as caught:
         assert video_codec("auto") == "libx264"
         assert video_codec("auto") == "libx264"  # a second video in the same run: no second warning
     assert [str(w.message) for w in caught] == [
         "h264_nvenc cannot encode here (Cannot load libcuda.so.1); encoding with libx264"
     ]
+
+
+def test_auto_on_a_machine_without_a_gpu_gives_x264_quietly(tmp_path, fake_ffmpeg, monkeypatch, recwarn):
+    from dreamreel.pipeline import encode
+
+    fake_ffmpeg(listed=True, works=False)
+    monkeypatch.setattr(encode, "_cuda_present", lambda: False)
+    assert encode.video_codec("auto") == "libx264"
+    assert not recwarn.list
 
 
 def test_ffmpeg_without_nvenc_gives_x264_quietly_unless_nvenc_was_asked_for(tmp_path, fake_ffmpeg, recwarn):
