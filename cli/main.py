@@ -152,7 +152,7 @@ def cmd_video(args) -> int:
     preset = load_preset_arg(args, "video-flow")
     video = build("video", preset, {
         "blend": args.blend, "flow": args.flow, "iterations_next": args.iterations_next, "batch": args.batch,
-        "temporal": args.temporal,
+        "temporal": args.temporal, "warmup": args.warmup,
     })
     options = dict(start_s=args.start, end_s=args.end, max_frames=args.max_frames, max_side=args.max_side, progress=not args.quiet)
     settings, compute, encode = dream_settings(args, preset), compute_settings(args, preset), encode_settings(args, preset)
@@ -358,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pull of every ascent step towards the carried dream where the flow is trusted, 0..1 (0 = off)")
     v.add_argument("--batch", type=positive_int,
                    help="lanes dreamed as one batch, for throughput (default 1: strictly sequential)")
+    v.add_argument("--warmup", type=int, help="frames both lanes dream and crossfade over at a border inside a shot")
     v.add_argument("--start", type=float, default=0.0, help="first second to dream")
     v.add_argument("--end", type=float, help="second to stop before")
     v.add_argument("--max-frames", type=positive_int, help="dream at most N frames")

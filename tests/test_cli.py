@@ -108,6 +108,7 @@ CASES = [
     (["zoom", "{tmp}/o.mp4", "--seconds", "-1"], "finite number above 0, got -1"),
     (["zoom", "{tmp}/o.mp4", "--bpm", "0"], "--bpm: expected a finite number above 0"),
     (["video", "{tmp}/text.mp4", "{tmp}/o.mp4", "--workers", "2"], "--workers: only used with --ray"),
+    (["video", "{tmp}/text.mp4", "{tmp}/o.mp4", "--warmup", "-2"], "--warmup -2"),
 ]
 
 
