@@ -337,17 +337,25 @@ def naive_video(clip: Path, frames: int, model, settings, video, device, folder:
     return time.perf_counter() - start
 
 
-def stage_costs(clip: Path, frames: int, dreamed: list, video, fps, folder: Path) -> dict:
-    """Milliseconds per frame of each non-dream stage alone, on this thread.
+def stage_costs(clip: Path, frames: int, dreamed: list, video, fps, folder: Path, device) -> dict:
+    """Milliseconds per frame of each non-dream stage alone, on this thread, OpenCV on one thread as in the pipeline.
 
-    decode: OpenCV decoding; cuts: the scene-cut check (:class:`flow.CutDetector`);
-    flow: two flows and the consistency mask (the prefetch thread's work);
-    blend: the carried residual (on the CPU, as the pipeline does); save: the
-    PNG the work folder keeps; encode: :class:`FrameWriter` with the default
+    decode: decoding; cuts: the scene-cut check (:class:`flow.CutDetector`);
+    flow: the two flows of a frame (a reader thread's work); blend: the
+    consistency mask and the carried residual on ``device``, as the pipeline
+    does them; save: the PNG the work folder keeps; encode: :class:`FrameWriter` with the default
     settings (``encode_codec`` says which encoder), wall time until the file is
     closed, and the CPU time ffmpeg used (``encode_cpu``), which on a small CPU
     is taken from the model.
     """
+    from dreamreel.pipeline.video import one_opencv_thread
+
+    with one_opencv_thread():
+        return _stage_costs(clip, frames, dreamed, video, fps, folder, device)
+
+
+def _stage_costs(clip, frames, dreamed, video, fps, folder, device) -> dict:
+    """The measuring of :func:`stage_costs`."""
     import resource
 
     import torch
@@ -375,16 +383,18 @@ def stage_costs(clip: Path, frames: int, dreamed: list, video, fps, folder: Path
     flows = []
     start = time.perf_counter()
     for previous, current in pairs:
-        backward = estimator(current, previous)
-        flows.append((backward, flow.consistency_mask(estimator(previous, current), backward)))
+        flows.append((estimator(current, previous), estimator(previous, current)))
     costs["flow"] = (time.perf_counter() - start) / max(1, len(pairs))
 
     start = time.perf_counter()
-    for (previous, current), (backward, mask), previous_dream in zip(pairs, flows, dreamed):
+    for (previous, current), (backward, forward), previous_dream in zip(pairs, flows, dreamed):
+        backward = flow.flow_to_tensor(backward, device=device)
+        mask = flow.consistency_mask(flow.flow_to_tensor(forward, device=device), backward)
         carry_residual(
-            to_tensor(current), to_tensor(previous_dream), to_tensor(previous), flow.flow_to_tensor(backward),
-            torch.from_numpy(mask)[None, None], video.blend,
+            to_tensor(current, device), to_tensor(previous_dream, device), to_tensor(previous, device), backward, mask, video.blend
         )  # fmt: skip
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     costs["blend"] = (time.perf_counter() - start) / max(1, len(flows))
 
     saved = folder / "stages-frames"  # as the render job saves finished frames
@@ -746,7 +756,7 @@ def _measure(
 
     # 6. each other stage alone
     log("stage costs")
-    stages = stage_costs(short_clip, frames, dreamed, video, clip_fps, folder)
+    stages = stage_costs(short_clip, frames, dreamed, video, clip_fps, folder, dev)
     stages["ms_per_frame"]["dream"] = 1000 / fps_dream_only
     del dreamer, dreamed
     phase("stages")

@@ -189,7 +189,7 @@ def dream_videos(
     try:
         # 1. each video: checked, counted and cut into shots by Ray tasks
         clips = [
-            open_clip(i, o, start_s=start_s, end_s=end_s, max_frames=max_frames, max_side=max_side, cut_pass=lambda c: find_cuts_ray(ray, c))
+            open_clip(i, o, start_s=start_s, end_s=end_s, max_frames=max_frames, max_side=max_side).counted(lambda c: find_cuts_ray(ray, c))
             for i, o in videos
         ]
         with ExitStack() as stack:

@@ -435,7 +435,9 @@ class CapturedStep:
                 run_once()
         torch.cuda.current_stream(x.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: the video's reader threads pin host memory meanwhile,
+        # which under the default "global" mode would void the capture.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             new_x, self.score = run_once()
             self.x.copy_(new_x)
 
@@ -679,6 +681,21 @@ class Dreamer:
             graphs=self.graphs,
         )
 
+    def warm_up(self, batch: int, height: int, width: int, *, anchored: bool = False) -> None:
+        """Capture the ascent steps of (batch, 3, height, width) pictures now, so the first real frame is quick.
+
+        On CUDA it dreams a flat grey batch one step an octave (with a
+        temporal anchor if ``anchored``, the video's captured step), which
+        chooses the tile and captures every octave's graph; elsewhere it does
+        nothing. The dreamer's own random stream is left as it was.
+        """
+        if self.graphs is None:
+            return
+        grey = torch.full((batch, 3, height, width), 0.5, device=self.device)
+        anchor = (grey, torch.zeros_like(grey[:, :1]), 0.5) if anchored else None
+        self(grey, iterations=1, generators=[torch.Generator()], anchor=anchor)
+        torch.cuda.synchronize(self.device)
+
     def gpu_tile(self, batch: int, height: int, width: int, settings: DreamSettings) -> int:
         """Tile side for ``tile = None`` on CUDA: the whole picture if one ascent step fits.
 
@@ -707,17 +724,31 @@ class Dreamer:
 
 
 def to_tensor(rgb, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(H, W, 3) uint8 array, or a list of them → (B, 3, H, W) float32 in [0, 1] on ``device``.
+    """(H, W, 3) uint8 array, a list of them, or a (B, H, W, 3) uint8 tensor → (B, 3, H, W) float32 in [0, 1] on ``device``.
 
     To a GPU the 8-bit pixels travel through pinned memory without waiting for
-    the work already queued there, and are converted on arrival.
+    the work already queued there, and are converted on arrival; a tensor
+    from :func:`pinned` goes without another copy.
     """
     import numpy as np
 
-    batch = torch.from_numpy(np.stack(rgb) if isinstance(rgb, (list, tuple)) else rgb[None])
-    if torch.device(device).type == "cuda":
-        batch = batch.pin_memory()
+    if torch.is_tensor(rgb):
+        batch = rgb
+    else:
+        array = np.stack(rgb) if isinstance(rgb, (list, tuple)) else rgb[None]
+        batch = pinned(array) if torch.device(device).type == "cuda" else torch.from_numpy(array)
     return batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+
+
+def pinned(array) -> torch.Tensor:
+    """A copy of a numpy array in page-locked host memory, which a GPU copies from without waiting.
+
+    numpy copies it: reader threads call this, and a torch copy of a frame
+    would start a team of OpenMP threads in each of them.
+    """
+    host = torch.empty(array.shape, dtype=torch.from_numpy(array.reshape(-1)[:0]).dtype, pin_memory=True)
+    host.numpy()[...] = array
+    return host
 
 
 def quantize_8bit(images: torch.Tensor) -> torch.Tensor:

@@ -22,37 +22,41 @@ work folder, so a resumed run cuts the video the same way. Lanes are opt-in
 
 On a GPU every picture of the loop (the carried dream, the warp, the
 consistency mask) stays on the device; the CPU decodes and computes flow
-ahead in threads, and the dreamed frame is copied back while the next one is
-already queued, so the GPU does not wait for the host.
+ahead in threads (into page-locked memory), and the dreamed frame is copied
+back while the next one is already queued, so the GPU does not wait for the
+host. Before the loop, the model loads and captures its steps at the clip's
+size while the cut pass reads the clip.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
-import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
 from . import decode, flow, segments
-from .dream import ComputeSettings, Download, Dreamer, DreamSettings, frame_generator, quantize_8bit, to_tensor
+from .dream import ComputeSettings, Download, Dreamer, DreamSettings, frame_generator, pinned, quantize_8bit, to_tensor
 from .encode import EncodeSettings, FrameWriter, output_kind
 from .files import check_output_folder
 from .render import RenderJob, RenderResult, file_stamp, job_record
 
 PREFETCH_FRAMES = 4  # decoded + flowed frames waiting per lane
-# Threads computing flow for consecutive frames at once: DIS (medium) took
-# 59 ms for a 1280x720 pair (both directions) on the 16-core GPU host, so one
-# thread capped a GPU render at 17 frames/s.
-FLOW_WORKERS = min(4, os.cpu_count() or 1)
+# Threads computing flow for consecutive frames at once, each with OpenCV on
+# one thread (see dream_video): DIS (medium) takes ~100 ms of one core per
+# direction at 1280x720, so a GPU dreaming 25 frames/s needs about 5 of them.
+FLOW_WORKERS = min(8, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -143,24 +147,31 @@ class _Lane:
 class _Prefetch:
     """Decode frames ``first..stop-1`` in a background thread, with their flow from ``FLOW_WORKERS`` threads.
 
-    Each item is the frame and the backward and forward flow between it and
-    the frame before (None at ``first``, at ``cuts``, where a new shot starts
-    and nothing is carried, and with ``method`` "none").
+    Each item holds the frame as a (1, H, W, 3) uint8 tensor (``pixels``)
+    and the backward and forward flow between it and the frame before as a
+    (2, H, W, 2) float32 tensor (``flows``: None at ``first``, at ``cuts``,
+    where a new shot starts and nothing is carried, and with ``method``
+    "none"). With ``pin`` (a GPU dreams) both are made in page-locked memory
+    here, so the loop's thread only queues their copies.
     """
 
-    def __init__(self, frames: Iterator[np.ndarray], first: int, stop: int, cuts: Sequence[int], method: str):
+    def __init__(self, frames: Iterator[np.ndarray], first: int, stop: int, cuts: Sequence[int], method: str, pin: bool = False):
         self.queue: queue.Queue = queue.Queue(maxsize=PREFETCH_FRAMES)
         self.method = method
+        self.pin = pin
         self._local = threading.local()  # a FlowEstimator per flow thread: they are not thread-safe
         self._closed = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(frames, first, stop, set(cuts)), daemon=True)
         self.thread.start()
 
-    def _flows(self, previous: np.ndarray, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _host(self, array: np.ndarray) -> torch.Tensor:
+        return pinned(array) if self.pin else torch.from_numpy(array)
+
+    def _flows(self, previous: np.ndarray, frame: np.ndarray) -> torch.Tensor:
         estimator = getattr(self._local, "estimator", None)
         if estimator is None:
             estimator = self._local.estimator = flow.FlowEstimator(self.method)
-        return estimator(frame, previous), estimator(previous, frame)
+        return self._host(np.stack([estimator(frame, previous), estimator(previous, frame)]))
 
     def _run(self, frames: Iterator[np.ndarray], first: int, stop: int, cuts: set[int]) -> None:
         previous = None
@@ -172,7 +183,7 @@ class _Prefetch:
                     flows = None
                     if previous is not None and self.method != "none" and not cut:
                         flows = pool.submit(self._flows, previous, frame)
-                    pending.append((frame, cut, flows))
+                    pending.append((self._host(frame[None]), cut, flows))
                     previous = frame
                     while len(pending) > FLOW_WORKERS:
                         if not self._put(_item(*pending.popleft())):
@@ -208,9 +219,8 @@ class _Prefetch:
         return item
 
 
-def _item(frame: np.ndarray, cut: bool, flows) -> dict:
-    backward, forward = flows.result() if flows is not None else (None, None)
-    return {"frame": frame, "cut": cut, "backward": backward, "forward": forward}
+def _item(pixels: torch.Tensor, cut: bool, flows) -> dict:
+    return {"pixels": pixels, "cut": cut, "flows": flows.result() if flows is not None else None}
 
 
 def dream_lanes(
@@ -249,9 +259,10 @@ def dream_lanes(
         if index >= seg.stop:
             continue
         carried = index > seg.first  # its previous frame is on disk: carry it, as the interrupted run did
-        lane = _Lane(k, seg.first, seg.stop, index, _Prefetch(frames(index - carried), index - carried, seg.stop, plan.cuts, video.flow))
+        reader = _Prefetch(frames(index - carried), index - carried, seg.stop, plan.cuts, video.flow, pin=device.type == "cuda")
+        lane = _Lane(k, seg.first, seg.stop, index, reader)
         if carried:
-            lane.previous_input = to_tensor(lane.prefetch.next()["frame"], device)
+            lane.previous_input = to_tensor(lane.prefetch.next()["pixels"], device)
             lane.previous_dream = to_tensor(pictures.load(k, index - 1), device)
         lanes.append(lane)
     try:
@@ -271,7 +282,7 @@ def _lockstep(dreamer, lanes, pictures, settings, video, stop_requested) -> int:
         starts, weights, generators, groups = [], [], [], {}
         for lane in lanes:
             item = lane.prefetch.next()
-            current = to_tensor(item["frame"], device)
+            current = to_tensor(item["pixels"], device)
             if lane.index == lane.first or item["cut"] or video.blend == 0:
                 start = current
                 weight = torch.zeros_like(start[:, :1])  # nothing carried: no temporal pull
@@ -348,6 +359,21 @@ class Clip:
             self.input, start_s=self.start_s, end_s=self.end_s, max_frames=self.max_frames, max_side=self.max_side, skip=first
         )
 
+    def counted(self, cut_pass: Callable[[Clip], tuple[int, tuple[int, ...]]] | None = None) -> Clip:
+        """This clip with its frames counted and its cuts found, in one pass over it.
+
+        ``cut_pass(clip)`` returns ``(total, cuts)``; the default reads the
+        clip once with :func:`~dreamreel.pipeline.segments.find_cuts` (Ray
+        spreads it over workers).
+
+        Raises:
+            ValueError: no frames between ``start_s`` and ``end_s``.
+        """
+        total, cuts = cut_pass(self) if cut_pass else segments.find_cuts(self.frames())
+        if total == 0:
+            raise ValueError(f"{self.input}: no frames between --start {self.start_s} and --end {self.end_s}")
+        return dataclasses.replace(self, total=total, cuts=cuts)
+
     def record(self, settings: DreamSettings, compute: ComputeSettings, video: VideoSettings, **parts) -> dict:
         """The job record (:func:`~dreamreel.pipeline.render.job_record`) of dreaming this clip; ``parts`` add to it."""
         clip = {"start_s": self.start_s, "end_s": self.end_s, "max_frames": self.max_frames, "max_side": self.max_side}
@@ -368,17 +394,12 @@ def open_clip(
     end_s: float | None = None,
     max_frames: int | None = None,
     max_side: int | None = None,
-    cut_pass: Callable[[Clip], tuple[int, tuple[int, ...]]] | None = None,
 ) -> Clip:
-    """Check input and output before any work, then count the frames and find the cuts in one pass.
-
-    ``cut_pass(clip)`` returns ``(total, cuts)`` of a clip whose total is not
-    known yet; the default reads it once with
-    :func:`~dreamreel.pipeline.segments.find_cuts` (Ray spreads it over workers).
+    """Check input and output before any work; the clip's frames are not counted yet (:meth:`Clip.counted`).
 
     Raises:
-        ValueError: an unreadable input, an output that cannot be written or
-            is the input, or no frames between ``start_s`` and ``end_s``.
+        ValueError: an unreadable input, or an output that cannot be written
+            or is the input.
     """
     input_path = Path(input).resolve()  # Ray workers on other nodes have other working folders
     info = decode.probe_video(input_path)
@@ -388,11 +409,7 @@ def open_clip(
     if out.exists() and out.resolve() == input_path.resolve():
         raise ValueError(f"OUTPUT {output} is the input file; choose another name so the input is kept")
     size = decode.output_size(info.width, info.height, max_side)
-    clip = Clip(input_path, out, info.fps, size, 0, (), start_s, end_s, max_frames, max_side)
-    total, cuts = cut_pass(clip) if cut_pass else segments.find_cuts(clip.frames())
-    if total == 0:
-        raise ValueError(f"{input_path}: no frames between --start {start_s} and --end {end_s}")
-    return dataclasses.replace(clip, total=total, cuts=cuts)
+    return Clip(input_path, out, info.fps, size, 0, (), start_s, end_s, max_frames, max_side)
 
 
 def dream_video(
@@ -415,27 +432,46 @@ def dream_video(
     command after an interruption continues where it stopped. Ctrl-C finishes
     the frames in hand, saves them and raises KeyboardInterrupt.
     """
-    # 1. check input and output, count the frames and find the cuts, before any work
+    # 1. check input and output before any work
     clip = open_clip(input, output, start_s=start_s, end_s=end_s, max_frames=max_frames, max_side=max_side)
-    total, cuts = clip.total, clip.cuts
-    width, height = clip.size
+    with one_opencv_thread():
+        # 2. the cut pass counts the frames in a thread while the model loads and captures its steps at the clip's size
+        with ThreadPoolExecutor(1, thread_name_prefix="dreamreel-cuts") as cut_pass:
+            counting = cut_pass.submit(clip.counted)
+            dreamer = Dreamer(settings, compute)
+            dreamer.warm_up(video.batch, clip.size[1], clip.size[0], anchored=video.temporal > 0)
+            clip = counting.result()
 
-    # 2. the render job: work folder and lock, frames already done, the writer
-    with RenderJob.open(clip.output, clip.record(settings, compute, video), total, writer=clip.writer(encode)) as job:
-        # 3. the model, loaded once; the lane plan, stored so a resumed run cuts the video the same way
-        dreamer = Dreamer(settings, compute)
-        plan = segments.load_plan(job.folder)
-        if plan is None:
-            plan = segments.plan_lanes(total, cuts, video.batch, video.warmup)
-            segments.save_plan(job.folder, plan)
-        elif plan.total != total:
-            raise ValueError(f"{job.folder} holds a plan for {plan.total} frames, not {total}; delete it to start over")
-        with job.running(desc="dreaming", progress=progress):
-            pictures = segments.SegmentPictures(job.folder, plan, job.done, job.load_frame, job.put)
-            pictures.finish_crossfades()
-            # 4. the lanes in lockstep until every lane is done or Ctrl-C
-            dream_lanes(dreamer, plan, range(len(plan.segments)), clip.frames, pictures, settings, video, lambda: job.stop_requested)
-        return job.finish(lanes=len(plan.segments))
+        # 3. the render job: work folder and lock, frames already done, the writer
+        with RenderJob.open(clip.output, clip.record(settings, compute, video), clip.total, writer=clip.writer(encode)) as job:
+            # 4. the lane plan, stored so a resumed run cuts the video the same way
+            plan = segments.load_plan(job.folder)
+            if plan is None:
+                plan = segments.plan_lanes(clip.total, clip.cuts, video.batch, video.warmup)
+                segments.save_plan(job.folder, plan)
+            elif plan.total != clip.total:
+                raise ValueError(f"{job.folder} holds a plan for {plan.total} frames, not {clip.total}; delete it to start over")
+            with job.running(desc="dreaming", progress=progress):
+                pictures = segments.SegmentPictures(job.folder, plan, job.done, job.load_frame, job.put)
+                pictures.finish_crossfades()
+                # 5. the lanes in lockstep until every lane is done or Ctrl-C
+                dream_lanes(dreamer, plan, range(len(plan.segments)), clip.frames, pictures, settings, video, lambda: job.stop_requested)
+            return job.finish(lanes=len(plan.segments))
+
+
+@contextmanager
+def one_opencv_thread() -> Iterator[None]:
+    """OpenCV on one thread inside (process-wide, restored after): the video stage's flow, saving and reading have threads of their own.
+
+    OpenCV's pool of spinning threads per call only took cores from them: on
+    a 16-core GPU host DIS used 2.4x the CPU time it needs on one thread.
+    """
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 def _anchor(starts: torch.Tensor, weights: torch.Tensor, temporal: float) -> tuple | None:
@@ -458,10 +494,10 @@ def _anchor(starts: torch.Tensor, weights: torch.Tensor, temporal: float) -> tup
 def _carry(lane: _Lane, current: torch.Tensor, item: dict, blend: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame ``current``'s (1, 3, H, W) start picture and its (1, 1, H, W) consistency mask, on its device."""
     _, _, h, w = current.shape
-    if item["backward"] is None:  # --flow none: plain blending, everything "consistent"
+    if item["flows"] is None:  # --flow none: plain blending, everything "consistent"
         backward = torch.zeros(1, h, w, 2, device=current.device)
         mask = torch.ones(1, 1, h, w, device=current.device)
     else:
-        backward = flow.flow_to_tensor(item["backward"], device=current.device)
-        mask = flow.consistency_mask(flow.flow_to_tensor(item["forward"], device=current.device), backward)
+        backward, forward = item["flows"].to(current.device, non_blocking=True).split(1)
+        mask = flow.consistency_mask(forward, backward)
     return carry_residual(current, lane.previous_dream, lane.previous_input, backward, mask, blend), mask

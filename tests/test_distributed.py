@@ -220,7 +220,7 @@ def test_the_cut_pass_in_ray_tasks_finds_what_one_pass_finds(ray_cluster, shots_
     from dreamreel.pipeline.distributed import find_cuts_ray
     from dreamreel.pipeline.video import open_clip
 
-    clip = open_clip(shots_clip, tmp_path / "out.mp4")
+    clip = open_clip(shots_clip, tmp_path / "out.mp4").counted()
     assert (clip.total, clip.cuts) == (18, (6, 12))
     for chunk in (4, 6, 7, 18, 50):  # chunk borders on a cut, beside one, at the end, past it
         assert find_cuts_ray(ray_cluster, clip, chunk_frames=chunk) == (18, (6, 12)), chunk
