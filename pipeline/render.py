@@ -61,9 +61,10 @@ from .files import frame_indices, frame_path, load_image, save_image, write_atom
 
 SUFFIX = ".dreamreel"
 QUEUE_FRAMES = 8  # frames in flight between the loop and the savers
-# PNG-compressing a 1280x720 frame took 60 ms of one core on the 16-core GPU
-# host, so one saver capped a GPU render at 16 frames/s; savers share the queue.
-SAVER_THREADS = 3
+# Saving a 1280x720 frame (PNG, level 1) took 90-120 ms of one core on the
+# 16-core GPU host while flow ran beside it, so 3 savers capped a GPU video at
+# about 25 frames/s; savers share the queue.
+SAVER_THREADS = 6
 # PNG level 1: ~3x faster to write than the default level 3 for ~10% more
 # bytes; the frames are temporary.
 PNG_COMPRESSION = 1

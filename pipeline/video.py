@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from . import decode, flow, segments
-from .dream import ComputeSettings, Download, Dreamer, DreamSettings, frame_generator, pinned, quantize_8bit, to_tensor
+from .dream import ComputeSettings, Download, Dreamer, DreamSettings, HostBuffers, frame_generator, quantize_8bit, to_tensor
 from .encode import EncodeSettings, FrameWriter, output_kind
 from .files import check_output_folder
 from .render import RenderJob, RenderResult, file_stamp, job_record
@@ -151,21 +151,24 @@ class _Prefetch:
     and the backward and forward flow between it and the frame before as a
     (2, H, W, 2) float32 tensor (``flows``: None at ``first``, at ``cuts``,
     where a new shot starts and nothing is carried, and with ``method``
-    "none"). With ``pin`` (a GPU dreams) both are made in page-locked memory
-    here, so the loop's thread only queues their copies.
+    "none"). With ``buffers`` (a GPU dreams) both are made in its page-locked
+    buffers here, so the loop's thread only queues their copies (and gives
+    the buffers back).
     """
 
-    def __init__(self, frames: Iterator[np.ndarray], first: int, stop: int, cuts: Sequence[int], method: str, pin: bool = False):
+    def __init__(
+        self, frames: Iterator[np.ndarray], first: int, stop: int, cuts: Sequence[int], method: str, buffers: HostBuffers | None = None
+    ):
         self.queue: queue.Queue = queue.Queue(maxsize=PREFETCH_FRAMES)
         self.method = method
-        self.pin = pin
+        self.buffers = buffers
         self._local = threading.local()  # a FlowEstimator per flow thread: they are not thread-safe
         self._closed = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(frames, first, stop, set(cuts)), daemon=True)
         self.thread.start()
 
     def _host(self, array: np.ndarray) -> torch.Tensor:
-        return pinned(array) if self.pin else torch.from_numpy(array)
+        return self.buffers.copy_of(array) if self.buffers is not None else torch.from_numpy(array)
 
     def _flows(self, previous: np.ndarray, frame: np.ndarray) -> torch.Tensor:
         estimator = getattr(self._local, "estimator", None)
@@ -259,10 +262,10 @@ def dream_lanes(
         if index >= seg.stop:
             continue
         carried = index > seg.first  # its previous frame is on disk: carry it, as the interrupted run did
-        reader = _Prefetch(frames(index - carried), index - carried, seg.stop, plan.cuts, video.flow, pin=device.type == "cuda")
+        reader = _Prefetch(frames(index - carried), index - carried, seg.stop, plan.cuts, video.flow, dreamer.host_buffers)
         lane = _Lane(k, seg.first, seg.stop, index, reader)
         if carried:
-            lane.previous_input = to_tensor(lane.prefetch.next()["pixels"], device)
+            lane.previous_input = to_tensor(lane.prefetch.next()["pixels"], device, buffers=dreamer.host_buffers)
             lane.previous_dream = to_tensor(pictures.load(k, index - 1), device)
         lanes.append(lane)
     try:
@@ -282,13 +285,13 @@ def _lockstep(dreamer, lanes, pictures, settings, video, stop_requested) -> int:
         starts, weights, generators, groups = [], [], [], {}
         for lane in lanes:
             item = lane.prefetch.next()
-            current = to_tensor(item["pixels"], device)
+            current = to_tensor(item["pixels"], device, buffers=dreamer.host_buffers)
             if lane.index == lane.first or item["cut"] or video.blend == 0:
                 start = current
                 weight = torch.zeros_like(start[:, :1])  # nothing carried: no temporal pull
                 n_iter = settings.iterations
             else:
-                start, weight = _carry(lane, current, item, video.blend)
+                start, weight = _carry(lane, current, item, video.blend, dreamer.host_buffers)
                 n_iter = settings.iterations if video.iterations_next is None else video.iterations_next
             lane.previous_input = current
             starts.append(start)
@@ -306,7 +309,7 @@ def _lockstep(dreamer, lanes, pictures, settings, video, stop_requested) -> int:
         for lane, picture in zip(lanes, dreamed):
             lane.previous_dream = picture
         # 3. copy this batch to the host while the next one is queued; finish, or keep for the crossfade, the last one
-        queued = ([(lane.segment, lane.index) for lane in lanes], Download(torch.cat(dreamed)))
+        queued = ([(lane.segment, lane.index) for lane in lanes], Download(torch.cat(dreamed), dreamer.host_buffers))
         if in_flight is not None:
             _hand_over(in_flight, pictures)
         in_flight = queued
@@ -491,7 +494,7 @@ def _anchor(starts: torch.Tensor, weights: torch.Tensor, temporal: float) -> tup
     return starts, weights, temporal
 
 
-def _carry(lane: _Lane, current: torch.Tensor, item: dict, blend: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _carry(lane: _Lane, current: torch.Tensor, item: dict, blend: float, buffers: HostBuffers | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame ``current``'s (1, 3, H, W) start picture and its (1, 1, H, W) consistency mask, on its device."""
     _, _, h, w = current.shape
     if item["flows"] is None:  # --flow none: plain blending, everything "consistent"
@@ -499,5 +502,7 @@ def _carry(lane: _Lane, current: torch.Tensor, item: dict, blend: float) -> tupl
         mask = torch.ones(1, 1, h, w, device=current.device)
     else:
         backward, forward = item["flows"].to(current.device, non_blocking=True).split(1)
+        if buffers is not None:
+            buffers.give(item["flows"])
         mask = flow.consistency_mask(forward, backward)
     return carry_residual(current, lane.previous_dream, lane.previous_input, backward, mask, blend), mask

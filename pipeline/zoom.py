@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .dream import (
-    ComputeSettings, Dreamer, DreamSettings, frame_generator, gaussian_blur, noise_image, quantize_8bit, to_tensor, to_uint8,
+    ComputeSettings, Download, Dreamer, DreamSettings, frame_generator, gaussian_blur, noise_image, quantize_8bit, to_tensor,
 )
 from .encode import EncodeSettings, FrameWriter, output_kind
 from .files import check_output_folder, load_image
@@ -386,7 +386,7 @@ def dream_zoom(
                         objective=batch_objective(tuple(members)),
                     ).to(dreamed.dtype)
                 previous = quantize_8bit(dreamed)  # carry the 8-bit frame, exactly as saved
-                rgb = to_uint8(previous)
+                rgb = Download(previous, dreamer.host_buffers).wait()
                 if reference is None:
                     reference = lab_stats(previous)
                 # 7. save and encode (side by side)

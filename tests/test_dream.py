@@ -221,3 +221,23 @@ def test_fp16_gradient_of_small_tiles_does_not_underflow(tiny_model):
     fp16, _ = D.objective_gradient(tiny_model, x, obj, tile=64, autocast_dtype=torch.float16)
     assert (fp16 != 0).float().mean() > 0.95
     assert torch.nn.functional.cosine_similarity(fp16.flatten(), fp32.flatten(), dim=0) > 0.99
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_host_buffers_are_reused_while_the_gpu_queue_stays_full():
+    """Uploads and downloads of every frame, with work always queued on the GPU, keep a few buffers, not one per frame."""
+    import numpy as np
+
+    buffers = D.HostBuffers()
+    busy = torch.randn(2048, 2048, device="cuda")
+    frame = np.random.default_rng(0).integers(0, 256, (72, 128, 3), dtype=np.uint8)
+    taken = set()
+    take = buffers.take
+    buffers.take = lambda shape, dtype: taken.add((t := take(shape, dtype)).data_ptr()) or t
+    for _ in range(60):
+        for _ in range(4):
+            busy = busy @ busy / 2048  # the GPU's queue never runs dry
+        rgb = D.Download(D.to_tensor(frame, "cuda", buffers=buffers), buffers).wait()
+        assert (rgb[0] == frame).all()  # each buffer holds what it should when it is read
+    assert len(taken) <= 8, len(taken)
