@@ -58,6 +58,9 @@ WORKER_RESTARTS = 3
 # each): serial on the driver it would read a 90-minute film alone while the
 # GPUs wait (see docs/scaling.md).
 CUT_CHUNK_FRAMES = 2000
+# How often the driver looks for frames the workers finished, for the progress
+# bar and the encoder (seconds); a finished segment is noticed at once.
+PROGRESS_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -317,11 +320,16 @@ def _run(ray, workers: list, jobs: list[_Job]) -> dict[str, tuple[int, float]]:
             j, k = todo.pop()
             worker = idle.pop()
             job = jobs[j]
-            running[worker.dream.remote(job.clip, str(job.render.folder), plans[j], k)] = (worker, j)
+            running[worker.dream.remote(job.clip, str(job.render.folder), plans[j], k)] = (worker, j, k)
         if not running:
             break
-        ready, _ = ray.wait(list(running), num_returns=1)
-        worker, j = running.pop(ready[0])
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=PROGRESS_POLL_S)
+        if not ready:  # frames the workers finished meanwhile: the progress bar and the encoder move on
+            for _, j, k in running.values():
+                seg = jobs[j].plan.segments[k]
+                _add_finished(jobs[j], range(seg.first, seg.stop))
+            continue
+        worker, j, _ = running.pop(ready[0])
         try:
             result = ray.get(ready[0])
         except ray.exceptions.RayError as exc:

@@ -237,3 +237,22 @@ def test_dream_videos_dreams_a_list_in_one_queue(ray_cluster, shots_clip, single
     for t, (a, b) in enumerate(zip(single_process, read_png_frames(outs[0]))):
         np.testing.assert_array_equal(a, b, err_msg=f"frame {t}")
     assert len(list(read_frames(outs[1]))) == 18 and not work_folder(outs[1]).exists()
+
+
+@pytest.mark.slow
+def test_the_progress_bar_moves_per_frame_not_per_segment(ray_cluster, tmp_path, monkeypatch):
+    """One shot is one segment: its frames reach the job (bar and encoder) while the worker still dreams it."""
+    from dreamreel.pipeline.distributed import RaySettings, dream_video_ray
+    from dreamreel.pipeline.render import RenderJob
+
+    clip = tmp_path / "shot.mp4"
+    picture = textured_frame(48, 48 + 4 * 16, seed=5)
+    with FrameWriter(clip, fps=25, size=(48, 48), settings=EncodeSettings(crf=0)) as writer:
+        for t in range(16):  # 16 frames at PAUSE_S each: the segment takes 1.6 s or more, three polls of the driver
+            writer.write(np.ascontiguousarray(picture[:, 4 * t : 4 * t + 48]))
+    added = []
+    add_saved = RenderJob.add_saved
+    monkeypatch.setattr(RenderJob, "add_saved", lambda self, t: added.append(time.perf_counter()) or add_saved(self, t))
+    dream_video_ray(clip, tmp_path / "out.mp4", SETTINGS, CPU, VIDEO, ENCODE, RaySettings(workers=1), progress=False)
+    assert len(added) == 16
+    assert added[-1] - added[0] > PAUSE_S  # handed over as they were finished, not all at the segment's end
