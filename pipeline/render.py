@@ -61,7 +61,7 @@ from .files import frame_indices, frame_path, load_image, save_image, write_atom
 
 SUFFIX = ".dreamreel"
 QUEUE_FRAMES = 8  # frames in flight between the loop and the savers
-# Saving a 1280x720 frame (PNG, level 1) took 90-120 ms of one core on the
+# Saving a 1280x720 frame (PNG, level 1) took 90-160 ms of one core on the
 # 16-core GPU host while flow ran beside it, so 3 savers capped a GPU video at
 # about 25 frames/s; savers share the queue.
 SAVER_THREADS = 6

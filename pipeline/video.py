@@ -54,8 +54,9 @@ from .render import RenderJob, RenderResult, file_stamp, job_record
 
 PREFETCH_FRAMES = 4  # decoded + flowed frames waiting per lane
 # Threads computing flow for consecutive frames at once, each with OpenCV on
-# one thread (see dream_video): DIS (medium) takes ~100 ms of one core per
-# direction at 1280x720, so a GPU dreaming 25 frames/s needs about 5 of them.
+# one thread (see dream_video): DIS (medium) took 98 ms of one core per
+# direction at 1280x720 on the development machine and 136-161 ms on the
+# 16-core GPU host, so a GPU dreaming 25 frames/s needs 5 to 8 of them.
 FLOW_WORKERS = min(8, os.cpu_count() or 1)
 
 
@@ -467,7 +468,8 @@ def one_opencv_thread() -> Iterator[None]:
     """OpenCV on one thread inside (process-wide, restored after): the video stage's flow, saving and reading have threads of their own.
 
     OpenCV's pool of spinning threads per call only took cores from them: on
-    a 16-core GPU host DIS used 2.4x the CPU time it needs on one thread.
+    the 16-core GPU host a DIS call cost about 240 ms of CPU time that way,
+    against 136-161 ms on one thread.
     """
     before = cv2.getNumThreads()
     cv2.setNumThreads(1)
