@@ -54,9 +54,9 @@ RAY_MISSING = '--ray needs Ray, an optional extra: pip install "dreamreel[ray]"'
 # A worker that dies is restarted this many times, and the segment it held
 # retried as often, before the job fails (each restart reloads the model).
 WORKER_RESTARTS = 3
-# The cut pass is spread over Ray tasks of this many frames each (one CPU
-# each): serial on the driver it would read a 90-minute film alone while the
-# GPUs wait (see docs/scaling.md).
+# The cut pass is spread over Ray tasks of this many frames each: serial on
+# the driver it would read a 90-minute film alone while the GPUs wait (see
+# docs/scaling.md).
 CUT_CHUNK_FRAMES = 2000
 # How often the driver looks for frames the workers finished, for the progress
 # bar and the encoder (seconds); a finished segment is noticed at once.
@@ -190,11 +190,10 @@ def dream_videos(
     if started:
         ray.init(address=distributed.address, include_dashboard=False, log_to_driver=verbose)
     try:
-        # 1. each video: checked, counted and cut into shots by Ray tasks
-        clips = [
-            open_clip(i, o, start_s=start_s, end_s=end_s, max_frames=max_frames, max_side=max_side).counted(lambda c: find_cuts_ray(ray, c))
-            for i, o in videos
-        ]
+        # 1. each video checked; the workers start, each loading its model, while Ray tasks count the frames and find the cuts
+        clips = [open_clip(i, o, start_s=start_s, end_s=end_s, max_frames=max_frames, max_side=max_side) for i, o in videos]
+        workers = _start_workers(ray, settings, compute, video, distributed)
+        clips = [clip.counted(lambda c: find_cuts_ray(ray, c)) for clip in clips]
         with ExitStack() as stack:
             # 2. the render jobs, their stored (or new) plans
             jobs = []
@@ -207,12 +206,10 @@ def dream_videos(
                     segments.save_plan(render.folder, plan)
                 pictures = segments.SegmentPictures(render.folder, plan, render.done, render.load_frame, render.put)
                 jobs.append(_Job(clip, render, plan, pictures))
-            # 3. the workers, each with its model
-            workers = _start_workers(ray, settings, compute, video, distributed)
             with ExitStack() as running:
                 for job in jobs:
                     running.enter_context(job.render.running(desc=f"dreaming {job.clip.input.name}", progress=progress))
-                # 4. segments to workers as they come free; frames to the encoders as segments finish
+                # 3. segments to workers as they come free; frames to the encoders as segments finish
                 rates = _run(ray, workers, jobs)
                 for job in jobs:
                     job.pictures.finish_crossfades()  # frames whose two parts came from workers that missed each other
@@ -247,12 +244,14 @@ def find_cuts_ray(ray, clip: Clip, chunk_frames: int = CUT_CHUNK_FRAMES) -> tupl
     Chunk k reads frames ``k·n - 1 .. (k+1)·n - 1`` (one frame before its own,
     so the pair across its start is checked too) and finds the same cuts as
     one pass would. Chunks go out in waves, one per CPU of the cluster, until
-    one comes back short: the clip's end.
+    one comes back short: the clip's end. The tasks reserve no CPU: the
+    dreaming workers hold the CPUs (they load their models meanwhile), and
+    the pass is short beside the dreaming.
 
     Returns:
         ``(total, cuts)`` as :func:`~dreamreel.pipeline.segments.find_cuts` gives them.
     """
-    task = ray.remote(num_cpus=1)(_find_cuts_in_chunk)
+    task = ray.remote(num_cpus=0)(_find_cuts_in_chunk)
     wave = max(1, int(ray.cluster_resources().get("CPU", 1)))
     total, cuts, k = 0, [], 0
     while total == k * chunk_frames:
