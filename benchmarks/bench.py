@@ -68,7 +68,7 @@ from dreamreel.benchmarks import children, pan
 
 # --- tunable constants ----------------------------------------------------------
 
-# Defaults: the video-flow preset's steady state (3 octaves, 5 steps a frame)
+# Defaults: the video-live preset's steady state (3 octaves, 5 steps a frame)
 # at 640x360, sized so the whole run takes about 1.5 minutes on the 2-core
 # development CPU (AVX512-BF16) when nothing else runs: 12 frames dreamed
 # alone, 12 through the pipeline, 6 naive fp32 frames, then 12 and 120 frames

@@ -298,22 +298,31 @@ def test_scene_cut_rejects_bad_inputs():
         scene_cut(frame, frame[..., 0])
 
 
-def test_bicubic_warp_copies_whole_pixels_and_keeps_fine_detail_that_bilinear_blurs():
+def test_bicubic_and_lanczos_warps_copy_whole_pixels_and_keep_fine_detail_that_bilinear_blurs():
     from dreamreel.pipeline.flow import warp_with_flow
 
     g = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, 12, 16, generator=g)
     whole = torch.zeros(1, 12, 16, 2)
     whole[..., 0], whole[..., 1] = 2.0, -1.0
-    torch.testing.assert_close(warp_with_flow(image, whole, mode="bicubic"), warp_with_flow(image, whole), rtol=0, atol=0)
     flat = torch.full((1, 1, 12, 16), 0.3)
     half = torch.zeros(1, 12, 16, 2)
     half[..., 0] = 0.5
-    torch.testing.assert_close(warp_with_flow(flat, half, mode="bicubic"), flat)
-    # A 4 px period shifted by half a pixel: amplitude 0.88 bicubic, 0.71 bilinear (away from the borders).
-    stripes = torch.cos((torch.arange(16.0) - 0.5) * torch.pi / 2).expand(1, 1, 12, 16).contiguous()  # peaks between pixels
-    amplitude = {mode: warp_with_flow(stripes, half, mode=mode)[..., 4:12].abs().max().item() for mode in ("bilinear", "bicubic")}
-    assert amplitude["bilinear"] == pytest.approx(0.5**0.5, abs=1e-5)
-    assert amplitude["bicubic"] == pytest.approx(0.625 * 2**0.5, abs=1e-5)
+    for mode in ("bicubic", "lanczos"):
+        torch.testing.assert_close(warp_with_flow(image, whole, mode=mode), warp_with_flow(image, whole), rtol=0, atol=0)
+        torch.testing.assert_close(warp_with_flow(image, torch.zeros_like(whole), mode=mode), image, rtol=0, atol=0)
+        torch.testing.assert_close(warp_with_flow(flat, half, mode=mode), flat)
+    # A 4 px period shifted by half a pixel: amplitude 0.88 bicubic, 0.71 bilinear (away from the
+    # borders), all of it Lanczos; a 3 px period: 0.69 bicubic, 0.91 Lanczos.
+    amplitude = {}
+    for period in (4, 3):
+        stripes = torch.cos((torch.arange(30.0) - 0.5) * 2 * torch.pi / period).expand(1, 1, 12, 30).contiguous()
+        shift = torch.zeros(1, 12, 30, 2)
+        shift[..., 0] = 0.5
+        for mode in ("bilinear", "bicubic", "lanczos"):
+            amplitude[mode, period] = warp_with_flow(stripes, shift, mode=mode)[..., 6:24].abs().max().item()
+    assert amplitude["bilinear", 4] == pytest.approx(0.5**0.5, abs=1e-5)
+    assert amplitude["bicubic", 4] == pytest.approx(0.625 * 2**0.5, abs=1e-5)
+    assert amplitude["lanczos", 4] > 0.99 and amplitude["lanczos", 3] > 0.9 > 0.7 > amplitude["bicubic", 3]
     with pytest.raises(ValueError, match="mode='nearest' is not a warp mode"):
         warp_with_flow(image, whole, mode="nearest")
