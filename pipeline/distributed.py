@@ -44,7 +44,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import segments
+from . import decode, segments
 from .dream import ComputeSettings, DreamSettings
 from .encode import EncodeSettings
 from .render import PNG_COMPRESSION, RenderJob, RenderResult
@@ -246,11 +246,17 @@ def find_cuts_ray(ray, clip: Clip, chunk_frames: int = CUT_CHUNK_FRAMES) -> tupl
     one pass would. Chunks go out in waves, one per CPU of the cluster, until
     one comes back short: the clip's end. The tasks reserve no CPU: the
     dreaming workers hold the CPUs (they load their models meanwhile), and
-    the pass is short beside the dreaming.
+    the pass is short beside the dreaming. A clip that by its container's
+    count fits in one chunk is read in this process instead, which has
+    everything imported: a task would first start a process and import
+    torch, seconds beside the workers loading their models.
 
     Returns:
         ``(total, cuts)`` as :func:`~dreamreel.pipeline.segments.find_cuts` gives them.
     """
+    announced = decode.probe_video(clip.input).frame_count_estimate
+    if announced is not None and min(announced, clip.max_frames or announced) <= chunk_frames:
+        return segments.find_cuts(clip.frames())
     task = ray.remote(num_cpus=0)(_find_cuts_in_chunk)
     wave = max(1, int(ray.cluster_resources().get("CPU", 1)))
     total, cuts, k = 0, [], 0
