@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=positive_int, help="the --max-frames the output was dreamed with")
     p.add_argument("--max-side", type=positive_int, help="the --max-side the output was dreamed with")
     p.add_argument("--batch", type=positive_int, default=1, help="the --batch (lanes) the output was dreamed with")
-    p.add_argument("--warmup", type=int, default=6, help="warm-up frames before a lane border")
+    p.add_argument("--warmup", type=int, default=30, help="the --warmup (frames before a lane border) the output was dreamed with")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     add_common(p)
     p.set_defaults(run=cmd_metrics)

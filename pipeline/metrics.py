@@ -295,7 +295,7 @@ def measure_files(
     output: str | Path,
     *,
     batch: int = 1,
-    warmup: int = 6,
+    warmup: int = 30,
     start_s: float = 0.0,
     end_s: float | None = None,
     max_frames: int | None = None,

@@ -19,8 +19,8 @@ work folder (``plan.json``) so a resumed run cuts the video the same way.
 Example::
 
     total, cuts = find_cuts(read_frames("film.mp4"))
-    plan = plan_lanes(total, cuts, lanes=4, warmup=6)      # video --batch 4
-    plan = plan_segments(total, cuts, segment_frames=300, warmup=6)  # Ray
+    plan = plan_lanes(total, cuts, lanes=4, warmup=30)      # video --batch 4
+    plan = plan_segments(total, cuts, segment_frames=300, warmup=30)  # Ray
 """
 
 from __future__ import annotations

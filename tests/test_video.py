@@ -177,7 +177,7 @@ def test_four_lanes_crossfade_so_no_border_stands_out(tmp_path, make_panning_cli
     inputs = list(read_frames(clip))
     scores = {}
     for name, video in {
-        "crossfaded": VideoSettings(blend=0.6, iterations_next=2, batch=4),
+        "crossfaded": VideoSettings(blend=0.6, iterations_next=2, batch=4, warmup=6),
         "cold": VideoSettings(blend=0.6, iterations_next=2, batch=4, warmup=0),
     }.items():
         dream_video(clip, tmp_path / name, REAL_DREAM, CPU, video, ENCODE, progress=False)
@@ -195,7 +195,7 @@ def test_killed_lane_run_resumes_with_the_stored_plan_to_identical_frames(tmp_pa
     from conftest import _wait_for_frames
 
     clip = make_panning_clip(tmp_path / "lanes.mp4", frames=24, size=(48, 48), seed=2)
-    options = ["--batch", "3", "--seed", "3", "--octaves", "1", "--iterations", "2", "--iterations-next", "1",
+    options = ["--batch", "3", "--warmup", "6", "--seed", "3", "--octaves", "1", "--iterations", "2", "--iterations-next", "1",
                "--device", "cpu", "--precision", "fp32", "--quiet"]  # fmt: skip
     use_model(make_tiny_model())
     assert main(["video", str(clip), str(tmp_path / "whole"), *options]) == 0
