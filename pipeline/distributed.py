@@ -209,7 +209,7 @@ def dream_videos(
             with ExitStack() as running:
                 for job in jobs:
                     running.enter_context(job.render.running(desc=f"dreaming {job.clip.input.name}", progress=progress))
-                # 3. segments to workers as they come free; frames to the encoders as segments finish
+                # 3. segments to workers as they come free; frames to the encoders as workers finish them
                 rates = _run(ray, workers, jobs)
                 for job in jobs:
                     job.pictures.finish_crossfades()  # frames whose two parts came from workers that missed each other
@@ -332,7 +332,7 @@ def _run(ray, workers: list, jobs: list[_Job]) -> dict[str, tuple[int, float]]:
         if not ready:  # frames the workers finished meanwhile: the progress bar and the encoder move on
             for _, j, k in running.values():
                 seg = jobs[j].plan.segments[k]
-                _add_finished(jobs[j], range(seg.first, seg.stop))
+                _add_finished(jobs[j], range(seg.start, seg.stop), up_to_missing=True)  # its warm-up frames wait for the segment before
             continue
         worker, j, _ = running.pop(ready[0])
         try:
@@ -352,11 +352,22 @@ def _run(ray, workers: list, jobs: list[_Job]) -> dict[str, tuple[int, float]]:
     return {name: (frames, seconds) for name, (frames, seconds) in rates.items()}
 
 
-def _add_finished(job: _Job, frames: range) -> None:
-    """Tell the job's encoder about frames in ``frames`` that workers finished and it has not heard of."""
+def _add_finished(job: _Job, frames: range, *, up_to_missing: bool = False) -> None:
+    """Tell the job's encoder about frames in ``frames`` that workers finished and it has not heard of.
+
+    With ``up_to_missing`` it stops at the first frame not on disk yet: a
+    worker finishes a segment's frames in order, so a poll of a running
+    segment looks at one missing file, not at all of them (on a cluster's
+    shared file system every look is a round trip).
+    """
     from .files import frame_path
 
     for t in frames:
-        if t not in job.pictures.done and frame_path(job.render.frames, t).exists():
-            job.pictures.done.add(t)
-            job.render.add_saved(t)
+        if t in job.pictures.done:
+            continue
+        if not frame_path(job.render.frames, t).exists():
+            if up_to_missing:
+                return
+            continue
+        job.pictures.done.add(t)
+        job.render.add_saved(t)
