@@ -1,7 +1,7 @@
 """How fast dreamreel dreams, and where the time goes: ``dreamreel bench``.
 
 On a clip it generates (a deterministic textured pan, :mod:`pan`) or on
-``input``, with the ``video-flow`` preset's look at the given size, octaves
+``input``, with the ``video-live`` preset's look at the given size, octaves
 and iterations (every frame takes ``iterations`` steps per octave):
 
 1. **first frame**: seconds from the benchmark's start (torch imported, the
@@ -83,7 +83,7 @@ LONG_CLIP_FACTOR = 10  # the memory check's long clip, in short clips
 # frame size, octaves, batch and model, and on whether frames pile up; not on
 # how many steps each picture takes, which only costs time (10x frames).
 MEMORY_ITERATIONS = 1
-PRESET = "video-flow"  # the look: objective, octave scale, step, jitter, blend, flow
+PRESET = "video-live"  # the look: objective, octave scale, step, jitter, blend, flow, temporal pull
 
 # quick (tests, smoke checks): the same measurements, rougher.
 QUICK_SIZE = (128, 72)

@@ -257,7 +257,7 @@ def find_cuts_ray(ray, clip: Clip, chunk_frames: int = CUT_CHUNK_FRAMES) -> tupl
     announced = decode.probe_video(clip.input).frame_count_estimate
     if announced is not None and min(announced, clip.max_frames or announced) <= chunk_frames:
         return segments.find_cuts(clip.frames())
-    task = ray.remote(num_cpus=0)(_find_cuts_in_chunk)
+    task = ray.remote(num_cpus=0, scheduling_strategy="SPREAD")(_find_cuts_in_chunk)
     wave = max(1, int(ray.cluster_resources().get("CPU", 1)))
     total, cuts, k = 0, [], 0
     while total == k * chunk_frames:
@@ -318,6 +318,7 @@ def _run(ray, workers: list, jobs: list[_Job]) -> dict[str, tuple[int, float]]:
     running: dict = {}
     idle = list(workers)
     rates: dict[str, list] = defaultdict(lambda: [0, 0.0])
+    polled = time.perf_counter()
     while todo or running:
         if any(job.render.stop_requested for job in jobs):
             todo.clear()  # Ctrl-C: finish the segments in hand
@@ -329,10 +330,12 @@ def _run(ray, workers: list, jobs: list[_Job]) -> dict[str, tuple[int, float]]:
         if not running:
             break
         ready, _ = ray.wait(list(running), num_returns=1, timeout=PROGRESS_POLL_S)
-        if not ready:  # frames the workers finished meanwhile: the progress bar and the encoder move on
+        if time.perf_counter() - polled >= PROGRESS_POLL_S:  # frames finished meanwhile: the bar and the encoder move on
+            polled = time.perf_counter()
             for _, j, k in running.values():
                 seg = jobs[j].plan.segments[k]
                 _add_finished(jobs[j], range(seg.start, seg.stop), up_to_missing=True)  # its warm-up frames wait for the segment before
+        if not ready:
             continue
         worker, j, _ = running.pop(ready[0])
         try:

@@ -614,7 +614,7 @@ class Dreamer:
         self.objective = objectives.parse_objective(settings.objective, self.model, guide_acts=self._guide_acts)
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.graphs = StepGraphs() if self.device.type == "cuda" else None
-        self.host_buffers = HostBuffers() if self.device.type == "cuda" else None
+        self.host_buffers = HostBuffers(self.device) if self.device.type == "cuda" else None
         if self.device.type == "cuda":
             torch.set_num_threads(min(torch.get_num_threads(), GPU_HOST_TORCH_THREADS))
         self._step_bytes_per_pixel: float | None = None
@@ -695,7 +695,7 @@ class Dreamer:
             return
         grey = torch.full((batch, 3, height, width), 0.5, device=self.device)
         anchor = (grey, torch.zeros_like(grey[:, :1]), 0.5) if anchored else None
-        self(grey, iterations=1, generators=[torch.Generator()], anchor=anchor)
+        self(grey, iterations=1, generators=[torch.Generator() for _ in range(batch)], anchor=anchor)
         torch.cuda.synchronize(self.device)
 
     def gpu_tile(self, batch: int, height: int, width: int, settings: DreamSettings) -> int:
@@ -740,7 +740,7 @@ def to_tensor(rgb, device: torch.device | str = "cpu", *, buffers: HostBuffers |
         host = rgb
     else:
         array = np.stack(rgb) if isinstance(rgb, (list, tuple)) else rgb[None]
-        host = (buffers or HostBuffers()).copy_of(array) if cuda else torch.from_numpy(array)
+        host = (buffers if buffers is not None else HostBuffers(device)).copy_of(array) if cuda else torch.from_numpy(array)
     images = host.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
     if buffers is not None and cuda:
         buffers.give(host)
@@ -754,13 +754,19 @@ class HostBuffers:
     stops at the first whose event has not completed, and that event waits
     for all the work queued on the GPU when the buffer was freed; a loop that
     keeps the GPU's queue full may then get no buffer back and pin a new one
-    for every frame. Here each buffer waits only for the copies queued before
-    it came back (tested: 60 frames up and down under a full queue used at
-    most 8 buffers). Thread-safe: the video's reader threads take buffers and
-    its loop gives them back.
+    for every frame. Here every buffer's event is checked on its own
+    (tested: 60 frames up and down under a full queue used at most 8
+    buffers). Thread-safe: the video's reader threads take buffers and its
+    loop gives them back.
+
+    Args:
+        device: the GPU the copies go to and come from; its current stream
+            orders them.
+        keep: buffers held at most.
     """
 
-    def __init__(self, keep: int = 64):
+    def __init__(self, device: torch.device | str = "cuda", keep: int = 64):
+        self.device = torch.device(device)
         self._lock = threading.Lock()
         self._free: collections.deque = collections.deque(maxlen=keep)  # (buffer, event after its last copy)
 
@@ -775,7 +781,9 @@ class HostBuffers:
 
     def copy_of(self, array) -> torch.Tensor:
         """A numpy array copied into a buffer by numpy: reader threads call this, and a torch copy would start a team of OpenMP threads in each."""
-        host = self.take(array.shape, torch.from_numpy(array.reshape(-1)[:0]).dtype)
+        import numpy as np
+
+        host = self.take(array.shape, torch.from_numpy(np.empty(0, array.dtype)).dtype)
         host.numpy()[...] = array
         return host
 
@@ -786,7 +794,7 @@ class HostBuffers:
     def give(self, buffer: torch.Tensor) -> None:
         """Take ``buffer`` back, to be reused once the copies queued so far on the current CUDA stream are done."""
         done = torch.cuda.Event()
-        done.record()
+        done.record(torch.cuda.current_stream(self.device))
         with self._lock:
             self._free.append((buffer, done))
 
@@ -824,10 +832,10 @@ class Download:
         self._event = None
         self._buffers = buffers
         if pixels.device.type == "cuda":
-            self._host = (buffers or HostBuffers()).take(pixels.shape, torch.uint8)
+            self._host = (buffers if buffers is not None else HostBuffers(pixels.device)).take(pixels.shape, torch.uint8)
             self._host.copy_(pixels, non_blocking=True)
             self._event = torch.cuda.Event()
-            self._event.record()
+            self._event.record(torch.cuda.current_stream(pixels.device))
         else:
             self._host = pixels.cpu()
 

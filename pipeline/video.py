@@ -31,6 +31,7 @@ size while the cut pass reads the clip.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import queue
 import threading
@@ -77,7 +78,7 @@ class VideoSettings:
             dream and the output crossfades over. The two lanes' dreams are
             unrelated patterns, and the default look changes so little from
             frame to frame that a short crossfade shows: seam scores 1.66-1.72
-            with 6 frames, 1.07-1.08 with 30 (README, *Lanes*).
+            with 6 frames, 1.05-1.08 with 30 (README, ``--batch``).
         temporal: pull of every ascent step towards the carried start picture
             where the flow is trusted (the temporal term, see
             :func:`~dreamreel.pipeline.dream.temporal_pull`): 0 = off (the
@@ -174,6 +175,7 @@ class _Prefetch:
         self.thread.start()
 
     def _host(self, array: np.ndarray) -> torch.Tensor:
+        """``array`` as a tensor the loop's thread can copy to its device: in a page-locked buffer where there are buffers."""
         return self.buffers.copy_of(array) if self.buffers is not None else torch.from_numpy(array)
 
     def _flows(self, previous: np.ndarray, frame: np.ndarray) -> torch.Tensor:
@@ -229,6 +231,7 @@ class _Prefetch:
 
 
 def _item(pixels: torch.Tensor, cut: bool, flows) -> dict:
+    """One item of the queue, once its flows (a Future, or None) are ready."""
     return {"pixels": pixels, "cut": cut, "flows": flows.result() if flows is not None else None}
 
 
@@ -297,8 +300,10 @@ def _lockstep(dreamer, lanes, pictures, settings, video, stop_requested) -> int:
                 weight = torch.zeros_like(start[:, :1])  # nothing carried: no temporal pull
                 n_iter = settings.iterations
             else:
-                start, weight = _carry(lane, current, item, video.blend, dreamer.host_buffers)
+                start, weight = _carry(lane, current, item, video.blend)
                 n_iter = settings.iterations if video.iterations_next is None else video.iterations_next
+            if item["flows"] is not None and dreamer.host_buffers is not None:
+                dreamer.host_buffers.give(item["flows"])  # after their copy, or unused (a first frame, a cut, --blend 0)
             lane.previous_input = current
             starts.append(start)
             weights.append(weight)
@@ -446,9 +451,14 @@ def dream_video(
     with one_opencv_thread():
         # 2. the cut pass counts the frames in a thread while the model loads and captures its steps at the clip's size
         with ThreadPoolExecutor(1, thread_name_prefix="dreamreel-cuts") as cut_pass:
-            counting = cut_pass.submit(clip.counted)
-            dreamer = Dreamer(settings, compute)
-            dreamer.warm_up(video.batch, clip.size[1], clip.size[0], anchored=video.temporal > 0)
+            stop = threading.Event()
+            counting = cut_pass.submit(clip.counted, lambda c: segments.find_cuts(itertools.takewhile(lambda _: not stop.is_set(), c.frames())))
+            try:
+                dreamer = Dreamer(settings, compute)
+                dreamer.warm_up(video.batch, clip.size[1], clip.size[0], anchored=video.temporal > 0)
+            except BaseException:
+                stop.set()  # a model that fails to load, or Ctrl-C: the pass ends at its next frame, not the clip's last
+                raise
             clip = counting.result()
 
         # 3. the render job: work folder and lock, frames already done, the writer
@@ -470,8 +480,9 @@ def dream_video(
 
 @contextmanager
 def one_opencv_thread() -> Iterator[None]:
-    """OpenCV on one thread inside (process-wide, restored after): the video stage's flow, saving and reading have threads of their own.
+    """OpenCV on one thread inside, process-wide, restored after.
 
+    The video stage's flow, saving and reading have threads of their own, and
     OpenCV's pool of spinning threads per call only took cores from them: on
     the 16-core GPU host a DIS call cost about 240 ms of CPU time that way,
     against 136-161 ms on one thread.
@@ -501,7 +512,7 @@ def _anchor(starts: torch.Tensor, weights: torch.Tensor, temporal: float) -> tup
     return starts, weights, temporal
 
 
-def _carry(lane: _Lane, current: torch.Tensor, item: dict, blend: float, buffers: HostBuffers | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _carry(lane: _Lane, current: torch.Tensor, item: dict, blend: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame ``current``'s (1, 3, H, W) start picture and its (1, 1, H, W) consistency mask, on its device."""
     _, _, h, w = current.shape
     if item["flows"] is None:  # --flow none: plain blending, everything "consistent"
@@ -509,7 +520,5 @@ def _carry(lane: _Lane, current: torch.Tensor, item: dict, blend: float, buffers
         mask = torch.ones(1, 1, h, w, device=current.device)
     else:
         backward, forward = item["flows"].to(current.device, non_blocking=True).split(1)
-        if buffers is not None:
-            buffers.give(item["flows"])
         mask = flow.consistency_mask(forward, backward)
     return carry_residual(current, lane.previous_dream, lane.previous_input, backward, mask, blend), mask
