@@ -754,10 +754,10 @@ class HostBuffers:
     stops at the first whose event has not completed, and that event waits
     for all the work queued on the GPU when the buffer was freed; a loop that
     keeps the GPU's queue full may then get no buffer back and pin a new one
-    for every frame. Here every buffer's event is checked on its own
-    (tested: 60 frames up and down under a full queue used at most 8
-    buffers). Thread-safe: the video's reader threads take buffers and its
-    loop gives them back.
+    for every frame. Here every buffer's event is checked on its own (a
+    cuda-marked test runs 60 frames up and down through at most 16 buffers).
+    Thread-safe: the video's reader threads take buffers and its loop gives
+    them back.
 
     Args:
         device: the GPU the copies go to and come from; its current stream
