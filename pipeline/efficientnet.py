@@ -130,7 +130,9 @@ class EfficientNetLite0(nn.Module):
         self.classifier = nn.Linear(HEAD_CHANNELS, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu6(self.bn1(self.conv_stem(x)), inplace=True)
+        # Not in place: once the batch norms are folded (models.fold_batchnorm)
+        # these act on the very tensors the conv_stem and conv_head layers give.
+        x = F.relu6(self.bn1(self.conv_stem(x)))
         x = self.blocks(x)
-        x = F.relu6(self.bn2(self.conv_head(x)), inplace=True)
+        x = F.relu6(self.bn2(self.conv_head(x)))
         return self.classifier(x.mean((2, 3)))

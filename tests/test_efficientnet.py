@@ -74,3 +74,21 @@ def test_the_default_model_loads_without_importing_timm_or_torchvision():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[:3] == ["[]", "Egyptian cat", "True"]  # class names: read from torchvision when first asked for
+
+
+def test_stem_and_head_stay_before_their_activation_with_folded_batch_norms():
+    from dreamreel.pipeline.models import fold_batchnorm
+
+    model = load_model()
+    folded = fold_batchnorm(model)
+    assert folded is not model
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        acts = folded(x, ["conv_stem", "conv_head", "logits"])  # the forward runs past both layers
+        alone = model(x, ["conv_stem"])["conv_stem"]
+    # conv_stem is the convolution before its batch norm; folded, the norm lives in the weights
+    bn = model.net.bn1
+    expected = (alone - bn.running_mean.view(1, -1, 1, 1)) / (bn.running_var.view(1, -1, 1, 1) + bn.eps).sqrt()
+    expected = expected * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(acts["conv_stem"], expected, rtol=1e-4, atol=1e-4)
+    assert acts["conv_stem"].min() < 0 and acts["conv_head"].min() < 0  # not yet clipped by ReLU6
