@@ -29,7 +29,9 @@ and iterations (every frame takes ``iterations`` steps per octave):
 7. **memory**: the pipeline in a fresh process on the clip and on one
    ``LONG_CLIP_FACTOR`` times longer at the same size (one step per octave:
    see ``MEMORY_ITERATIONS``); each child reports its own peak resident
-   memory (VmHWM), which streaming keeps flat;
+   memory (VmHWM), which streaming keeps flat, and what is resident at its
+   end by kind (``rss_parts_mb``: anon, file, shmem) with the peak of torch's
+   page-locked allocator on CUDA (``pinned_host_peak_mb``);
 8. **quality**: the objective the fast settings reach on the first frame,
    over what fp32 reaches from the same start and the same random rolls.
 
@@ -793,6 +795,8 @@ def _measure(
         "gpu_peak_dream_mb": runs["gpu_peak_dream_mb"],
         "gpu_peak_short_mb": reports["short"]["gpu_peak_mb"],
         "gpu_peak_long_mb": reports["long"]["gpu_peak_mb"],
+        "rss_parts_mb": {name: report["rss_parts_mb"] for name, report in reports.items()},
+        "pinned_host_peak_mb": {name: report["pinned_host_peak_mb"] for name, report in reports.items()},
         "objective_start": score_start,
         "objective_fp32": score_fp32,
         "objective_fast": score_fast,

@@ -27,13 +27,35 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
+def rss_parts_mb() -> dict[str, float] | None:
+    """This process's resident memory now, by kind: anonymous (heap, page-locked buffers), file-backed, shared; Linux only."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    parts = {line.split(":")[0][3:].lower(): int(line.split()[1]) / 1024 for line in lines if line.startswith("Rss")}
+    return parts or None
+
+
+def pinned_host_peak_mb() -> float | None:
+    """Peak bytes torch's page-locked host allocator held (CUDA only), cached blocks included."""
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return None
+    return torch.cuda.host_memory_stats().get("allocated_bytes.peak", 0) / 2**20
+
+
 def pipeline_child(argv: list[str]) -> int:
     """Entry point of a memory child: run :func:`dream_video` once and print what it used.
 
     ``argv[0]`` is a JSON object with input, output, max_frames, threads and the
     dream, compute and video settings. Prints one JSON line: frames, seconds
     (the frame loop), wall_s (the whole call), peak_rss_mb (VmHWM of this
-    process; ffmpeg runs in processes of its own) and gpu_peak_mb (None without CUDA).
+    process; ffmpeg runs in processes of its own), rss_parts_mb (what is
+    resident at the end, by kind), and gpu_peak_mb and pinned_host_peak_mb
+    (None without CUDA): when the peak grows with the clip, the parts say
+    whether heap, page-locked buffers or mapped files hold it.
     """
     spec = json.loads(argv[0])
     import torch
@@ -52,7 +74,7 @@ def pipeline_child(argv: list[str]) -> int:
     gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     print(json.dumps({
         "frames": result.frames, "seconds": result.seconds, "wall_s": wall, "peak_rss_mb": peak_rss_mb(),
-        "gpu_peak_mb": gpu,
+        "rss_parts_mb": rss_parts_mb(), "gpu_peak_mb": gpu, "pinned_host_peak_mb": pinned_host_peak_mb(),
     }))  # fmt: skip
     return 0
 
