@@ -257,18 +257,19 @@ def warp_with_flow(image: torch.Tensor, flow: torch.Tensor, *, mode: str = "bili
     y0 = y.floor()
     x_taps = _interpolation_taps((x - x0).to(image.dtype).unsqueeze(1), mode)  # [(offset, (B, 1, H, W))]
     y_taps = _interpolation_taps((y - y0).to(image.dtype).unsqueeze(1), mode)
-    x0 = x0.long()
-    y0 = y0.long()
+    # Each tap's column and row start are computed once, not once per pair:
+    # on a GPU every operation is a kernel launch from this thread.
+    cols = [(x0.long() + dx).clamp(0, width - 1) for dx, _ in x_taps]
     flat = image.reshape(batch, channels, height * width)
 
-    def tap(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
-        index = (row * width + col).view(batch, 1, height * width).expand(batch, channels, -1)
+    def tap(row_start: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        index = (row_start + col).view(batch, 1, height * width).expand(batch, channels, -1)
         return flat.gather(2, index).view(batch, channels, height, width)
 
     out = 0
     for dy, wy in y_taps:
-        row = (y0 + dy).clamp(0, height - 1)
-        out = out + wy * sum(wx * tap(row, (x0 + dx).clamp(0, width - 1)) for dx, wx in x_taps)
+        row_start = (y0.long() + dy).clamp(0, height - 1) * width
+        out = out + wy * sum(wx * tap(row_start, col) for (_, wx), col in zip(x_taps, cols))
     return out
 
 
