@@ -38,12 +38,17 @@ def rss_parts_mb() -> dict[str, float] | None:
 
 
 def pinned_host_peak_mb() -> float | None:
-    """Peak bytes torch's page-locked host allocator held (CUDA only), cached blocks included."""
+    """Peak page-locked host memory torch's allocator held, in MB, cached blocks included.
+
+    torch 2.14 counts it as ``allocated_bytes``; None without CUDA or where
+    this torch does not count it.
+    """
     import torch
 
     if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
         return None
-    return torch.cuda.host_memory_stats().get("allocated_bytes.peak", 0) / 2**20
+    stats = getattr(torch.cuda, "host_memory_stats", dict)()
+    return stats["allocated_bytes.peak"] / 2**20 if "allocated_bytes.peak" in stats else None
 
 
 def pipeline_child(argv: list[str]) -> int:

@@ -3,7 +3,7 @@
 EfficientNet (Tan & Le, 2019) in its Lite form: no squeeze-and-excitation,
 ReLU6 activations, and TensorFlow's "SAME" padding at the strided
 convolutions, which the embedded weights were trained with. Importing timm to
-build it took longer than the rest of start-up together (timm imports
+build it took about as long as the rest of start-up together (timm imports
 torchvision, which imports torch's compiler), so the default model does
 without.
 
@@ -14,8 +14,6 @@ such as ``blocks.4`` mean the same in both.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -41,13 +39,16 @@ class SameConv2d(nn.Conv2d):
 
     The output is ``ceil(size / stride)`` on each side, and the odd padding
     pixel goes to the bottom and right, so it depends on the input's size and
-    is added at each call.
+    is added at each call. The padding is written without ``ceil`` and
+    ``max`` (equal for kernels at least as wide as the stride, as here), so
+    ``torch.jit.trace`` and ONNX export keep it a function of the size
+    rather than a constant of the size traced.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pad = []
         for size, kernel, stride in zip(x.shape[:-3:-1], self.kernel_size[::-1], self.stride[::-1]):
-            total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+            total = kernel - 1 - (size - 1) % stride
             pad += [total // 2, total - total // 2]
         return super().forward(F.pad(x, pad))
 

@@ -259,7 +259,8 @@ def warp_with_flow(image: torch.Tensor, flow: torch.Tensor, *, mode: str = "bili
     y_taps = _interpolation_taps((y - y0).to(image.dtype).unsqueeze(1), mode)
     # Each tap's column and row start are computed once, not once per pair:
     # on a GPU every operation is a kernel launch from this thread.
-    cols = [(x0.long() + dx).clamp(0, width - 1) for dx, _ in x_taps]
+    x0, y0 = x0.long(), y0.long()
+    cols = [(x0 + dx).clamp(0, width - 1) for dx, _ in x_taps]
     flat = image.reshape(batch, channels, height * width)
 
     def tap(row_start: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
@@ -268,7 +269,7 @@ def warp_with_flow(image: torch.Tensor, flow: torch.Tensor, *, mode: str = "bili
 
     out = 0
     for dy, wy in y_taps:
-        row_start = (y0.long() + dy).clamp(0, height - 1) * width
+        row_start = (y0 + dy).clamp(0, height - 1) * width
         out = out + wy * sum(wx * tap(row_start, col) for (_, wx), col in zip(x_taps, cols))
     return out
 

@@ -41,9 +41,9 @@ LOGITS = "logits"  # pseudo-layer: the classifier's pre-softmax output
 OFFLINE_ENV = "DREAMREEL_OFFLINE"  # "1": never download, fail with the expected path
 TIMM_PREFIX = "timm:"  # --model timm:NAME --weights FILE
 IMAGENET_CLASSES = 1000  # a model with this many outputs gets ImageNet's names unless --labels says otherwise
-# Input normalisation: ImageNet's statistics (torchvision, timm, ONNX and
-# TorchScript files), and [-1, 1] for the TensorFlow-trained default model,
-# whose weights were trained at 224 px.
+# Input normalisation: ImageNet's statistics for ONNX and TorchScript files
+# (torchvision and timm models bring their own), and [-1, 1] for the
+# TensorFlow-trained default model, whose weights were trained at 224 px.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LITE0_MEAN, LITE0_STD, LITE0_SIZE = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), (224, 224)
 
@@ -811,7 +811,7 @@ def fold_batchnorm(model: DreamModel) -> DreamModel:
 
     The network is only read, so ``bn(conv(x))`` is one affine map per channel
     and can live in the convolution's weight and bias; what followed the
-    normalisation (timm's ``BatchNormAct2d`` activation) stays. Measured on the
+    normalisation (the activation of timm's ``BatchNormAct2d``) stays. Measured on the
     2-core development CPU, one ascent step of efficientnet-lite0 at
     1280x720 to ``blocks.4``: fp32 840 → 498 ms, bf16 301 → 257 ms.
 

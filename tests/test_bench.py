@@ -67,11 +67,10 @@ def test_streaming_keeps_memory_flat_on_a_ten_times_longer_clip(result):
     s = result["settings"]
     assert s["frames_long"] == 10 * s["frames"] == 40
     assert result["memory_ratio_long_short"] < 1.25
-    # what stays resident, by kind, fits under each child's peak; no page-locked memory without CUDA
-    for name, peak in (("short", result["peak_rss_short_mb"]), ("long", result["peak_rss_long_mb"])):
-        parts = result["rss_parts_mb"][name]
-        assert set(parts) >= {"anon", "file"} and parts["anon"] > 0 and sum(parts.values()) <= peak + 1
-    assert result["pinned_host_peak_mb"] == {"short": None, "long": None}
+    # by kind too: the heap (anon) the long clip leaves resident is no larger either
+    short, long = result["rss_parts_mb"]["short"], result["rss_parts_mb"]["long"]
+    assert set(short) == set(long) >= {"anon", "file"} and long["anon"] / short["anon"] < 1.25
+    assert result["pinned_host_peak_mb"] == {"short": None, "long": None}  # page-locked memory is CUDA's
 
 
 @pytest.mark.slow

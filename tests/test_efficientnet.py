@@ -65,15 +65,31 @@ def test_a_lite0_fine_tuned_in_timm_loads_with_its_own_classes(tmp_path):
         torch.testing.assert_close(model.net(x), theirs(x), rtol=0, atol=1e-5)
 
 
-def test_the_default_model_loads_without_importing_timm_or_torchvision():
+def test_a_dream_on_the_default_model_imports_neither_timm_nor_torchvision(tmp_path):
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(tmp_path / "in.png"), np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
     code = (
-        "import sys; from dreamreel.pipeline.models import load_model; m = load_model(); "
+        "import sys; from dreamreel.cli.main import main; "
+        f"assert main(['image', {str(tmp_path / 'in.png')!r}, {str(tmp_path / 'out.png')!r}, "
+        "'--octaves', '1', '--iterations', '1', '--device', 'cpu', '--quiet']) == 0; "
         "print(sorted({k.split('.')[0] for k in sys.modules} & {'timm', 'torchvision'})); "
-        "print(m.class_names[285]); "
+        "from dreamreel.pipeline.models import load_model; print(load_model().class_names[285]); "
         "print('torchvision' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
-    assert out[:3] == ["[]", "Egyptian cat", "True"]  # class names: read from torchvision when first asked for
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[-3:] == ["[]", "Egyptian cat", "True"]  # class names: read from torchvision when first asked for
+    assert out[0].startswith("wrote") and (tmp_path / "out.png").is_file()
+
+
+def test_traced_network_pads_for_the_size_it_is_given():
+    net = load_model().net
+    with torch.no_grad():
+        traced = torch.jit.trace(net, torch.rand(1, 3, 64, 64))
+        for size in ((65, 97), (100, 150)):
+            x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(1))
+            torch.testing.assert_close(traced(x), net(x), rtol=0, atol=1e-5)
 
 
 def test_stem_and_head_stay_before_their_activation_with_folded_batch_norms():
