@@ -108,3 +108,22 @@ def test_stem_and_head_stay_before_their_activation_with_folded_batch_norms():
     expected = expected * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
     torch.testing.assert_close(acts["conv_stem"], expected, rtol=1e-4, atol=1e-4)
     assert acts["conv_stem"].min() < 0 and acts["conv_head"].min() < 0  # not yet clipped by ReLU6
+
+
+def test_default_network_dreams_on_each_device_as_on_the_cpu(device):
+    """The real network on the GPU path: folded batch norms, SAME padding inside captured CUDA graphs."""
+    from dreamreel.pipeline import dream as D
+    from dreamreel.pipeline.dream import DreamSettings
+    from dreamreel.pipeline.models import prepare
+    from dreamreel.pipeline.objectives import parse_objective
+
+    x = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 16, generator=torch.Generator().manual_seed(2)), size=(45, 67))
+    settings = DreamSettings(objective="mid", octaves=2, iterations=3, jitter=4)
+    pictures = {}
+    for where in ("cpu", device):
+        model = prepare(load_model(), torch.device(where))
+        scores = []
+        pictures[where] = D.dream(model, x.to(where), parse_objective("mid", model), settings,
+                                  generator=[D.frame_generator(0, 0)], graphs=D.StepGraphs(), on_step=scores.append).cpu()
+        assert len(scores) == 6 and scores[-1] > scores[-3]  # it rises over the last octave's steps
+    assert (pictures[device] - pictures["cpu"]).abs().max() < 4 / 255
