@@ -326,7 +326,7 @@ def picture_activations(model, picture_path, layer: str) -> torch.Tensor:
         return model(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255, [layer])[layer]
 
 
-def test_onnx_model_dreams_a_class_and_a_layer_from_the_command_line(onnx_classifier, tmp_path, capsys):
+def test_onnx_model_dreams_a_class_and_a_layer_from_the_command_line(onnx_classifier, tmp_path, capsys, device):
     import cv2
 
     from dreamreel.cli.main import main
@@ -342,7 +342,7 @@ def test_onnx_model_dreams_a_class_and_a_layer_from_the_command_line(onnx_classi
     for objective, score in scores.items():
         out = tmp_path / f"{objective.replace(':', '_')}.png"
         argv = ["image", str(photo), str(out), "--model", str(path), "--labels", str(labels), "--objective", objective,
-                "--octaves", "1", "--iterations", "10", "--step", "0.02", "--device", "cpu", "--precision", "fp32",
+                "--octaves", "1", "--iterations", "10", "--step", "0.02", "--device", device, "--precision", "fp32",
                 "--quiet"]  # fmt: skip
         assert main(argv) == 0, capsys.readouterr().err
         before, after = float(score(photo)), float(score(out))
@@ -429,6 +429,25 @@ def test_timm_model_by_name_with_a_weights_file(tmp_path, capsys):
         load_model("timm:mobilenetv3_smal_050", weights=tmp_path / "mine.pth")
     with pytest.raises(ValueError, match=r"--weights .*mine\.pth: not a timm resnet18 state dict \(no 'fc\.weight' key\)"):
         load_model("timm:resnet18", weights=tmp_path / "mine.pth")
+
+
+def test_timm_model_dreams_from_the_command_line_on_each_device(tmp_path, capsys, device):
+    import cv2
+    import timm
+
+    from dreamreel.cli.main import main
+
+    torch.manual_seed(0)
+    torch.save(timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=4).state_dict(), tmp_path / "mine.pth")
+    model = load_model("timm:mobilenetv3_small_050", weights=tmp_path / "mine.pth")
+    photo, out = tmp_path / "photo.png", tmp_path / "out.png"
+    cv2.imwrite(str(photo), (load_photo(64).squeeze(0).permute(1, 2, 0).flip(-1) * 255).round().byte().numpy())
+    argv = ["image", str(photo), str(out), "--model", "timm:mobilenetv3_small_050", "--weights", str(tmp_path / "mine.pth"),
+            "--objective", "mid", "--octaves", "1", "--iterations", "8", "--device", device, "--quiet"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    mid = model.resolve_layer("mid")
+    before, after = (float(picture_activations(model, picture, mid).pow(2).mean()) for picture in (photo, out))
+    assert after > 1.05 * before
 
 
 def test_onnx_weights_shared_through_identity_nodes_convert(tmp_path):
