@@ -366,7 +366,6 @@ def _stage_costs(clip, frames, dreamed, video, fps, folder, device) -> dict:
     from dreamreel.pipeline.dream import to_tensor
     from dreamreel.pipeline.encode import EncodeSettings, FrameWriter
     from dreamreel.pipeline.files import frame_path, save_image
-    from dreamreel.pipeline.render import PNG_COMPRESSION
     from dreamreel.pipeline.video import carry_residual
 
     costs = {}
@@ -403,7 +402,7 @@ def _stage_costs(clip, frames, dreamed, video, fps, folder, device) -> dict:
     saved.mkdir()
     start = time.perf_counter()
     for index, rgb in enumerate(dreamed):
-        save_image(frame_path(saved, index), rgb, png_compression=PNG_COMPRESSION)
+        save_image(frame_path(saved, index), rgb, work=True)
     costs["save"] = (time.perf_counter() - start) / len(dreamed)
 
     height, width = dreamed[0].shape[:2]

@@ -47,7 +47,7 @@ from pathlib import Path
 from . import decode, segments
 from .dream import ComputeSettings, DreamSettings
 from .encode import EncodeSettings
-from .render import PNG_COMPRESSION, RenderJob, RenderResult
+from .render import RenderJob, RenderResult
 from .video import Clip, VideoSettings, dream_lanes, open_clip
 
 RAY_MISSING = '--ray needs Ray, an optional extra: pip install "dreamreel[ray]"'
@@ -136,7 +136,7 @@ class SegmentWorker:
             segments.SegmentPlan.from_json(plan),
             frame_indices(frames_folder),
             lambda t: load_image(frame_path(frames_folder, t)),
-            lambda t, rgb: save_image(frame_path(frames_folder, t), rgb, png_compression=PNG_COMPRESSION),
+            lambda t, rgb: save_image(frame_path(frames_folder, t), rgb, work=True),
         )
         dreamed = dream_lanes(self.dreamer, pictures.plan, [k], clip.frames, pictures, self.settings, self.video, lambda: False)
         return {"segment": k, "frames": dreamed, "seconds": time.perf_counter() - start, "worker": self.name}

@@ -61,13 +61,10 @@ from .files import frame_indices, frame_path, load_image, save_image, write_atom
 
 SUFFIX = ".dreamreel"
 QUEUE_FRAMES = 8  # frames in flight between the loop and the savers
-# Saving a 1280x720 frame (PNG, level 1) took 90-160 ms of one core on the
-# 16-core GPU host while flow ran beside it, so 3 savers capped a GPU video at
-# about 25 frames/s; savers share the queue.
+# Saving a 1280x720 frame (PNG, plain level 1) took 90-160 ms of one core on
+# the 16-core GPU host while flow ran beside it, so 3 savers capped a GPU
+# video at about 25 frames/s; savers share the queue.
 SAVER_THREADS = 6
-# PNG level 1: ~3x faster to write than the default level 3 for ~10% more
-# bytes; the frames are temporary.
-PNG_COMPRESSION = 1
 
 
 class JobLocked(ValueError):
@@ -397,7 +394,7 @@ class RenderJob:
     def _save_frame(self, index: int, rgb: np.ndarray) -> None:
         path = frame_path(self.frames, index)
         try:
-            save_image(path, rgb, png_compression=PNG_COMPRESSION)
+            save_image(path, rgb, work=True)
         except OSError as exc:
             raise _disk_error(path, exc) from None
 

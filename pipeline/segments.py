@@ -289,7 +289,7 @@ class SegmentPictures:
             self._finish(t, rgb)
             return
         if not self._part(k, t).exists():
-            save_image(self._part(k, t), rgb, png_compression=1)
+            save_image(self._part(k, t), rgb, work=True)
         self._blend_if_whole(t)
 
     def finish_crossfades(self) -> None:
