@@ -28,13 +28,14 @@ import numpy as np
 # picks the encoder from it).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
-# Name of frame ``t`` (counting from 0) in a frames folder or a work folder.
 # Work-folder PNGs (frames a job keeps for its resume): zlib level 1 with
 # run-length matches only. PNG's row filters leave runs, which RLE finds,
 # while dreamed detail leaves longer matches little to find: on dreamed
 # frames it writes about 1.7x faster than plain level 1 at the same size
 # (README, "Saving frames").
 WORK_PNG_PARAMS = (cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE)
+
+# Name of frame ``t`` (counting from 0) in a frames folder or a work folder.
 FRAME_NAME = "frame_{:06d}.png"
 FRAME_GLOB = "frame_[0-9]*.png"
 
