@@ -750,14 +750,10 @@ def to_tensor(rgb, device: torch.device | str = "cpu", *, buffers: HostBuffers |
 class HostBuffers:
     """Page-locked host buffers for copies to and from a GPU, each reused once its own copy has finished.
 
-    torch's caching host allocator looks at freed buffers newest first and
-    stops at the first whose event has not completed, and that event waits
-    for all the work queued on the GPU when the buffer was freed; a loop that
-    keeps the GPU's queue full may then get no buffer back and pin a new one
-    for every frame. Here every buffer's event is checked on its own (a
-    cuda-marked test runs 60 frames up and down through at most 16 buffers).
-    Thread-safe: the video's reader threads take buffers and its loop gives
-    them back.
+    The video's reader threads fill them with numpy copies (:meth:`copy_of`)
+    and its loop gives them back once their copies are queued, so the
+    buffers in use stay bounded by the frames in flight (a cuda-marked test
+    runs 60 frames up and down through at most 16 buffers). Thread-safe.
 
     Args:
         device: the GPU the copies go to and come from; its current stream
