@@ -68,7 +68,7 @@ ONSET_MIN_TYPICAL_DB = 0.01
 # beat shows on its own frame, a slower release so the picture eases back
 # instead of flickering at the frame rate. These sit in the usual ranges of
 # envelope followers and compressors (attack around 10 ms, release a few
-# hundred ms); the follower itself is described in _follow.
+# hundred ms); the follower itself is described in follow.
 ATTACK_S = 0.010
 RELEASE_S = 0.200
 # Onsets are meant to be spikes; a short release keeps them so.
@@ -269,12 +269,12 @@ def analyse(
     features = {}
     for name in FEATURE_NAMES:
         if name == "onset":
-            smoothed = _follow(raw[name], 0.0, onset_release_s, frame_s)
+            smoothed = follow(raw[name], 0.0, onset_release_s, frame_s)
             floor = ONSET_MIN_TYPICAL_DB
         else:
-            smoothed = _follow(raw[name], attack_s, release_s, frame_s)
+            smoothed = follow(raw[name], attack_s, release_s, frame_s)
             floor = SILENCE_AMPLITUDE
-        features[name] = _normalise(smoothed, loud, floor).astype(np.float32)
+        features[name] = normalise(smoothed, loud, floor).astype(np.float32)
     return AudioFeatures(fps=float(fps), duration_s=samples.size / sample_rate, bpm=None, **features)
 
 
@@ -404,7 +404,7 @@ def _mel_band_edges() -> np.ndarray:
     return 700 * (10 ** (np.linspace(mel_lo, mel_hi, ONSET_MEL_BANDS + 1) / 2595) - 1)
 
 
-def _follow(values: np.ndarray, attack_s: float, release_s: float, step_s: float, start: float = 0.0) -> np.ndarray:
+def follow(values: np.ndarray, attack_s: float, release_s: float, step_s: float, start: float = 0.0) -> np.ndarray:
     """One-pole attack/release envelope follower, starting from `start` (silence).
 
     The "smooth branching" peak detector of Giannoulis, Massberg & Reiss
@@ -429,7 +429,7 @@ def _follow(values: np.ndarray, attack_s: float, release_s: float, step_s: float
     return np.asarray(followed)
 
 
-def _normalise(values: np.ndarray, loud: np.ndarray, min_typical: float) -> np.ndarray:
+def normalise(values: np.ndarray, loud: np.ndarray, min_typical: float) -> np.ndarray:
     """Divide by the mean over the `loud` frames; zeros if that mean is below `min_typical`."""
     typical = float(values[loud].mean()) if loud.any() else 0.0
     if typical < min_typical:
