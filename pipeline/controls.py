@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from .audio import FEATURE_NAMES
@@ -216,7 +217,7 @@ def check_change(change: Change, variables: Sequence[str]) -> Change:
             raise ValueError(f"{setting}: expected a number or an expression over live variables, got {value!r}")
         lo, hi = SETTING_BOUNDS[setting]
         if not lo <= value <= hi:
-            raise ValueError(f"{setting} = {value:g} is out of range: expected a value from {lo:g} to {hi:g}")
+            raise ValueError(f"{setting}: {value:g} is out of range: expected a value from {lo:g} to {hi:g}")
         return _replace(change, round(value) if setting in INTEGER_SETTINGS else float(value))
     if setting == "preset":
         if not isinstance(value, str) or not value.strip():
@@ -389,13 +390,13 @@ class Tempo:
         """The tempo in beats per minute, or None while unknown."""
         with self._lock:
             grid = self._grid(now_s + self.lookahead_s)
-            return 60.0 * grid.rate if grid is not None else None
+            return 60.0 * grid.rate if grid is not None and grid.rate > 0 else None
 
     def _grid(self, t: float) -> _Grid | None:
         """The beat of the first running source (lock held)."""
         times = self._clock_times
-        if self._clock_state == "running" and len(times) >= 2 and t - times[-1] <= CLOCK_TIMEOUT_S + self.lookahead_s:
-            rate = (len(times) - 1) / (times[-1] - times[0]) / CLOCK_PPQN
+        if self._clock_state == "running" and times and t - times[-1] <= CLOCK_TIMEOUT_S + self.lookahead_s:
+            rate = (len(times) - 1) / (times[-1] - times[0]) / CLOCK_PPQN if len(times) >= 2 else 0.0
             pulse_beat = max(self._clock_pulse, 0) / CLOCK_PPQN
             # Between pulses the beat runs on at the tempo, up to the next
             # pulse's beat: if that pulse is late, b waits rather than overshoots.
@@ -481,17 +482,27 @@ class ControlMap:
         return tuple(dict.fromkeys(c.variable for c in controls if c.variable))
 
 
-def load_mapping(path: str | Path) -> ControlMap:
-    """Read and check a mapping file (the format is in docs/live-controls.md).
+def builtin_mappings() -> list[str]:
+    """Names of the mapping files shipped with dreamreel (presets/controls/), sorted."""
+    folder = resources.files("dreamreel.presets").joinpath("controls")
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_mapping(name_or_path: str | Path) -> ControlMap:
+    """Read and check a mapping file, or a built-in one by name (the format is in docs/live-controls.md).
 
     Raises:
         ValueError: one line naming the file, the key and what is wrong: an
             unknown setting or key, a bad range, curve or value, an
             expression that does not parse.
     """
-    path = Path(path)
+    path = Path(name_or_path)
     if not path.is_file():
-        raise ValueError(f"--controls {path}: no such file")
+        names = builtin_mappings()
+        if str(name_or_path) not in names:
+            raise ValueError(f"--controls {name_or_path}: no such file, nor a built-in mapping ({', '.join(names)})")
+        text = resources.files("dreamreel.presets").joinpath("controls", f"{name_or_path}.toml").read_text(encoding="utf-8")
+        return parse_mapping(tomllib.loads(text), source=f"mapping {name_or_path}")
     if path.stat().st_size > MAX_MAPPING_BYTES:
         raise ValueError(f"--controls {path}: {path.stat().st_size} bytes is too large for a mapping file")
     try:
@@ -539,7 +550,7 @@ def parse_mapping(data: dict, *, source: str) -> ControlMap:
         try:
             check_change(Change(setting, value), names)
         except ValueError as exc:
-            raise ValueError(f"{where} = {value!r}: {_reason(exc)}") from None
+            raise ValueError(f"{where} = {value!r}: {_reason(exc, setting)}") from None
     return ControlMap(
         source=source, description=description, presets=tuple(presets), settings=dict(settings),
         cc=tuple(parsed["midi.cc"]), note=tuple(parsed["midi.note"]), osc=dict(parsed["osc"]),
@@ -629,7 +640,7 @@ def _control(entry, where: str) -> Control:
         try:
             checked = check_change(Change(setting, entry["value"]), (*BASE_VARIABLES, *FEATURE_NAMES, *MIDI_VARIABLES))
         except ValueError as exc:
-            raise ValueError(f"{where}: value = {entry['value']!r}: {_reason(exc)}") from None
+            raise ValueError(f"{where}: value = {entry['value']!r}: {_reason(exc, setting)}") from None
         control = _with(control, value=checked.value)
     return control
 
@@ -644,10 +655,10 @@ def _unknown_setting(name, known: Sequence[str]) -> str:
     return f"unknown setting {name!r}{hint}"
 
 
-def _reason(error: ValueError) -> str:
-    """A check's message without the setting it starts with (the file's key names it)."""
+def _reason(error: ValueError, setting: str) -> str:
+    """A check's message without the ``setting: `` it may start with (the file's key names it)."""
     message = str(error).splitlines()[0]
-    return message.split(": ", 1)[1] if ": " in message else message
+    return message.removeprefix(f"{setting}: ")
 
 
 # --------------------------------------------------------------------------
@@ -769,14 +780,14 @@ class Router:
 
     def _reply_status(self, client_address: tuple[str, int], args: tuple) -> None:
         """Send each status field as /dreamreel/status/FIELD VALUE, to the sender or to its port ARG."""
-        if self.send is None:
-            return
         if args:
             port = args[0]
             if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
                 self.log(f"osc {OSC_PREFIX}status: expected a port number to reply to, got {port!r}; ignored")
                 return
             client_address = (client_address[0], port)
+        if self.send is None:
+            return
         from pythonosc.osc_message_builder import OscMessageBuilder
 
         fields = dict(self.status() if self.status is not None else {})
