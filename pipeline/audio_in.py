@@ -127,9 +127,12 @@ class AudioIn:
         self._clock = clock
         self._log = log
         self._spectrum = Spectrum.at(sample_rate)
-        # The last window measured, then the samples not measured yet; zeros
-        # before the first block, as the file analysis pads the start.
-        self._buffer = np.zeros(self._spectrum.n_fft, np.float32)
+        # The last window measured, then the samples not measured yet. Before
+        # the first block, zeros: the first window measured is centred on the
+        # stream's first sample, half of it zeros, as the file analysis pads a
+        # track's start (earlier windows would read the stream's start as an
+        # onset out of silence).
+        self._buffer = np.zeros(self.hop + self._spectrum.n_fft // 2, np.float32)
         self._previous_db: np.ndarray | None = None
         self._samples_in = 0  # samples received, the position of the stream's sample clock
         self._clock_offset: float | None = None  # monotonic time of sample 0
