@@ -92,6 +92,11 @@ CLOCK_TIMEOUT_S = 0.5
 # --learn prints a control again once it has rested this long, not for every
 # step of a fader's move.
 LEARN_REST_S = 1.0
+# A value ignored is logged at most once a second per source (an address, a
+# MIDI control). Sources and OSC-made variables are capped at MAX_SOURCES: a
+# sender making up new names forever must not grow the memory of an hour's show.
+IGNORED_EVERY_S = 1.0
+MAX_SOURCES = 256
 # Lookahead beyond this is a typo: a live output more than a second late is broken.
 MAX_LOOKAHEAD_S = 1.0
 
@@ -728,6 +733,8 @@ class Router:
         # the sender sent to; set by serve_osc.
         self.send: Callable[[bytes, tuple[str, int]], None] | None = None
         self._learned: dict[tuple, float] = {}  # control -> when --learn last saw it
+        self._ignored: dict[str, float] = {}  # source -> when a value of it was last logged as ignored
+        self._osc_variables: set[str] = set()  # the variables /dreamreel/var/NAME made
         self._cc = {}
         for number, control in mapping.cc:
             self._cc.setdefault(number, []).append(control)
@@ -742,7 +749,7 @@ class Router:
         try:
             self._osc(client_address, address, args)
         except Exception as exc:  # a handler error must never end the show
-            self.log(f"osc {address}: {type(exc).__name__}: {exc}; ignored")
+            self._ignore(f"osc {address}", f"{type(exc).__name__}: {exc}")
 
     def _osc(self, client_address: tuple[str, int], address: str, args: tuple) -> None:
         source = f"osc {address}"
@@ -766,24 +773,28 @@ class Router:
             self._send(Change(name, args[0] if args else None, source))
         else:
             known = ", ".join(f"{OSC_PREFIX}{n}" for n in (*SETTING_BOUNDS, *ACTIONS, "status", "var/NAME"))
-            self.log(f"{source}: unknown address; known: {known}")
+            self._ignore(source, f"unknown address; known: {known}")
 
     def _set_variable(self, name: str, args: tuple, source: str) -> None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in (*BASE_VARIABLES, *FEATURE_NAMES, *MIDI_VARIABLES):
-            self.log(f"{source}: {name!r} cannot be a variable's name (letters, digits and _, not a built-in name); ignored")
+            self._ignore(source, f"{name!r} cannot be a variable's name (letters, digits and _, not a built-in name)")
             return
         value = args[0] if len(args) == 1 else None
+        if name not in self._osc_variables and len(self._osc_variables) >= MAX_SOURCES:
+            self._ignore(source, f"already {MAX_SOURCES} variables set over OSC; no more")
+            return
         try:
             self.variables.set(**{name: value})
+            self._osc_variables.add(name)
         except ValueError:
-            self.log(f"{source}: expected one number, got {' '.join(map(repr, args)) or 'nothing'}; ignored")
+            self._ignore(source, f"expected one number, got {' '.join(map(repr, args)) or 'nothing'}")
 
     def _reply_status(self, client_address: tuple[str, int], args: tuple) -> None:
         """Send each status field as /dreamreel/status/FIELD VALUE, to the sender or to its port ARG."""
         if args:
             port = args[0]
             if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-                self.log(f"osc {OSC_PREFIX}status: expected a port number to reply to, got {port!r}; ignored")
+                self._ignore(f"osc {OSC_PREFIX}status", f"expected a port number to reply to, got {port!r}")
                 return
             client_address = (client_address[0], port)
         if self.send is None:
@@ -817,7 +828,7 @@ class Router:
         try:
             self._midi(message)
         except Exception as exc:
-            self.log(f"midi {message}: {type(exc).__name__}: {exc}; ignored")
+            self._ignore(f"midi {message.type}", f"{type(exc).__name__}: {exc}")
 
     def _midi(self, message) -> None:
         kind = message.type
@@ -862,14 +873,14 @@ class Router:
             return
         if position:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                self.log(f"{source}: expected a position from 0 to 1, got {value!r}; ignored")
+                self._ignore(source, f"expected a position from 0 to 1, got {value!r}")
                 return
             value = control.position(value)
         if control.variable is not None:
             try:
                 self.variables.set(**{control.variable: value})
             except ValueError:
-                self.log(f"{source}: expected a number for {control.variable}, got {value!r}; ignored")
+                self._ignore(source, f"expected a number for {control.variable}, got {value!r}")
             return
         if control.value is not None:
             value = control.value
@@ -883,12 +894,22 @@ class Router:
         try:
             change = check_change(change, names)
         except ValueError as exc:
-            self.log(f"{change.source}: {exc}; ignored")
+            self._ignore(change.source, str(exc))
             return
         try:
             self.apply(change)
         except ValueError as exc:
-            self.log(f"{change.source}: {exc}; ignored")
+            self._ignore(change.source, str(exc))
+
+    def _ignore(self, source: str, problem: str) -> None:
+        """Log one line for a value ignored; at most one a second for each source, so a
+        wrongly mapped fader cannot flood the log for the rest of the show."""
+        now = self.clock()
+        if now - self._ignored.get(source, -math.inf) >= IGNORED_EVERY_S:
+            if len(self._ignored) > MAX_SOURCES:  # addresses a stranger made up, never repeated
+                self._ignored.clear()
+            self._ignored[source] = now
+            self.log(f"{source}: {problem}; ignored")
 
     def _learn(self, key, what: str, suggestion: str) -> None:
         """Print a message for --learn: once for a fader's whole move, again after it rested LEARN_REST_S."""

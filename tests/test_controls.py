@@ -283,6 +283,25 @@ def test_midi_buttons_and_notes_act_on_the_press_only():
     assert [c.setting for c in apply.changes] == ["freeze", "tap"] and apply.changes[1].time_s is not None
 
 
+def test_mapped_osc_addresses_take_positions_names_and_presses():
+    route, apply, _ = router(load_mapping("touchdesigner"))
+    for address, args in [
+        ("/td/zoom", (0.5,)),  # a slider from 0 to 1 over the range 0.97-1.05
+        ("/td/preset", ("mid-creatures",)),
+        ("/td/freeze", (1,)),
+        ("/td/freeze", (0,)),  # the button let go
+        ("/td/tap", (1.0,)),
+        ("/td/tap", (0.0,)),
+        ("/td/energy", (3.5,)),
+        ("/elsewhere/fader", (0.2,)),  # not mapped, not ours: nothing
+    ]:
+        route.osc(("127.0.0.1", 5000), address, *args)
+    assert [(c.setting, c.value) for c in apply.changes] == [
+        ("zoom", pytest.approx(1.01)), ("preset", "mid-creatures"), ("freeze", None), ("tap", None),
+    ]  # fmt: skip
+    assert route.variables.snapshot() == {"energy": 3.5}
+
+
 def test_a_midi_port_delivers_through_the_router(monkeypatch):
     """open_midi hands the port the router's handler: what a real port calls is what the tests call."""
     opened = {}
@@ -308,7 +327,8 @@ def test_a_midi_port_delivers_through_the_router(monkeypatch):
 
 
 def test_bad_values_at_run_time_are_one_log_line_each_and_change_nothing():
-    route, apply, lines = router(ControlMap(osc={"/td/mix": controls_module.Control("mix", range=(0.0, 1.0))}))
+    clock = FakeClock()
+    route, apply, lines = router(ControlMap(osc={"/td/mix": controls_module.Control("mix", range=(0.0, 1.0))}), clock=clock)
 
     def refuse(change):
         raise ValueError("the session refused it")
@@ -324,13 +344,20 @@ def test_bad_values_at_run_time_are_one_log_line_each_and_change_nothing():
         ("/td/mix", (1.5,)),
         ("/dreamreel/status", ("not a port",)),
     ]:
+        clock.now += 1.0
         route.osc(("127.0.0.1", 5000), address, *args)
     assert apply.changes == [] and len(lines) == 9
     assert lines[0].startswith("osc /dreamreel/step: step: column 1: unknown name 'abc'") and lines[0].endswith("; ignored")
+    # A fader spilling bad values: one line a second, not one per message.
+    for k in range(60):
+        clock.now += 1 / 30
+        route.osc(("127.0.0.1", 5000), "/td/mix", 2.0 + k)
+    assert len(lines) == 9 + 2
+    clock.now += 1.0
     route.apply = refuse
     route.osc(("127.0.0.1", 5000), "/dreamreel/step", 0.02)
     route.midi(mido.Message("sysex", data=[1, 2, 3]))  # not a control: ignored without a word
-    assert lines[-1] == "osc /dreamreel/step: the session refused it; ignored" and len(lines) == 10
+    assert lines[-1] == "osc /dreamreel/step: the session refused it; ignored" and len(lines) == 12
 
 
 def test_learn_prints_each_control_once_per_move_with_its_mapping_line(capsys):
@@ -531,3 +558,14 @@ def test_the_controls_flags_build_the_settings():
     with pytest.raises(SystemExit) as caught:
         parser.parse_args(["--osc-port", "70000"])
     assert caught.value.code == 2
+
+
+def test_osc_values_by_name_are_live_variables_up_to_a_cap():
+    clock = FakeClock()
+    route, _, lines = router(clock=clock)
+    route.osc(("127.0.0.1", 5000), "/dreamreel/var/energy", 0.7)
+    assert route.variables.snapshot() == {"energy": pytest.approx(0.7)}
+    for k in range(controls_module.MAX_SOURCES + 10):  # a sender making up names forever
+        route.osc(("127.0.0.1", 5000), f"/dreamreel/var/v{k}", 1.0)
+    assert len(route.variables.snapshot()) == controls_module.MAX_SOURCES
+    assert lines == [f"osc /dreamreel/var/v{controls_module.MAX_SOURCES - 1}: already {controls_module.MAX_SOURCES} variables set over OSC; no more; ignored"]
