@@ -781,7 +781,7 @@ class Router:
             return
         value = args[0] if len(args) == 1 else None
         if name not in self._osc_variables and len(self._osc_variables) >= MAX_SOURCES:
-            self._ignore(source, f"already {MAX_SOURCES} variables set over OSC; no more")
+            self._ignore(f"osc {OSC_PREFIX}var", f"already {MAX_SOURCES} variables set over OSC; no more ({name})")
             return
         try:
             self.variables.set(**{name: value})
