@@ -27,6 +27,9 @@ import numpy as np
 from .ffmpeg import probe, run_ffmpeg
 
 FEATURE_NAMES = ("rms", "bass", "mid", "treble", "onset")
+# What Spectrum.measure gives for each window: the features, plus the onset
+# of the bass bands that beats are found in.
+RAW_NAMES = (*FEATURE_NAMES, "beat")
 
 # Half the CD rate keeps everything up to 11 kHz, above the 8 kHz treble edge,
 # at half the cost; librosa defaults to it for the same reason.
@@ -308,11 +311,6 @@ def _frame_features(samples: np.ndarray, sample_rate: int, fps: float, n_frames:
     return out
 
 
-# What Spectrum.measure returns for each window: the features, plus the
-# onset of the bass bands that beats are found in.
-RAW_NAMES = (*FEATURE_NAMES, "beat")
-
-
 @dataclass(frozen=True, eq=False)
 class Spectrum:
     """What measuring windows of samples takes at one sample rate.
@@ -342,6 +340,7 @@ class Spectrum:
 
     @classmethod
     def at(cls, sample_rate: int) -> Spectrum:
+        """The window, gains and bands for samples at `sample_rate` Hz."""
         n_fft = _window_length(sample_rate)
         window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)  # periodic Hann
         freqs = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)

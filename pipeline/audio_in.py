@@ -85,7 +85,6 @@ class AudioIn:
         rate_hz: measurements per second, sample_rate / hop.
         device_latency_s: the sound card's input latency, in seconds (from
             the stream, once open).
-        bpm: the tracker's latest tempo, or None before it has one.
     """
 
     def __init__(
@@ -108,7 +107,7 @@ class AudioIn:
             hop: samples between measurements; default sample_rate / 100.
             device_latency_s: the sound card's input latency.
             clock: the time a block arrives, in seconds (time.monotonic).
-            log: where the one line about a dropped block goes.
+            log: where the one line about dropped samples, or a failed analysis, goes.
 
         Raises:
             ValueError: the sample rate is too low to hold the treble band.
@@ -121,7 +120,6 @@ class AudioIn:
         self.hop = hop or round(sample_rate / TEMPO_FPS)
         self.rate_hz = sample_rate / self.hop
         self.device_latency_s = device_latency_s
-        self.bpm: float | None = None
         self._variables = variables
         self._tempo = tempo
         self._clock = clock
@@ -147,6 +145,11 @@ class AudioIn:
         self._hops_since_fit = 0
         self._dropped_logged = self._failed_logged = False
         variables.set(**dict.fromkeys(FEATURE_NAMES, 0.0))
+
+    @property
+    def window_s(self) -> float:
+        """The length of the window each measurement looks at, in seconds (about 90 ms)."""
+        return self._spectrum.n_fft / self.sample_rate
 
     @property
     def latency_s(self) -> float:
@@ -242,7 +245,6 @@ class AudioIn:
         first_beat_s = self._sample_time(first_centre) + phase / self.rate_hz + ONSET_LEAD_S
         period_s = 60.0 / bpm
         latest_beat_s = first_beat_s + period_s * math.floor((self._sample_time(last_hop_end) - first_beat_s) / period_s)
-        self.bpm = bpm
         self._tempo.track(bpm, latest_beat_s, now_s)
 
     def _sample_time(self, sample: float) -> float:
@@ -286,7 +288,7 @@ def open_audio_in(device: str, variables, tempo=None, *, log: Callable[[str], No
     analysis.device_latency_s = float(stream.latency)
     log(
         f"audio in: {info['name']} at {sample_rate} Hz; features are {1000 * analysis.latency_s:.0f} ms late "
-        f"(half the {1000 * Spectrum.at(sample_rate).n_fft / sample_rate:.0f} ms window, a {1000 * analysis.hop / sample_rate:.0f} ms block, "
+        f"(half the {1000 * analysis.window_s:.0f} ms window, a {1000 * analysis.hop / sample_rate:.0f} ms block, "
         f"the device's {1000 * analysis.device_latency_s:.0f} ms)"
     )
     with stream:
