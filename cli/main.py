@@ -152,7 +152,7 @@ def cmd_video(args) -> int:
     preset = load_preset_arg(args, "video-flow")
     video = build("video", preset, {
         "blend": args.blend, "flow": args.flow, "iterations_next": args.iterations_next, "batch": args.batch,
-        "temporal": args.temporal, "warmup": args.warmup,
+        "temporal": args.temporal, "warmup": args.warmup, "cadence": args.cadence,
     })
     options = dict(start_s=args.start, end_s=args.end, max_frames=args.max_frames, max_side=args.max_side, progress=not args.quiet)
     settings, compute, encode = dream_settings(args, preset), compute_settings(args, preset), encode_settings(args, preset)
@@ -194,7 +194,7 @@ def cmd_zoom(args) -> int:
 
     loop_flags = {
         "zoom": args.zoom, "angle": args.angle, "translate_x": args.translate_x, "translate_y": args.translate_y,
-        "iterations_next": args.iterations_next, "fps": args.fps, "sharpen": args.sharpen,
+        "iterations_next": args.iterations_next, "fps": args.fps, "sharpen": args.sharpen, "cadence": args.cadence,
     }  # fmt: skip
     if isinstance(args.variations, list):  # one look per preset, every flag applied to each
         if args.preset:
@@ -359,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--batch", type=positive_int,
                    help="lanes dreamed as one batch, for throughput (default 1: strictly sequential)")
     v.add_argument("--warmup", type=int, help="frames both lanes dream and crossfade over at a border inside a shot")
+    v.add_argument("--cadence", type=positive_int,
+                   help="dream every Nth frame; the frames between show its dream warped by the flow (default 1: every frame)")
     v.add_argument("--start", type=float, default=0.0, help="first second to dream")
     v.add_argument("--end", type=float, help="second to stop before")
     v.add_argument("--max-frames", type=positive_int, help="dream at most N frames")
@@ -390,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--translate-y", help="shift per frame, pixels")
     z.add_argument("--iterations-next", help="ascent steps per octave for frames after the first (--iterations: frame 0)")
     z.add_argument("--sharpen", type=float, help="unsharp amount after each resampling")
+    z.add_argument("--cadence", type=positive_int,
+                   help="dream every Nth frame; the frames between are only moved (default 1: every frame)")
     z.add_argument("--audio", help="music file: drives bass/mid/treble/rms/onset and is muxed into the output")
     z.add_argument("--bpm", type=positive_number, help="tempo for the beat variable b (default: estimated from --audio)")
     z.add_argument("--variations", type=variations_arg, default=1,
