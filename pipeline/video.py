@@ -378,7 +378,7 @@ def _lockstep(dreamer, lanes, pictures, settings, video, stop_requested) -> int:
         # 2. dream the key frames as one batch (lanes in their first frame may need more steps); the dreams stay on the device
         for n_iter, members in groups.items():
             batch = torch.cat([starts[m] for m in members])
-            anchor = _anchor(batch, torch.cat([weights[m] for m in members]), video.temporal)
+            anchor = temporal_anchor(batch, torch.cat([weights[m] for m in members]), video.temporal)
             result = dreamer(batch, iterations=n_iter, generators=[generators[m] for m in members], anchor=anchor)
             for m, picture in zip(members, quantize_8bit(result)):  # carried as the 8-bit frame that is saved
                 pictures_out[m] = picture[None]
@@ -559,7 +559,7 @@ def one_opencv_thread() -> Iterator[None]:
         cv2.setNumThreads(before)
 
 
-def _anchor(starts: torch.Tensor, weights: torch.Tensor, temporal: float) -> tuple | None:
+def temporal_anchor(starts: torch.Tensor, weights: torch.Tensor, temporal: float) -> tuple | None:
     """The temporal term of a batch: each picture pulled towards its carried start where its mask trusts it.
 
     Args:
@@ -597,7 +597,7 @@ def carry(
     """The (1, 3, H, W) start picture of ``current`` carried from an earlier dream, and its (1, 1, H, W) consistency mask.
 
     :func:`carry_residual` with the flow and mask of :func:`flows_and_mask`;
-    the mask also weighs the temporal term (:func:`_anchor`).
+    the mask also weighs the temporal term (:func:`temporal_anchor`).
     """
     backward, mask = flows_and_mask(flows, current)
     return carry_residual(current, previous_dream, previous_input, backward, mask, blend), mask

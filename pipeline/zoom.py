@@ -135,6 +135,31 @@ def affine_step(images: torch.Tensor, *, zoom: float, angle_deg: float, translat
     return out.clamp(0, 1).to(images.dtype)
 
 
+def motion_matrix(width: int, height: int, *, zoom: float, angle: float, translate_x: float, translate_y: float, **_) -> np.ndarray:
+    """The 3x3 pixel map of one :func:`affine_step` on a ``width`` x ``height`` picture (where a pixel moves to).
+
+    Steps compose by matrix product (later step on the left), and
+    :func:`matrix_motion` turns a product back into one step's settings, so
+    many frames' motion can be applied in one resampling (live ``--zoom``).
+    Extra keyword arguments (a frame's other settings) are ignored.
+    """
+    matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), angle, zoom)
+    matrix[:, 2] += (translate_x, translate_y)
+    return np.vstack([matrix, [0.0, 0.0, 1.0]])
+
+
+def matrix_motion(matrix: np.ndarray, width: int, height: int) -> dict[str, float]:
+    """The ``zoom``, ``angle``, ``translate_x`` and ``translate_y`` of :func:`affine_step` that make ``matrix`` (a product of :func:`motion_matrix`)."""
+    alpha, beta = matrix[0, 0], matrix[0, 1]
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    return {
+        "zoom": math.hypot(alpha, beta),
+        "angle": math.degrees(math.atan2(beta, alpha)),
+        "translate_x": matrix[0, 2] - ((1 - alpha) * cx - beta * cy),
+        "translate_y": matrix[1, 2] - (beta * cx + (1 - alpha) * cy),
+    }
+
+
 def sharpen(images: torch.Tensor, amount: float, sigma: float = 1.0) -> torch.Tensor:
     """Unsharp mask: ``x + amount * (x - blur(x))`` on (B, C, H, W), clamped to [0, 1]."""
     if amount <= 0:
