@@ -315,16 +315,18 @@ class SyphonSink(Sink):
         self._server = None
 
     def open(self, size: tuple[int, int], fps: float) -> None:
+        from syphon.utils.raw import create_mtl_texture
+
         self._server = self._syphon.SyphonMetalServer(self.server_name)
+        self._texture = create_mtl_texture(self._server.device, size[0], size[1])
+        self._rgba = np.full((size[1], size[0], 4), 255, np.uint8)
 
     def write(self, frame: np.ndarray, info: FrameInfo) -> None:
         from syphon.utils.numpy import copy_image_to_mtl_texture
-        from syphon.utils.raw import create_mtl_texture
 
-        rgba = np.dstack([frame, np.full(frame.shape[:2], 255, np.uint8)])
-        texture = create_mtl_texture(self._server.device, frame.shape[1], frame.shape[0])
-        copy_image_to_mtl_texture(rgba, texture)
-        self._server.publish_frame_texture(texture)
+        self._rgba[:, :, :3] = frame
+        copy_image_to_mtl_texture(self._rgba, self._texture)
+        self._server.publish_frame_texture(self._texture)
 
     def close(self) -> None:
         if self._server is not None:

@@ -119,7 +119,7 @@ def test_a_looped_clip_drives_the_loop_in_order_and_the_dream_is_warped_between_
         size = np.abs(a_part[both]).mean()
         moved = np.abs(b_moved[both] - a_part[both]).mean()
         in_place = np.abs(b_in_place[both] - a_part[both]).mean()
-        assert moved < 0.4 * size and moved < 0.5 * in_place, (moved, in_place, size)
+        assert moved < 0.5 * size and moved < 0.8 * in_place, (moved, in_place, size)
         assert np.abs(out_b.astype(int) - out_a).mean() > 3, "an output frame repeats the one before"
 
 
