@@ -52,7 +52,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import decode, segments
+import torch
+
+from . import decode, models, segments
 from .dream import ComputeSettings, Dreamer, DreamSettings
 from .encode import EncodeSettings
 from .render import RenderJob, RenderResult
@@ -146,6 +148,12 @@ class SegmentWorker:
         except Exception as exc:  # noqa: BLE001 - reported by dream()
             self.error = _portable(exc)
 
+    def ready(self) -> str:
+        """The worker's name once its model is loaded; raises the error loading it met."""
+        if self.error is not None:
+            raise self.error
+        return self.name
+
     def dream(self, clip: Clip, folder: str, plan: dict, k: int) -> dict:
         """Dream segment ``k`` of ``plan`` into the work folder ``folder``, resuming from its frames there.
 
@@ -160,8 +168,7 @@ class SegmentWorker:
         """
         from .files import frame_indices, frame_path, load_image, save_image
 
-        if self.error is not None:
-            raise self.error
+        self.ready()  # a worker Ray restarted loads its model anew
         start = time.perf_counter()
         frames_folder = Path(folder) / "frames"
         try:
@@ -257,6 +264,8 @@ def dream_videos(
         # 2. the workers start, each loading its model, while Ray tasks count the frames and find the cuts
         workers = _start_workers(ray, settings, compute, video, distributed)
         clips = [clip.counted(lambda c: find_cuts_ray(ray, c)) for clip in clips]
+        # the first worker to have loaded its model says whether the look works there (a --device its node lacks)
+        _result(ray, ray.wait([worker.ready.remote() for worker in workers], num_returns=1)[0][0])
         with ExitStack() as stack:
             # 3. the render jobs, their stored (or new) plans
             jobs = []
@@ -361,9 +370,11 @@ def _init(ray, address: str | None, verbose: bool) -> None:
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
                  logging_level=logging.WARNING if verbose else logging.ERROR)  # fmt: skip
-    except ConnectionError:  # `auto` found no cluster (Ray's message names flags of its own command line)
-        raise ValueError(
-            f"--ray {address}: no Ray cluster runs on this machine; start one with `ray start --head`, "
+    except ConnectionError as exc:
+        if address != "auto":  # something answered the address check, but it is no Ray cluster
+            raise ValueError(f"--ray {address}: {exc}; expected {ADDRESS_FORMS}") from None
+        raise ValueError(  # Ray's own message names flags of its command line, not ours
+            "--ray auto: no Ray cluster runs on this machine; start one with `ray start --head`, "
             "give a cluster's address (--ray HOST:6379), or --ray alone for a local Ray"
         ) from None
 
@@ -438,6 +449,7 @@ def _start_workers(ray, settings: DreamSettings, compute: ComputeSettings, video
                 f"--threads {distributed.threads}: a worker needs {distributed.threads} CPUs, and the Ray cluster has {cpus}; "
                 f"give --threads {max(1, cpus)} or fewer"
             )
+        models.pick_precision(compute.precision, torch.device("cpu"))  # --precision fp16 refused as on one CPU
     count = distributed.workers or fit
     if count > fit:
         raise ValueError(f"--workers {count}: the Ray cluster holds {fit} workers ({what}); ask for at most {fit}")
@@ -484,15 +496,7 @@ def _run(ray, workers: list, jobs: list[_Job]) -> dict[str, tuple[int, float]]:
         if not ready:
             continue
         worker, j, _ = running.pop(ready[0])
-        try:
-            result = ray.get(ready[0])
-        except ray.exceptions.RayTaskError as exc:  # the worker's own error: its message, as one process gives it
-            raise (exc.cause if isinstance(exc.cause, Exception) else exc) from exc
-        except ray.exceptions.RayError as exc:  # its process or node died, and its restarts too
-            raise ChildProcessError(
-                f"a Ray worker died {WORKER_RESTARTS + 1} times ({type(exc).__name__}); "
-                "finished frames are kept: rerun the same command to continue"
-            ) from exc
+        result = _result(ray, ready[0])
         idle.append(worker)
         job = jobs[j]
         job.dreamed += result["frames"]
@@ -501,6 +505,24 @@ def _run(ray, workers: list, jobs: list[_Job]) -> dict[str, tuple[int, float]]:
         rates[result["worker"]][0] += result["frames"]
         rates[result["worker"]][1] += result["seconds"]
     return {name: (frames, seconds) for name, (frames, seconds) in rates.items()}
+
+
+def _result(ray, ref):
+    """``ray.get(ref)`` of a worker's call, its failure as one process would report it.
+
+    Raises:
+        The worker's own exception (its message, not Ray's traceback), or
+        ChildProcessError when its process or node died, and its restarts too.
+    """
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        raise (exc.cause if isinstance(exc.cause, Exception) else exc) from exc
+    except ray.exceptions.RayError as exc:
+        raise ChildProcessError(
+            f"a Ray worker died {WORKER_RESTARTS + 1} times ({type(exc).__name__}); "
+            "finished frames are kept: rerun the same command to continue"
+        ) from exc
 
 
 def _add_finished(job: _Job, frames: range, *, up_to_missing: bool = False) -> None:

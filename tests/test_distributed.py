@@ -392,6 +392,7 @@ def _main_within(argv: list[str], timeout_s: float = 120.0) -> int:
     (["--threads", "3"], "--threads 3: a worker needs 3 CPUs, and the Ray cluster has 2"),
     (["--device", "cuda"], "--device cuda: the Ray cluster has no GPU"),
     (["--device", "cuda:1"], "--device cuda:1: "),
+    (["--precision", "fp16"], "--precision fp16: half precision is not supported on the CPU"),
 ])  # fmt: skip
 def test_workers_the_cluster_cannot_hold_are_refused(ray_cluster, tiny_driver, shots_clip, tmp_path, capsys, flags, message):
     assert _main_within(["video", str(shots_clip), str(tmp_path / "o.mp4"), "--ray", "--quiet", *flags]) == 2
@@ -412,6 +413,7 @@ def test_a_bad_objective_found_inside_a_worker_is_the_one_line_of_one_process(ra
     use_model(model)
     assert _main_within(["video", str(shots_clip), str(tmp_path / "o.mp4"), "--ray", "--workers", "2", *argv]) == 2
     assert capsys.readouterr().err == one_process  # the worker's own message, once: no retries, no traceback
+    assert not work_folder(tmp_path / "o.mp4").exists()  # refused before the job began
 
 
 @pytest.mark.slow
