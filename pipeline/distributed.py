@@ -366,13 +366,20 @@ def check_look(settings: DreamSettings, compute: ComputeSettings) -> None:
 
 
 def _init(ray, address: str | None, verbose: bool) -> None:
-    """Start a local Ray (``address`` None) or join a cluster; Ray's own log lines only with ``verbose``."""
+    """Start a local Ray (``address`` None) or join a cluster; Ray's own log lines only with ``verbose``.
+
+    None is Ray's ``local``: given None, Ray would join the cluster a ``ray
+    start`` on this machine last recorded, and wait minutes if it is gone.
+    """
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=verbose,
                  logging_level=logging.WARNING if verbose else logging.ERROR)  # fmt: skip
     except ConnectionError as exc:
-        if address != "auto":  # something answered the address check, but it is no Ray cluster
-            raise ValueError(f"--ray {address}: {exc}; expected {ADDRESS_FORMS}") from None
+        if address != "auto":  # a gRPC server answered the address check, but Ray could not join it
+            raise ValueError(
+                f"--ray {address}: {exc}; is it the head node's address, and does the cluster use token "
+                "authentication (then set RAY_AUTH_MODE=token here, with its token)?"
+            ) from None
         raise ValueError(  # Ray's own message names flags of its command line, not ours
             "--ray auto: no Ray cluster runs on this machine; start one with `ray start --head`, "
             "give a cluster's address (--ray HOST:6379), or --ray alone for a local Ray"
@@ -520,7 +527,7 @@ def _result(ray, ref):
         raise (exc.cause if isinstance(exc.cause, Exception) else exc) from exc
     except ray.exceptions.RayError as exc:
         raise ChildProcessError(
-            f"a Ray worker died {WORKER_RESTARTS + 1} times ({type(exc).__name__}); "
+            f"a Ray worker died {WORKER_RESTARTS + 1} times ({type(exc).__name__}; --verbose shows the workers' logs); "
             "finished frames are kept: rerun the same command to continue"
         ) from exc
 

@@ -372,6 +372,21 @@ def test_ray_auto_without_a_cluster_says_how_to_start_one(shots_clip, tmp_path, 
     assert "--address" not in err and err.count("\n") == 1
 
 
+def test_ray_alone_starts_a_ray_of_its_own(shots_clip, tmp_path, tiny_driver, monkeypatch, capsys):
+    """Not the cluster a `ray start` on this machine last recorded (Ray's choice for no address), which may be gone."""
+    ray = pytest.importorskip("ray")
+    addresses = []
+
+    def init(address=None, **kwargs):
+        addresses.append(address)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    assert main(["video", str(shots_clip), str(tmp_path / "o.mp4"), "--ray", "--device", "cpu", "--quiet"]) == 2
+    assert addresses == ["local"] and "stop here" in capsys.readouterr().err
+
+
 def test_the_address_check_lets_a_real_cluster_through(ray_cluster):
     from dreamreel.pipeline.distributed import check_address
 
