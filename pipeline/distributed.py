@@ -131,7 +131,6 @@ class SegmentWorker:
 
     def __init__(self, settings: DreamSettings, compute: ComputeSettings, video: VideoSettings, threads: int):
         import cv2
-        import torch
 
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
@@ -139,13 +138,13 @@ class SegmentWorker:
         self.video = video
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.stopping = threading.Event()
-        # A failure here is kept for the first segment to report: raised from
-        # __init__ it would kill the actor, and Ray would restart it
+        # A failure to load is kept for ready() and dream() to report: raised
+        # from __init__ it would kill the actor, and Ray would restart it
         # WORKER_RESTARTS times to fail the same way.
         self.dreamer, self.error = None, None
         try:
             self.dreamer = Dreamer(settings, compute)
-        except Exception as exc:  # noqa: BLE001 - reported by dream()
+        except Exception as exc:  # noqa: BLE001 - reported by ready()
             self.error = _portable(exc)
 
     def ready(self) -> str:
@@ -467,7 +466,11 @@ def _start_workers(ray, settings: DreamSettings, compute: ComputeSettings, video
 
 
 def _run(ray, workers: list, jobs: list[_Job]) -> dict[str, tuple[int, float]]:
-    """Hand out every unfinished segment of every job; returns frames and seconds per worker."""
+    """Hand out every unfinished segment of every job; returns frames and seconds per worker.
+
+    After a Ctrl-C (a job's ``stop_requested``) it hands out no more and
+    tells each busy worker to stop after its frame in hand.
+    """
     todo = [
         (j, k)
         for j, job in enumerate(jobs)
