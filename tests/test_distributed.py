@@ -432,8 +432,11 @@ def test_a_bad_objective_found_inside_a_worker_is_the_one_line_of_one_process(ra
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_every_worker_at_its_frame_in_hand_and_the_rerun_resumes(ray_cluster, shots_clip, single_process, tmp_path):
+def test_ctrl_c_stops_every_worker_at_its_frame_in_hand_and_the_rerun_resumes(ray_cluster, tiny_driver, shots_clip, single_process,
+                                                                              tmp_path, capsys):  # fmt: skip
     """Two workers dream a 6-frame shot each at 0.5 s a frame; Ctrl-C after 2 frames stops both within a frame or two."""
+    from dreamreel.pipeline.distributed import RaySettings, dream_video_ray
+
     out = tmp_path / "out"
     script = DRIVER.format(tests=str(TESTS), address=ray_cluster.get_runtime_context().gcs_address, clip=str(shots_clip), out=str(out))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -448,10 +451,9 @@ def test_ctrl_c_stops_every_worker_at_its_frame_in_hand_and_the_rerun_resumes(ra
     stopped_at = frames_done(out)
     assert stopped_at < 2 * SHOT_FRAMES  # the two shots in hand were not finished
     assert stopped_at <= at_signal + 2 * 2, (at_signal, stopped_at)  # each worker: the frame it dreamed, and one in flight
-    rerun = subprocess.run([sys.executable, "-c", script, str(PAUSE_S)], capture_output=True, text=True, env=env, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    assert f"resumed from {stopped_at}" in rerun.stdout
-    assert dreamed_count(rerun.stdout) == 18 - stopped_at  # each worker resumed after its last frame
+    result = dream_video_ray(shots_clip, out, SETTINGS, CPU, VIDEO, ENCODE, RaySettings(workers=2), progress=False, verbose=True)
+    assert result.resumed_from == stopped_at
+    assert dreamed_count(capsys.readouterr().out) == 18 - stopped_at  # each worker resumed after its last frame
     outputs = read_png_frames(out)
     assert len(outputs) == 18
     for t, (a, b) in enumerate(zip(single_process, outputs)):
