@@ -443,13 +443,16 @@ def _start_workers(ray, settings: DreamSettings, compute: ComputeSettings, video
     resources = ray.cluster_resources()
     cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
     if compute.device.startswith("cuda:"):
-        raise ValueError(f"--device {compute.device}: with --ray each worker has a GPU of its own, which it calls cuda; use --device cuda or auto")
+        raise ValueError(
+            f"--device {compute.device}: with --ray each worker has a GPU of its own, which it calls cuda; use --device cuda or auto"
+        )
     if compute.device == "cuda" and not gpus:
         raise ValueError("--device cuda: the Ray cluster has no GPU; use --device cpu or auto")
     if gpus and compute.device != "cpu":
         fit, options, what = gpus, {"num_gpus": 1, "num_cpus": 1}, f"{gpus} GPUs"
     else:
-        fit, options, what = cpus // distributed.threads, {"num_cpus": distributed.threads}, f"{cpus} CPUs at --threads {distributed.threads}"
+        fit, options = cpus // distributed.threads, {"num_cpus": distributed.threads}
+        what = f"{cpus} CPUs at --threads {distributed.threads}"
         if not fit:
             raise ValueError(
                 f"--threads {distributed.threads}: a worker needs {distributed.threads} CPUs, and the Ray cluster has {cpus}; "
