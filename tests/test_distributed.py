@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_model, read_png_frames, textured_frame
-from dreamreel.cli.main import error_line, main
+from dreamreel.cli.main import main
 from dreamreel.pipeline.dream import ComputeSettings, DreamSettings
 from dreamreel.pipeline.encode import EncodeSettings, FrameWriter
 from dreamreel.pipeline.render import work_folder
