@@ -471,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-frames", type=positive_int, help="dream at most N frames")
     r = p.add_argument_group("ray: one video on many GPUs or machines (needs pip install \"dreamreel[ray]\")")
     r.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                   help="dream shots on Ray workers; no ADDRESS starts a local Ray, 'auto' or ray://HOST:10001 joins a cluster")
+                   help="dream shots on Ray workers; no ADDRESS starts a local Ray, 'auto', HOST:6379 or ray://HOST:10001 joins a cluster")
     r.add_argument("--workers", type=positive_int, help="Ray workers (default: one per GPU, else one per --threads CPUs)")
     r.add_argument("--threads", type=positive_int, help="torch threads of each CPU worker (default 1)")
     r.add_argument("--segment-frames", type=positive_int, help="longest piece of a shot one worker dreams (default 300)")
