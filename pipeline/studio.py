@@ -66,12 +66,7 @@ PREVIEW_ZOOM_FRAMES = 8
 MAX_SIDE = 4096  # largest render side the page accepts, in pixels
 MAX_FRAMES = 100_000  # longest zoom the page accepts
 MAX_PLOT_POINTS = 2000  # schedule plots sample at most this many frames
-# One colour per schedule (zoom.SCHEDULED) and song feature (audio.FEATURE_NAMES), the same in every plot.
-PLOT_COLOURS = {
-    "zoom": "#4c78a8", "angle": "#f58518", "translate_x": "#54a24b", "translate_y": "#e45756", "step": "#72b7b2",
-    "iterations_next": "#b279a2", "blend": "#9d755d",
-    "rms": "#4c78a8", "bass": "#e45756", "mid": "#f58518", "treble": "#54a24b", "onset": "#b279a2",
-}  # fmt: skip
+SCHEDULE_PLOT_HEIGHT = 160  # px: one small plot per schedule box
 # Cancel waits this long for the frames in hand to finish before answering.
 CANCEL_WAIT_S = 120.0
 POLL_S = 1.0  # how often a waiting render request updates the page's progress bar
@@ -201,6 +196,10 @@ FLAG_CONTROLS = {
     **{f"--{name.replace('_', '-')}": f"zoom_{name}" for name in ZOOM_CONTROLS if name != "step"},
     "--blend": "video_blend", "--flow": "video_flow", "--audio": "audio", "--bpm": "bpm",
 }  # fmt: skip
+# The zoom schedules the page has a box for, each plotted beside it ([zoom] blend is left to presets).
+SCHEDULE_BOXES = tuple(name for name in ZOOM_CONTROLS if name != "fps")
+# A schedule left empty (None) takes the [dream] setting of this name.
+DREAM_FALLBACKS = {"step": "step", "iterations_next": "iterations"}
 FLAG = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, FLAG_CONTROLS)) + r")(?![\w-])")
 
 
@@ -485,7 +484,8 @@ def schedule_curves(job: Job) -> tuple[dict[str, list[float]], dict[str, list[fl
         (schedules, audio): each maps a name to its value per frame for frames
         0..N-1 (``"frame"`` holds the frame numbers); N is the job's frame
         count (the song's length, else 5 seconds), at most :data:`MAX_PLOT_POINTS`.
-        Scheduled fields that never change are left out, except ``zoom``.
+        ``schedules`` holds every schedule of :data:`SCHEDULE_BOXES`; one left
+        empty holds the [dream] value it takes (:data:`DREAM_FALLBACKS`).
         ``audio`` is empty without a song.
 
     Raises:
@@ -502,12 +502,13 @@ def schedule_curves(job: Job) -> tuple[dict[str, list[float]], dict[str, list[fl
     check_inputs(schedules.values(), have_audio=features is not None, have_bpm=have_bpm)
     frames = job.frames or (features.n_frames if features is not None else round(5 * fps))
     frames = min(frames, MAX_PLOT_POINTS)
-    bpm = job.bpm
-    envs = [frame_env(t, fps, bpm, features) for t in range(frames)]
+    envs = [frame_env(t, fps, job.bpm, features) for t in range(frames)]
     curves = {"frame": list(range(frames))}
-    for name, schedule in schedules.items():
-        if name == "zoom" or not schedule.is_constant:
-            curves[name] = [schedule(t, env) for t, env in enumerate(envs)]
+    for name in SCHEDULE_BOXES:
+        if name in schedules:
+            curves[name] = [schedules[name](t, env) for t, env in enumerate(envs)]
+        else:
+            curves[name] = [float(getattr(job.dream, DREAM_FALLBACKS[name]))] * frames
     audio = {"frame": list(range(frames)), **{n: [env[n] for env in envs] for n in FEATURE_NAMES}} if features else {}
     return curves, audio
 
@@ -731,6 +732,11 @@ def build_page(folders: Folders, worker: RenderWorker):
     default_preset = load_preset(DEFAULT_PRESETS["image"])
     default_dream = build("dream", default_preset, {})
     zoom_defaults = build("zoom", None, {})
+    schedule_info = {
+        "zoom": "scale per frame: 1.02 = 2% closer", "angle": "degrees per frame, counter-clockwise",
+        "translate_x": "px per frame", "translate_y": "px per frame", "step": "dream step per frame; empty: Step size",
+        "iterations_next": "steps per octave after frame 0; empty: Steps per octave",
+    }  # fmt: skip
     video_defaults = build("video", None, {})
     unfinished: dict[Job, Path] = {}  # outputs of video and zoom renders that stopped with frames to resume
 
@@ -751,6 +757,12 @@ def build_page(folders: Folders, worker: RenderWorker):
     def text(value) -> str:
         """A schedule box's text for a setting's value (None: empty)."""
         return "" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
+
+    def schedule_frame(curves: dict, name: str):
+        """One schedule's plot data."""
+        return pd.DataFrame({"frame": curves["frame"], "value": curves[name]})
+
+    initial_curves, _ = schedule_curves(job_from_page({"kind": "zoom", "side": 512}, folders))  # the boxes' defaults
 
     def on_preset(name, source):
         """Fill the controls from a preset: defaults < preset; the job follows the preset."""
@@ -780,8 +792,8 @@ def build_page(folders: Folders, worker: RenderWorker):
             current = None
         updates = {
             zoom_section: gr.Accordion(visible=job_kind == "zoom"), video_section: gr.Accordion(visible=job_kind == "video"),
-            result_view: gr.Image(visible=job_kind == "image"), result_video: gr.Video(visible=job_kind != "image"),
-            preview_view: None,
+            frames: gr.Number(visible=job_kind != "image"), result_view: gr.Image(visible=job_kind == "image"),
+            result_video: gr.Video(visible=job_kind != "image"), preview_view: None,
         }  # fmt: skip
         if current is None or current.kind != job_kind:
             updates[preset] = DEFAULT_PRESETS[job_kind]
@@ -822,17 +834,11 @@ def build_page(folders: Folders, worker: RenderWorker):
             curves, audio_curves = schedule_curves(job_from_page(values, folders))
         except ValueError as exc:
             return {status: fail(exc)}
-        plotted = [name for name in curves if name != "frame"]
-        long = pd.DataFrame(curves).melt(id_vars="frame", var_name="setting", value_name="value")
-        updates = {
-            # the legend's entries are set each time: Gradio redraws the plot's
-            # colour scale only when a setting of the plot changes, not its data
-            schedule_plot: gr.LinePlot(long, colors_in_legend=plotted),
-            status: f"schedules plotted over {len(curves['frame'])} frames: {', '.join(plotted)}",
-        }
-        if audio_curves:
-            updates[audio_plot] = pd.DataFrame(audio_curves).melt(id_vars="frame", var_name="feature", value_name="value")
-        return updates
+        # data only: a Gradio plot that redraws for new settings loses data sent meanwhile (Gradio 6.31)
+        updates = {plots[name]: schedule_frame(curves, name) for name in SCHEDULE_BOXES}
+        updates[audio_plot] = pd.DataFrame(audio_curves).melt(id_vars="frame", var_name="feature", value_name="value") if audio_curves else None
+        changing = ", ".join(name for name in SCHEDULE_BOXES if min(curves[name]) != max(curves[name])) or "none"
+        return {**updates, status: f"schedules plotted over {len(curves['frame'])} frames; changing: {changing}"}
 
     def on_preview(data, progress=gr.Progress(track_tqdm=True)):
         try:
@@ -903,33 +909,35 @@ def build_page(folders: Folders, worker: RenderWorker):
                     jitter = gr.Number(default_dream.jitter, label=LABELS["jitter"], info="px, 0 to 1024", elem_id="jitter")
                     seed = gr.Number(default_dream.seed, label=LABELS["seed"], info="same seed, same picture", elem_id="seed")
                     side = gr.Number(512, label=LABELS["side"], info=f"px, 16 to {MAX_SIDE}", elem_id="side")
-                frames = gr.Number(None, label=LABELS["frames"], info="zoom: length (0: the song's, else 5 s); video: at most (0: all)", elem_id="frames")
+                frames = gr.Number(
+                    None, label=LABELS["frames"], info="zoom: length (0: the song's, else 5 s); video: at most (0: all)",
+                    visible=False, elem_id="frames",
+                )  # fmt: skip
                 with gr.Accordion("Zoom schedules", open=False, visible=False, elem_id="zoom_section") as zoom_section:
                     gr.Markdown("Each box: a number, keyframes such as `0:(1.0), 48:(1.05)`, or a formula of "
                                 "`t` (frame), `s` (seconds), `b` (beats) and the song's `bass`, `mid`, `treble`, `rms`, `onset`.")  # fmt: skip
-                    zoom_zoom = gr.Textbox(text(zoom_defaults.zoom), label=LABELS["zoom_zoom"], info="scale per frame: 1.02 = 2% closer", elem_id="zoom_zoom")
-                    zoom_angle = gr.Textbox(text(zoom_defaults.angle), label=LABELS["zoom_angle"], info="degrees per frame, counter-clockwise", elem_id="zoom_angle")
+                    # each schedule box above a plot of its own: one series per plot, so each has its own
+                    # scale (a zoom of 1.005-1.04 beside an angle of ±0.6) and no colour to keep apart
+                    boxes, plots = {}, {}
+                    for row in (("zoom", "angle"), ("translate_x", "translate_y"), ("step", "iterations_next")):
+                        with gr.Row():
+                            for name in row:
+                                with gr.Column(min_width=240):
+                                    boxes[name] = gr.Textbox(
+                                        text(getattr(zoom_defaults, name)), label=LABELS[f"zoom_{name}"],
+                                        info=schedule_info[name], elem_id=f"zoom_{name}",
+                                    )  # fmt: skip
+                                    plots[name] = gr.LinePlot(
+                                        schedule_frame(initial_curves, name), x="frame", y="value", y_title=LABELS[f"zoom_{name}"],
+                                        show_label=False, height=SCHEDULE_PLOT_HEIGHT, elem_id=f"plot_{name}",
+                                    )  # fmt: skip
+                    zoom_zoom, zoom_angle, zoom_translate_x, zoom_translate_y, zoom_step, zoom_iterations_next = boxes.values()
                     with gr.Row():
-                        zoom_translate_x = gr.Textbox(text(zoom_defaults.translate_x), label=LABELS["zoom_translate_x"], info="px per frame", elem_id="zoom_translate_x")
-                        zoom_translate_y = gr.Textbox(text(zoom_defaults.translate_y), label=LABELS["zoom_translate_y"], info="px per frame", elem_id="zoom_translate_y")
-                    with gr.Row():
-                        zoom_step = gr.Textbox(text(zoom_defaults.step), label=LABELS["zoom_step"], info="dream step per frame; empty: Step size", elem_id="zoom_step")
-                        zoom_iterations_next = gr.Textbox(
-                            text(zoom_defaults.iterations_next), label=LABELS["zoom_iterations_next"],
-                            info="steps per octave after frame 0; empty: Steps per octave", elem_id="zoom_iterations_next",
-                        )  # fmt: skip
-                        zoom_fps = gr.Number(zoom_defaults.fps, label=LABELS["zoom_fps"], info="frames per second", elem_id="zoom_fps")
-                    with gr.Row():
-                        audio = gr.File(label=f"{LABELS['audio']} (drives bass, mid, treble, rms, onset)", file_types=["audio"], elem_id="audio")
-                        bpm = gr.Number(None, label=LABELS["bpm"], info="tempo for b; a dropped song fills it in; 0: none", elem_id="bpm")
-                    schedule_plot = gr.LinePlot(
-                        x="frame", y="value", color="setting", color_map=PLOT_COLOURS, label="Schedules over frames",
-                        elem_id="schedule_plot",
-                    )  # fmt: skip
-                    audio_plot = gr.LinePlot(
-                        x="frame", y="value", color="feature", color_map=PLOT_COLOURS, label="Song features over frames",
-                        elem_id="audio_plot",
-                    )  # fmt: skip
+                        audio = gr.File(label=f"{LABELS['audio']} (drives bass, mid, treble, rms, onset)", file_types=["audio"], elem_id="audio", scale=2)
+                        with gr.Column(scale=1):
+                            bpm = gr.Number(None, label=LABELS["bpm"], info="tempo for b; a dropped song fills it in; 0: none", elem_id="bpm")
+                            zoom_fps = gr.Number(zoom_defaults.fps, label=LABELS["zoom_fps"], info="frames per second", elem_id="zoom_fps")
+                    audio_plot = gr.LinePlot(x="frame", y="value", color="feature", label="Song features over frames", elem_id="audio_plot")
                 with gr.Accordion("Video", visible=False, elem_id="video_section") as video_section:
                     with gr.Row():
                         video_blend = gr.Number(video_defaults.blend, label=LABELS["video_blend"], info="previous dream carried, 0 to 1", elem_id="video_blend")
@@ -960,7 +968,7 @@ def build_page(folders: Folders, worker: RenderWorker):
         filled = {kind, model, objective, octaves, iterations, step, jitter, seed, zoom_zoom, zoom_angle, zoom_translate_x,
                   zoom_translate_y, zoom_step, zoom_iterations_next, zoom_fps, video_blend, video_flow, preview_view, status}  # fmt: skip
         preset.change(on_preset, [preset, source], filled)
-        kind.change(on_kind, [kind, preset], {zoom_section, video_section, result_view, result_video, preview_view, preset})
+        kind.change(on_kind, [kind, preset], {zoom_section, video_section, frames, result_view, result_video, preview_view, preset})
         model.change(on_model, model, [objective, layers])
         page.load(on_model, model, [objective, layers])
         # the saved presets as they are now, not as they were when the studio started
@@ -970,7 +978,7 @@ def build_page(folders: Folders, worker: RenderWorker):
         gr.on(
             [kind.change, zoom_zoom.change, zoom_angle.change, zoom_translate_x.change, zoom_translate_y.change,
              zoom_step.change, zoom_iterations_next.change, zoom_fps.change, frames.change, audio.change, bpm.change],
-            on_schedules, inputs, {schedule_plot, audio_plot, status},
+            on_schedules, inputs, {*plots.values(), audio_plot, status},
         )  # fmt: skip
         preview_button.click(on_preview, inputs, [preview_view, status], concurrency_limit=1, concurrency_id="preview")
         results = {result_view, result_video, result_file, status}

@@ -124,15 +124,6 @@ def test_the_step_box_is_the_zoom_step_schedule(folders):
         studio.job_from_page({**zoom, "zoom_step": "5"}, folders)
 
 
-def test_every_schedule_and_song_feature_has_its_own_plot_colour():
-    from dreamreel.pipeline.audio import FEATURE_NAMES
-    from dreamreel.pipeline.zoom import SCHEDULED
-
-    for names in (SCHEDULED, FEATURE_NAMES):
-        assert set(names) <= set(studio.PLOT_COLOURS)
-        assert len({studio.PLOT_COLOURS[name] for name in names}) == len(names)
-
-
 def test_saved_zoom_preset_reads_back_as_the_same_settings(folders):
     page = {**PAGE, "kind": "zoom", "preset": "zoom-beat-pulse", "objective": 'mid + 0.5*high',
             "zoom_zoom": "1.005 + 0.035*exp(-6*(b - floor(b)))", "zoom_angle": "0:(0), 48:(2.5)", "bpm": 120}  # fmt: skip
@@ -170,7 +161,9 @@ def test_schedule_plot_shows_the_beat_kick(folders):
             "bpm": 120, "frames": 48}  # fmt: skip
     curves, audio = studio.schedule_curves(studio.job_from_page(page, folders))
     assert curves["frame"] == list(range(48)) and audio == {}
-    assert set(curves) == {"frame", "zoom", "angle"}  # constant translate_x/y are left out
+    assert list(curves) == ["frame", "zoom", "angle", "translate_x", "translate_y", "step", "iterations_next"]  # a plot per box
+    assert curves["translate_x"] == [0.0] * 48 and curves["iterations_next"] == [3.0] * 48
+    assert curves["step"] == [0.02] * 48  # no step schedule: the [dream] step
     zoom = np.array(curves["zoom"])
     assert np.allclose(zoom[[0, 12, 24, 36]], 1.04)
     assert np.all(np.diff(zoom[:12]) < 0) and 1.005 < zoom[11] < 1.01
@@ -506,7 +499,7 @@ def test_studio_page_follows_the_job_and_plots_every_schedule(studio_server, bro
 
     url, _ = studio_server
     page = Page(browser, url)
-    assert not page.shown("video_section") and not page.shown("zoom_section")  # an image job has neither
+    assert not any(map(page.shown, ("video_section", "zoom_section", "frames")))  # an image job has none of them
 
     # each job starts from its own default preset, and shows its own section only
     page.pick("preset", "class-target")
@@ -514,15 +507,16 @@ def test_studio_page_follows_the_job_and_plots_every_schedule(studio_server, bro
     page.pick("kind", "video")
     wait_for("the video preset", lambda: page.value("preset") == "video-flow")
     assert wait_for("the Video section", lambda: page.shown("video_section")) and not page.shown("zoom_section")
+    assert page.shown("frames")
     assert (page.value("octaves"), page.value("video_blend")) == ("3", "0.99")
     page.pick("kind", "zoom")
     wait_for("the zoom preset", lambda: page.value("preset") == "zoom-drift")
     assert wait_for("the zoom section", lambda: page.shown("zoom_section")) and not page.shown("video_section")
     page.pick("preset", "zoom-spiral")  # a preset of the job's kind stays
-    page.wait_status("the spiral's plot", lambda status: status == "schedules plotted over 120 frames: zoom, angle")
+    page.wait_status("the spiral's plots", lambda status: status == "schedules plotted over 120 frames; changing: angle")
     assert page.value("preset") == "zoom-spiral"
 
-    # a song: its tempo fills bpm; the next preset's schedules each get a line and a legend entry
+    # a song: its tempo fills bpm; each schedule box, step too, has a plot that follows the next preset
     song = tmp_path / "song.wav"
     rate = 22050
     t = np.arange(rate * 8) / rate
@@ -535,28 +529,31 @@ def test_studio_page_follows_the_job_and_plots_every_schedule(studio_server, bro
     bpm = wait_for("the song's tempo", lambda: float(page.value("bpm") or 0))
     assert abs(bpm - 120) < 1
     page.pick("preset", "zoom-bass-dream")
-    page.wait_status("the bass preset's plot", lambda status: status == "schedules plotted over 192 frames: zoom, angle, step")
+    page.wait_status("the bass preset's plots", lambda status: status == "schedules plotted over 192 frames; changing: zoom, step")
     assert page.value("zoom_step") == "0.004 + 0.008*clamp(bass, 0, 3)"
-    plot = wait_for("the plot's lines", lambda: (lambda p: len(p["lines"]) == 3 and p)(plot_marks(browser, "schedule_plot")))
-    assert plot["lines"] == {"zoom": "#4c78a8", "angle": "#f58518", "step": "#72b7b2"}  # every line drawn, in its colour
-    assert plot["legend"] == ["zoom", "angle", "step"] and plot["legend_inside"]
+    plots = {name: plot_marks(browser, f"plot_{name}") for name in studio.SCHEDULE_BOXES}
+    for name, plot in plots.items():  # one line each, drawn, over every frame
+        assert plot["strokes"] and all(plot["strokes"]) and len(plot["values"]) == 192, (name, plot)
+    step = np.array(plots["step"]["values"])
+    assert 0.004 <= step.min() < 0.006 and 0.012 < step.max() <= 0.028  # 0.004 + 0.008*bass, the bass thumping
+    assert set(plots["angle"]["values"]) == {-0.6} and set(plots["translate_x"]["values"]) == {0}  # no treble; no shift
     audio = plot_marks(browser, "audio_plot")
-    assert set(audio["lines"]) == set(audio["legend"]) == {"rms", "bass", "mid", "treble", "onset"} and audio["legend_inside"]
+    assert len(audio["strokes"]) == len(audio["legend"]) == 5 and all(audio["strokes"]) and audio["legend_inside"]
     browser.save_screenshot(str(tmp_path / "schedules.png"))
 
 
 def plot_marks(driver, element_id: str) -> dict:
-    """A plot as drawn: {"lines": {series: stroke colour}, "legend": [series], "legend_inside": the legend lies within the plot's box}."""
+    """A plot as drawn: {"strokes": each line's colour, "values": each point's value (``frame: 3; step: 0.01``),
+    "legend": its entries, "legend_inside": whether the legend lies within the plot's box}."""
     return driver.execute_script(
         """
         const plot = document.getElementById(arguments[0]), box = plot.getBoundingClientRect();
-        const lines = {};
-        for (const mark of plot.querySelectorAll('path[aria-roledescription="line mark"]')) {
-            lines[mark.getAttribute('aria-label').match(/(?:setting|feature): (\\w+)/)[1]] = mark.getAttribute('stroke');
-        }
+        const strokes = [...plot.querySelectorAll('path[aria-roledescription="line mark"]')].map(m => m.getAttribute('stroke'));
+        const values = [...plot.querySelectorAll('path[aria-roledescription="point"]')]
+            .map(p => parseFloat(p.getAttribute('aria-label').split('; ')[1].split(': ')[1].replace('\u2212', '-')));
         const legend = [...plot.querySelectorAll('.role-legend-label text')].map(text => text.textContent);
         const inside = [...plot.querySelectorAll('.role-legend *')].every(e => e.getBoundingClientRect().bottom <= box.bottom);
-        return {lines: lines, legend: legend, legend_inside: legend.length > 0 && inside};
+        return {strokes: strokes, values: values, legend: legend, legend_inside: legend.length > 0 && inside};
         """,
         element_id,
     )
