@@ -847,8 +847,10 @@ def build_page(folders: Folders, worker: RenderWorker):
             return None, fail(exc)
         return shown(outcome.path), outcome.message
 
+    def no_result() -> dict:
+        return {result_view: None, result_video: None, result_file: None}
+
     def on_render(data, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
-        cleared = {result_view: None, result_video: None, result_file: None}
         job = out = None
         try:
             job = job_from_page(page_values(data), folders)
@@ -859,17 +861,16 @@ def build_page(folders: Folders, worker: RenderWorker):
         except Exception as exc:  # noqa: BLE001 - one line on the page (Cancelled too)
             if out is not None and work_folder(out).is_dir():
                 unfinished[job] = out  # the same settings resume from its frames
-            return {**cleared, status: cancelled_line(out) if isinstance(exc, Cancelled) else fail(exc)}
+            return {**no_result(), status: cancelled_line(out) if isinstance(exc, Cancelled) else fail(exc)}
         path = shown(outcome.path)
         view = result_view if job.kind == "image" else result_video
-        return {**cleared, view: path, result_file: path, status: outcome.message}
+        return {**no_result(), view: path, result_file: path, status: outcome.message}
 
     def on_cancel(request: gr.Request):
-        # Gradio drops the cancelled render's own answer, so this one reports how it ended
-        cleared = {result_view: None, result_video: None, result_file: None}
+        # Gradio may drop the cancelled render's own answer, so this one reports how it ended
         stopped = worker.cancel(request.session_hash, wait_s=CANCEL_WAIT_S)
         if stopped:
-            return {**cleared, status: cancelled_line(Path(stopped))}
+            return {**no_result(), status: cancelled_line(Path(stopped))}
         return {status: "nothing of yours is rendering; a queued render of yours was taken off the queue"}
 
     def on_save(data):
