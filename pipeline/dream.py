@@ -105,7 +105,17 @@ OPTIMIZERS = ("step", "adam", "lbfgs")
 
 
 class ConflictingSettings(ValueError):
-    """Two dream settings that are each valid but cannot work together (presets check these per section)."""
+    """Two settings that are each valid but cannot work together.
+
+    Attributes:
+        first, second: (field name, value) of the two settings.
+        reason: why they conflict and what to choose instead.
+    """
+
+    def __init__(self, first: tuple[str, object], second: tuple[str, object], reason: str):
+        self.first, self.second, self.reason = first, second, reason
+        flags = " with ".join(f"--{name.replace('_', '-')} {value}" for name, value in (first, second))
+        super().__init__(f"{flags}: {reason}")
 
 
 def check_settings(s: DreamSettings) -> None:
@@ -142,14 +152,12 @@ def check_settings(s: DreamSettings) -> None:
     if s.optimizer == "step":
         # the normalised step is a rule for pixels, and its captured step rolls only
         if s.param != "pixel":
-            raise ConflictingSettings(f"--param {s.param}: the normalised step works on pixels; add --optimizer adam (or lbfgs)")
+            raise ConflictingSettings(("param", s.param), ("optimizer", s.optimizer),
+                                      "the normalised step works on pixels only; choose optimizer adam or lbfgs")
         for name in ("scale_jitter", "rotate_jitter"):
             if getattr(s, name):
-                flag = "--" + name.replace("_", "-")
-                raise ConflictingSettings(
-                    f"{flag} {getattr(s, name)}: random scale and rotation need --optimizer adam or lbfgs "
-                    f"(the normalised step only rolls); add one, or drop {flag}"
-                )
+                raise ConflictingSettings((name, getattr(s, name)), ("optimizer", s.optimizer),
+                                          "random scale and rotation need optimizer adam or lbfgs (the normalised step only rolls)")
 
 
 def settings_from_dict(values: dict, base: DreamSettings | None = None) -> DreamSettings:
@@ -615,7 +623,7 @@ def _octave_optimize(
                 return -scores[-1].sum()
 
             optimizer.step(closure)
-            score = scores[-1]
+            score = scores[0]  # at the iteration's start, as the other optimizers report it
         else:
             score = evaluate(i)
             optimizer.step()

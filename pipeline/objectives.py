@@ -190,16 +190,17 @@ def tv(beta: float = TV_BETA) -> Objective:
     """Total variation V^beta of the picture: subtract it to smooth away pixel noise.
 
     The mean over pixels and channels of ``(dx² + dy²)^(beta/2)``, with dx
-    and dy the differences to the right and lower neighbour in pixel-range
-    units (Mahendran & Vedaldi 2015, "Understanding deep image
-    representations by inverting them"): beta 2 spreads a change over its
-    neighbours, beta 1 keeps edges sharp. The picture is read as the network
-    sees it (rolled, tile by tile), so the wrap-around seam of a roll counts
-    like any other pixel pair.
+    and dy the differences to the right and lower neighbour in 8-bit levels
+    (Mahendran & Vedaldi 2015, "Understanding deep image representations by
+    inverting them"): beta 2 spreads a change over its neighbours, beta 1
+    keeps edges sharp. In levels, its gradient is of the size of the layers'
+    and classes' gradients, so weights such as 0.1 to 1 matter. The picture
+    is read as the network sees it (rolled, tile by tile), so the wrap-around
+    seam of a roll counts like any other pixel pair.
     """
 
     def score(acts: Activations) -> torch.Tensor:
-        x = acts[PICTURE].float()
+        x = acts[PICTURE].float() * 255
         dx = x[..., :-1, 1:] - x[..., :-1, :-1]
         dy = x[..., 1:, :-1] - x[..., :-1, :-1]
         squared = dx.pow(2) + dy.pow(2)
