@@ -77,7 +77,7 @@ def encode(x: torch.Tensor, param: str) -> torch.Tensor:
         decorrelated logits.
     """
     if param == "pixel":
-        return x.detach().clone()
+        return x.detach().clone(memory_format=torch.contiguous_format)  # L-BFGS views its gradient flat
     _check_param(param)
     h, w = x.shape[-2:]
     logits = torch.logit(x.detach().float().clamp(EDGE, 1 - EDGE))

@@ -323,7 +323,8 @@ def test_adam_and_lbfgs_dream_on_pixels_and_on_the_spectrum(tiny_model, textured
     settings = DreamSettings(objective="enhance:mid" if optimizer == "lbfgs" else "mid", octaves=2, iterations=6, jitter=4,
                              optimizer=optimizer, param=param, step=0.05, scale_jitter=0.1, rotate_jitter=10.0)  # fmt: skip
     scores = []
-    out = D.dream(tiny_model, textured, parse_objective(settings.objective, tiny_model), settings, on_step=lambda s: scores.append(float(s)))
+    x = textured.contiguous(memory_format=torch.channels_last)  # as a video frame arrives: L-BFGS flattens a copy of it
+    out = D.dream(tiny_model, x, parse_objective(settings.objective, tiny_model), settings, on_step=lambda s: scores.append(float(s)))
     assert out.shape == textured.shape and 0 <= out.min() and out.max() <= 1
     assert len(scores) == 12 and scores[5] > scores[0] and scores[11] > scores[6]  # each octave climbs
     assert (out - textured).abs().mean() > 0.005
