@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -94,7 +95,9 @@ def run_classes(out: Path) -> list[dict]:
     for name, index in CLASSES.items():
         for preset_name in CLASS_PRESETS:  # alternating, so both see the same load
             preset = load_preset(preset_name)
-            settings = build("dream", preset, {"objective": f"class:{index}"})
+            # the preset's objective with this class, as its description tells users to write it
+            objective = re.sub(r"class:\w+", f"class:{index}", preset.sections["dream"]["objective"])
+            settings = build("dream", preset, {"objective": objective})
             path = out / f"{preset_name}-{name}.png"
             compute = ComputeSettings(model=preset.model or ComputeSettings.model, device="cpu")
             _, wall, cpu, load = timed(lambda: dream_image("noise", path, settings, compute, noise_size=CLASS_SIZE, progress=False))
