@@ -569,8 +569,10 @@ def _octave_optimize(
     step) and carries it back to the parameters through autograd. Adam draws a
     new view every iteration; L-BFGS keeps one view for a round of
     ``LBFGS_ROUND`` iterations. After every Adam iteration and every L-BFGS
-    round the picture is projected back: pixels clamped to [0, 1], and pulled
-    towards ``anchor`` where there is one.
+    round the picture is projected back: pulled towards ``anchor`` where there
+    is one, and encoded afresh, which clamps pixels to [0, 1] and holds a
+    spectrum's pixels within half an 8-bit level of black and white
+    (``param.EDGE``), where the sigmoid has not gone flat.
 
     Every image has its own parameters and Adam its own learning rate (its
     ``step``), so under Adam a batch dreams as its images alone; L-BFGS's line
