@@ -13,8 +13,8 @@ Module and parameter names are those of timm's ``tf_efficientnet_lite0``
 such as ``blocks.4`` mean the same in both.
 
 EfficientNet-Lite1 is the same network with more blocks per stage; it is
-built here as the second opinion that measures the default model's class
-dreams (``benchmarks/priors.py``), never to dream with.
+built here as the second opinion that judges the default model's class
+dreams (docs/priors.md), never to dream with.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ TV_BETA, TV_BETA_RANGE = 2.0, (1.0, 4.0)
 NORM_ALPHA, NORM_ALPHA_RANGE = 6.0, (1.0, 12.0)
 # Inside V^beta's root, so its gradient stays finite on flat patches.
 TV_EPSILON = 1e-8
-PRIORS = {"tv": (TV_BETA, TV_BETA_RANGE, "beta"), "norm": (NORM_ALPHA, NORM_ALPHA_RANGE, "alpha")}
+PRIORS = {"tv": (TV_BETA_RANGE, "beta"), "norm": (NORM_ALPHA_RANGE, "alpha")}
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def tv(beta: float = TV_BETA) -> Objective:
     (Mahendran & Vedaldi 2015, "Understanding deep image representations by
     inverting them"): beta 2 spreads a change over its neighbours, beta 1
     keeps edges sharp. In levels, its gradient is of the size of the layers'
-    and classes' gradients, so weights such as 0.1 to 1 matter. The picture
+    and classes' gradients, so weights from 0.01 to 1 matter. The picture
     is read as the network sees it (rolled, tile by tile), so the wrap-around
     seam of a roll counts like any other pixel pair.
     """
@@ -214,8 +214,9 @@ def norm(alpha: float = NORM_ALPHA) -> Objective:
     """The alpha-norm bound of the picture: subtract it to keep values in range without clamping.
 
     The mean of ``|2x - 1|^alpha`` (Mahendran & Vedaldi 2015): at most 1 for
-    pixels in [0, 1], steeply more outside, so an optimiser that does not clamp
-    (``--optimizer lbfgs`` on pixels) keeps the picture in range.
+    pixels in [0, 1], steeply more outside, so an optimiser that does not
+    clamp at every step (``--optimizer lbfgs`` on pixels clamps after each
+    round) keeps the picture in range.
     """
 
     def score(acts: Activations) -> torch.Tensor:
@@ -337,15 +338,16 @@ class _Targets:
         return enhance(self.layer_name(name))
 
     def prior(self, keyword: Token, exponent: Token | None) -> Objective:
-        default, (lo, hi), what = PRIORS[keyword.text]
+        make = tv if keyword.text == "tv" else norm
+        (lo, hi), what = PRIORS[keyword.text]
         if exponent is None:
-            return tv(default) if keyword.text == "tv" else norm(default)
+            return make()
         if exponent.kind != "number":
             raise self.fail(f"expected a number ({what}) after '{keyword.text}:' but found {exponent.describe()}", exponent)
         value = float(exponent.text)
         if not lo <= value <= hi:
             raise self.fail(f"{keyword.text}:{exponent.text}: {what} must be from {lo:g} to {hi:g}", exponent)
-        return tv(value) if keyword.text == "tv" else norm(value)
+        return make(value)
 
     def guide(self, keyword: Token, name: Token) -> Objective:
         if name.kind != "name":
