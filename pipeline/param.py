@@ -23,6 +23,7 @@ Every function takes (B, C, H, W) tensors; device and dtype come from the input.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -45,11 +46,16 @@ SPECTRUM_DIVISOR = 4.0
 EDGE = 0.5 / 255
 
 
-def colour_matrix(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(3, 3) map from decorrelated colour channels to RGB: :data:`COLOUR_SQRT` with its longest column scaled to 1."""
+@functools.lru_cache(maxsize=16)
+def colour_matrix(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, *, inverse: bool = False) -> torch.Tensor:
+    """(3, 3) map from decorrelated colour channels to RGB: :data:`COLOUR_SQRT` with its longest column scaled to 1.
+
+    ``inverse`` gives the map from RGB back. Made once per device: a copy to
+    a GPU from the host waits for the GPU's queue.
+    """
     m = torch.tensor(COLOUR_SQRT, dtype=torch.float64)
     m = m / m.norm(dim=0).max()
-    return m.to(device=device, dtype=dtype)
+    return (torch.linalg.inv(m) if inverse else m).to(device=device, dtype=dtype)
 
 
 def spectrum_weights(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -81,7 +87,7 @@ def encode(x: torch.Tensor, param: str) -> torch.Tensor:
     _check_param(param)
     h, w = x.shape[-2:]
     logits = torch.logit(x.detach().float().clamp(EDGE, 1 - EDGE))
-    decorrelated = torch.einsum("ck,bkhw->bchw", torch.linalg.inv(colour_matrix(x.device)), logits)
+    decorrelated = torch.einsum("ck,bkhw->bchw", colour_matrix(x.device, inverse=True), logits)
     spectrum = torch.fft.rfft2(decorrelated, norm="ortho") / spectrum_weights(h, w, x.device)
     return torch.view_as_real(spectrum).contiguous()
 
