@@ -109,6 +109,18 @@ CASES = [
     (["zoom", "{tmp}/o.mp4", "--bpm", "0"], "--bpm: expected a finite number above 0"),
     (["video", "{tmp}/text.mp4", "{tmp}/o.mp4", "--workers", "2"], "--workers: only used with --ray"),
     (["video", "{tmp}/text.mp4", "{tmp}/o.mp4", "--warmup", "-2"], "--warmup -2"),
+    (["image", "noise", "{tmp}/o.png", "--optimizer", "newton"], "argument --optimizer: invalid choice: 'newton'"),
+    (["image", "noise", "{tmp}/o.png", "--param", "wavelet"], "argument --param: invalid choice: 'wavelet'"),
+    (["image", "noise", "{tmp}/o.png", "--gain", "0"], "--gain 0.0: expected a value from 0.1 to 10"),
+    (["image", "noise", "{tmp}/o.png", "--gain", "lots"], "argument --gain: invalid float value: 'lots'"),
+    (["image", "noise", "{tmp}/o.png", "--scale-jitter", "0.8"], "--scale-jitter 0.8: expected a value from 0.0 to 0.5"),
+    (["image", "noise", "{tmp}/o.png", "--scale-jitter", "nan"], "--scale-jitter nan: expected a value from 0.0 to 0.5"),
+    (["image", "noise", "{tmp}/o.png", "--rotate-jitter", "-10"], "--rotate-jitter -10.0: expected a value from 0.0 to 180"),
+    (["image", "noise", "{tmp}/o.png", "--param", "fft"], "--param fft with --optimizer step: the normalised step works on pixels"),
+    (["image", "noise", "{tmp}/o.png", "--rotate-jitter", "10"], "--rotate-jitter 10.0 with --optimizer step"),
+    (["zoom", "{tmp}/o.mp4", "--preset", "class-natural", "--optimizer", "step"], "--param fft with --optimizer step"),
+    (["image", "noise", "{tmp}/o.png", "--objective", "mid - tv:9"], "tv:9: beta must be from 1 to 4"),
+    (["image", "noise", "{tmp}/o.png", "--objective", "enhance"], "expected a layer name after 'enhance:'"),
 ]
 
 

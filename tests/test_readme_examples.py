@@ -1,6 +1,6 @@
-"""The README's `dreamreel image` examples run as written.
+"""The README's `dreamreel image` examples run as written (and those of the pages in docs/).
 
-Every ``dreamreel image`` line of the README's bash blocks is run through the
+Every ``dreamreel image`` line of the README's and docs/*.md's bash blocks is run through the
 command line in a scratch folder that holds small stand-ins for the files it
 names (photo.jpg, my_finetune.pth, classifier.onnx, ...), on the embedded
 model or the architecture the line names; the objectives of the README's
@@ -23,15 +23,17 @@ from dreamreel.cli.main import main
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 README = Path(__file__).parent.parent / "README.md"
+DOCS = README.parent / "docs"
 PHOTO = Path(__file__).parent / "data" / "chelsea.jpg"
 CLASSES = ["me", "my dog", "my cat"]  # my_classes.txt: the own-classifier examples' classes
 
 
 def bash_lines() -> list[list[str]]:
-    """The README's bash-block commands as argument lists (continuations joined, comments dropped)."""
+    """The bash-block commands of the README and the user guide's pages as argument lists (continuations joined, comments dropped)."""
     lines = []
-    for block in re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), re.S):
-        lines += [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines()]
+    for page in (README, *sorted(DOCS.glob("*.md"))):
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(encoding="utf-8"), re.S):
+            lines += [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines()]
     return [argv for argv in lines if argv]
 
 
