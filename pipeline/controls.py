@@ -267,9 +267,10 @@ def parse_live_expression(setting: str, text: str | float, variables: Sequence[s
     """A setting written as a number or an expression over live variables, as a :class:`schedule.Schedule`.
 
     The one parser of live values: the same language as ``dreamreel zoom``'s
-    schedules, keyframes included (`interpolation` between them); values
-    outside the setting's bounds are errors when the session evaluates them
-    (and when written as plain numbers, at once).
+    schedules, keyframes included (`interpolation` between them). Parts
+    without variables are checked against the setting's bounds here; the
+    schedule returned is not bounded, because a value that leaves them while
+    playing (a bass spike) is held at the edge by the session, not an error.
 
     Raises:
         ExprError: the text is malformed or uses a name that is not among
@@ -278,7 +279,9 @@ def parse_live_expression(setting: str, text: str | float, variables: Sequence[s
             sound or a MIDI control names the flag that brings it.
     """
     try:
-        return parse_schedule(text, setting=setting, variables=variables, interpolation=interpolation, bounds=SETTING_BOUNDS[setting])
+        schedule = parse_schedule(text, setting=setting, variables=variables, interpolation=interpolation, bounds=SETTING_BOUNDS[setting])
+        schedule.bounds = None
+        return schedule
     except ExprError as exc:
         unknown = re.match(r"unknown name '([^']*)'|'([^']*)' is not available", exc.problem)
         if unknown is None:
@@ -289,8 +292,9 @@ def parse_live_expression(setting: str, text: str | float, variables: Sequence[s
             raise ExprError(setting, f"'{name}' has a value only with {flag}", column=exc.column) from None
         if not exc.problem.startswith(f"unknown name '{name}';"):
             raise  # it says "did you mean"
-        named = [n for n in variables if n not in MIDI_VARIABLES]
-        midi = ", cc0-cc127, note0-note127" if "cc0" in variables else ""
+        every_midi = set(MIDI_VARIABLES) <= set(variables)
+        named = [n for n in variables if not (every_midi and n in MIDI_VARIABLES)]
+        midi = ", cc0-cc127, note0-note127" if every_midi else ""
         problem = f"unknown name '{name}'; the live variables here are {', '.join(named)}{midi}"
         raise ExprError(setting, problem, column=exc.column) from None
 

@@ -516,6 +516,7 @@ class _RoomSound:
         rate = self.audio_in.sample_rate
         tolerance = round(SOUND_SYNC_S * rate)
         wav = None
+        correcting = True  # the first block is put exactly in place
         try:
             while (block := self._queue.get()) is not None:
                 samples, time_s = block
@@ -525,11 +526,12 @@ class _RoomSound:
                     wav.setsampwidth(2)
                     wav.setframerate(rate)
                 late = round((time_s - self._start_s) * rate) - self._written  # samples missing before this block
-                if late > tolerance or (self._written == 0 and late > 0):
-                    wav.writeframes(np.zeros((late, samples.shape[1]), "<i2").tobytes())
-                    self._written += late
-                elif late < -tolerance or (self._written == 0 and late < 0):
-                    samples = samples[-late:]
+                if correcting or abs(late) > tolerance:  # put in place exactly, over as many blocks as that takes
+                    if late > 0:
+                        wav.writeframes(np.zeros((late, samples.shape[1]), "<i2").tobytes())
+                        self._written += late
+                    correcting = -late >= len(samples)
+                    samples = samples[max(0, -late) :]
                 wav.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
                 self._written += len(samples)
         except OSError:  # a full disk: the recording goes on without its sound
