@@ -306,10 +306,9 @@ LIVE_OUTPUTS = ("window", "virtual_camera", "ndi_out", "spout", "syphon", "recor
 def cmd_live(args) -> int:
     from functools import partial
 
-    from dreamreel.pipeline.controls import LiveVariables, Tempo, learn, open_controls
+    from dreamreel.pipeline.controls import LiveVariables, Tempo, learn
     from dreamreel.pipeline.files import load_image
-    from dreamreel.pipeline.live import DEFAULT_PRESET, DEFAULT_ZOOM_PRESET, LiveSession, load_look
-    from dreamreel.pipeline.sinks import RecordSink
+    from dreamreel.pipeline.live import DEFAULT_PRESET, DEFAULT_ZOOM_PRESET, LiveSession, load_look, run_with_controls
     from dreamreel.pipeline.sources import LoopedFile
 
     def log(line: str) -> None:
@@ -339,16 +338,12 @@ def cmd_live(args) -> int:
     source = live_sources(args)
     sinks = live_sinks(args, encode_settings(args, None), source if isinstance(source, LoopedFile) else None)
     # 3. the session, its controls around it (OSC, MIDI, audio in, the mapping), and the show
-    variables, tempo = LiveVariables(), Tempo(lookahead_s=controls.lookahead)
     session = LiveSession(
         look, compute_settings(args, None), source, sinks, size=args.size, max_side=args.max_side,
-        init=load_image(args.init) if args.init else None, variables=variables, tempo=tempo, look_for=look_for,
-        quiet=args.quiet, log=log,
+        init=load_image(args.init) if args.init else None, variables=LiveVariables(),
+        tempo=Tempo(lookahead_s=controls.lookahead), look_for=look_for, quiet=args.quiet, log=log,
     )  # fmt: skip
-    with open_controls(controls, session.apply, variables, tempo, session.status, log) as opened:
-        for record in [sink for sink in sinks if isinstance(sink, RecordSink)]:
-            record.audio_in = opened.audio  # the sound in the room, rather than the clip's
-        result = session.run(duration_s=args.duration, keys=opened.key)
+    result = run_with_controls(session, controls, duration_s=args.duration)
     rate = result.frames / result.seconds if result.seconds else 0.0
     print(f"live: {result.frames} frames in {result.seconds:.1f} s ({rate:.1f} fps), {result.dreams} dreams "
           f"({result.dreams / max(result.seconds, 1e-9):.1f}/s), {result.dropped} source frames dropped, "

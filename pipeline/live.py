@@ -54,18 +54,20 @@ from .controls import (
     INTEGER_SETTINGS,
     SETTING_BOUNDS,
     Change,
+    ControlSettings,
     LiveVariables,
     Tempo,
     check_change,
     ignored_line,
     key_change,
     live_env,
+    open_controls,
     parse_live_expression,
 )
 from .decode import output_size
 from .dream import ComputeSettings, Dreamer, DreamSettings, frame_generator, noise_image, quantize_8bit, to_tensor, to_uint8
 from .schedule import Schedule
-from .sinks import FrameInfo, Sink
+from .sinks import FrameInfo, RecordSink, Sink
 from .sources import NewestFrame, Source
 from .video import VideoSettings, carry, flows_and_mask, one_opencv_thread, show_residual, temporal_anchor
 from .zoom import ZoomSettings, affine_step, feed_back, lab_stats, matrix_motion, motion_matrix
@@ -875,6 +877,26 @@ class LiveSession:
             raise KeyboardInterrupt
         self._log("\nlive: stopping (Ctrl-C again to stop at once)")
         self.stop()
+
+
+def run_with_controls(session: LiveSession, controls: ControlSettings, *, duration_s: float | None = None) -> LiveResult:
+    """The show as ``dreamreel live`` runs it: the controls opened around the session, then :meth:`LiveSession.run`.
+
+    The OSC server, the MIDI input, the sound card and the mapping file
+    (:func:`controls.open_controls`) feed the session's ``apply``,
+    ``variables`` and ``tempo`` (make the tempo with ``controls.lookahead``);
+    OSC status replies read its ``status``; the window's keys go through the
+    controls' key map; a recording takes the sound in the room.
+    ``ControlSettings()`` opens nothing: the same path with the controls off.
+    The controls' lines go to the session's log.
+
+    Raises:
+        ValueError: one line, as :func:`controls.open_controls` and :meth:`LiveSession.run`.
+    """
+    with open_controls(controls, session.apply, session.variables, session.tempo, session.status, session._log) as opened:
+        for record in [sink for sink in session.sinks if isinstance(sink, RecordSink)]:
+            record.audio_in = opened.audio  # the sound in the room, rather than a looped clip's
+        return session.run(duration_s, keys=opened.key)
 
 
 class _Fade:
