@@ -1,4 +1,4 @@
-"""The README's `dreamreel image` examples run as written.
+"""The README's and the live guide's commands are real.
 
 Every ``dreamreel image`` line of the README's bash blocks is run through the
 command line in a scratch folder that holds small stand-ins for the files it
@@ -6,6 +6,13 @@ names (photo.jpg, my_finetune.pth, classifier.onnx, ...), on the embedded
 model or the architecture the line names; the objectives of the README's
 table are run the same way. A line naming a file this test cannot make fails
 with the CLI's own "no such file" message: teach ``MAKERS`` to make it.
+
+Every other ``dreamreel`` line of the README and of the live guide
+(docs/live.md, docs/live-controls.md) is parsed by the command line's own
+parser, so each flag and value it shows exists; the ``dreamreel live`` lines
+that need no device (a looped clip, a recording) are also run, for a second,
+on the tiny model. Those needing a camera, a display, a sound card, a MIDI
+port or NDI are only parsed: CI has none of them.
 """
 
 from __future__ import annotations
@@ -23,14 +30,18 @@ from dreamreel.cli.main import main
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 README = Path(__file__).parent.parent / "README.md"
+LIVE_GUIDE = [README.parent / "docs" / "live.md", README.parent / "docs" / "live-controls.md"]
+# Flags of `dreamreel live` that need a device this test cannot have.
+LIVE_DEVICES = ("--camera", "--ndi", "--screen", "--window", "--virtual-camera", "--ndi-out", "--spout", "--syphon",
+                "--midi", "--audio-in", "--osc-port")  # fmt: skip
 PHOTO = Path(__file__).parent / "data" / "chelsea.jpg"
 CLASSES = ["me", "my dog", "my cat"]  # my_classes.txt: the own-classifier examples' classes
 
 
-def bash_lines() -> list[list[str]]:
-    """The README's bash-block commands as argument lists (continuations joined, comments dropped)."""
+def bash_lines(path: Path = README) -> list[list[str]]:
+    """A Markdown file's bash-block commands as argument lists (continuations joined, comments dropped)."""
     lines = []
-    for block in re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), re.S):
+    for block in re.findall(r"```bash\n(.*?)```", path.read_text(encoding="utf-8"), re.S):
         lines += [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines()]
     return [argv for argv in lines if argv]
 
@@ -48,6 +59,17 @@ def example_params() -> list:
         marks = [pytest.mark.slow] if width * height > 256 * 256 else []
         params.append(pytest.param(argv, id=shlex.join(argv), marks=marks))
     return params
+
+
+def dreamreel_commands() -> list[list[str]]:
+    """``[COMMAND, ...]`` for each ``dreamreel`` line of the README and the live guide."""
+    lines = [argv for path in (README, *LIVE_GUIDE) for argv in bash_lines(path)]
+    return [argv[1:] for argv in lines if argv[:1] == ["dreamreel"]]
+
+
+def runnable_live_examples() -> list[list[str]]:
+    """The ``dreamreel live`` lines that need no device, to run for a second."""
+    return [argv for argv in dreamreel_commands() if argv[0] == "live" and not any(flag in argv for flag in LIVE_DEVICES)]
 
 
 def table_objectives() -> list[str]:
@@ -69,6 +91,19 @@ def flowers(path: Path) -> None:
     from conftest import textured_frame
 
     cv2.imwrite(str(path), textured_frame(32, 48, seed=3))
+
+
+def clip(path: Path) -> None:
+    """A 16-frame clip with a second of sound, as a looped --input."""
+    from conftest import textured_frame
+    from dreamreel.pipeline.encode import FrameWriter
+    from dreamreel.pipeline.ffmpeg import run_ffmpeg
+
+    sound = path.with_name("clip-sound.wav")
+    run_ffmpeg(["-f", "lavfi", "-i", "sine=frequency=440:duration=1", str(sound)], what="making the test clip's sound")
+    with FrameWriter(path, fps=30, size=(64, 48), audio_source=sound) as writer:
+        for seed in range(16):
+            writer.write(textured_frame(48, 64, seed))
 
 
 def labels(path: Path) -> None:
@@ -112,6 +147,7 @@ MAKERS = {
     "my_finetune.pth": googlenet_state,
     "my_timm.pth": timm_state,
     "classifier.onnx": onnx_classifier,
+    "clip.mp4": clip,
 }
 
 
@@ -156,3 +192,27 @@ def test_readme_objective_table_entry_runs(objective, scratch, capsys):
     argv += ["--guide", "flowers.jpg"] if "guide:" in objective else []
     scratch(argv)
     run(argv, capsys)
+
+
+def test_every_command_of_the_readme_and_the_live_guide_is_one_the_cli_takes(capsys):
+    from dreamreel.cli.main import build_parser
+
+    parser = build_parser()
+    commands = dreamreel_commands()
+    assert sum(argv[0] == "live" for argv in commands) >= 15, commands  # the parser still finds them
+    for argv in commands:
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"`dreamreel {shlex.join(argv)}`: {capsys.readouterr().err.strip().splitlines()[-1]}")
+
+
+@pytest.mark.parametrize("argv", runnable_live_examples(), ids=shlex.join)
+def test_live_example_without_devices_runs_for_a_second(argv, scratch, capsys, tiny_model, use_model):
+    from dreamreel.pipeline.ffmpeg import probe
+
+    use_model(tiny_model)
+    scratch(argv)
+    run([*argv, "--duration", "1", "--quiet"], capsys)  # the last --duration wins
+    record = argv[argv.index("--record") + 1]
+    assert probe(record).has_audio  # the looped clip's sound
