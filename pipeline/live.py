@@ -704,8 +704,8 @@ class LiveSession:
             (the change, its schedule) for a numeric setting, (the change,
             (look, its schedules)) for a preset, (the change, None) otherwise.
         """
-        names = self._names()
-        change = check_change(change, names, find_preset=self.look_for)
+        names, looks = self._names(), {}
+        change = check_change(change, names, find_preset=lambda preset: looks.setdefault(preset, self.look_for(preset)))
         name, value = change.setting, change.value
         if name in SETTING_BOUNDS:
             if name in MOTION_SETTINGS and not self.zoom_mode:
@@ -717,8 +717,7 @@ class LiveSession:
                 raise ValueError(f"{name}: {value} is {now:g} now, out of range: expected a value from {lo:g} to {hi:g}")
             return change, schedule
         if name == "preset":
-            look = self.look_for(value)
-            return change, (look, self._look_schedules(look))
+            return change, (looks[value], self._look_schedules(looks[value]))
         if name == "tap" and change.time_s is None:
             change = replace(change, time_s=time.monotonic())
         return change, None
