@@ -34,11 +34,11 @@ from pythonosc.udp_client import SimpleUDPClient
 from conftest import textured_frame
 from dreamreel.cli.main import main
 from dreamreel.pipeline import live as live_module
-from dreamreel.pipeline.controls import Change, ControlSettings, LiveVariables, Tempo, open_controls
+from dreamreel.pipeline.controls import Change, ControlSettings, LiveVariables
 from dreamreel.pipeline.dream import ComputeSettings, DreamSettings
 from dreamreel.pipeline.encode import EncodeSettings, FrameWriter
 from dreamreel.pipeline.ffmpeg import ffmpeg_exe
-from dreamreel.pipeline.live import LiveSession, LiveSettings, load_look
+from dreamreel.pipeline.live import LiveSession, LiveSettings, load_look, run_with_controls
 from dreamreel.pipeline.sinks import FrameInfo, MemorySink, RecordSink, Sink
 from dreamreel.pipeline.sources import FrameFeed, LoopedFile, Source
 
@@ -108,10 +108,18 @@ def pan_clip(tmp_path_factory, make_panning_clip):
     return make_panning_clip(tmp_path_factory.mktemp("live") / "pan.mp4", frames=48, size=(128, 96), shift_px=(2, 2))
 
 
-def run_for(session: LiveSession, seconds: float, during=None, **run):
-    """Run ``session`` for ``seconds`` in a thread; ``during(session)`` runs meanwhile in this one."""
+def run_for(session: LiveSession, seconds: float, during=None, controls: ControlSettings | None = None):
+    """Run ``session`` for ``seconds`` in a thread; ``during(session)`` runs meanwhile in this one.
+
+    With ``controls``, as ``dreamreel live`` runs it: :func:`run_with_controls`, the controls opened around it.
+    """
     result = {}
-    thread = threading.Thread(target=lambda: result.setdefault("r", session.run(duration_s=seconds, **run)))
+
+    def show():
+        ran = session.run(duration_s=seconds) if controls is None else run_with_controls(session, controls, duration_s=seconds)
+        result["r"] = ran
+
+    thread = threading.Thread(target=show)
     thread.start()
     try:
         if during is not None:
@@ -363,30 +371,30 @@ def test_osc_over_udp_changes_a_setting_and_switches_the_preset_with_a_crossfade
         name: replace(tiny_look(crossfade=8), name=name, dream=replace(TINY_DREAM, objective=objective, step=0.06))
         for name, objective in (("a", "low"), ("b", "high"))
     }
-    feed, sink, stop_feed, variables, tempo = FrameFeed(fps=30), MemorySink(), threading.Event(), LiveVariables(), Tempo()
-    session = LiveSession(looks["a"], CPU, feed, [sink], variables=variables, tempo=tempo, look_for=looks_named(looks), quiet=True)
+    feed, sink, stop_feed, lines = FrameFeed(fps=30), MemorySink(), threading.Event(), []
+    session = LiveSession(looks["a"], CPU, feed, [sink], look_for=looks_named(looks), quiet=True, log=lines.append)
 
     def show(session):
         feed_still(feed, textured_frame(64, 64, 4), stop_feed)
-        with open_controls(ControlSettings(osc_port=0), session.apply, variables, tempo, session.status, lambda line: None) as opened:
-            client = SimpleUDPClient(*opened.osc_address)
-            gate.let(1)
-            wait_until(lambda: session.dreams == 1)
-            client.send_message("/dreamreel/step", 0.03)
-            wait_until(lambda: session.status()["settings"]["step"] == pytest.approx(0.03))  # a float32 on the wire
-            client.send_message("/dreamreel/preset", "b")
-            wait_until(lambda: session.status()["preset"] == "b")
-            gate.let(2)  # the dream under way when the preset changed (look a), then the first of look b
-            wait_until(lambda: session.dreams == 3)
-            shown = sink.written
-            wait_until(lambda: sink.written > shown + 20)
-            marks["new"] = sink.frames[-1][1].dream_index  # look b's dream
+        wait_until(lambda: any(line.startswith("osc: listening on 127.0.0.1:") for line in lines))
+        client = SimpleUDPClient("127.0.0.1", int(lines[0].rsplit(":", 1)[1]))
+        gate.let(1)
+        wait_until(lambda: session.dreams == 1)
+        client.send_message("/dreamreel/step", 0.03)
+        wait_until(lambda: session.status()["settings"]["step"] == pytest.approx(0.03))  # a float32 on the wire
+        client.send_message("/dreamreel/preset", "b")
+        wait_until(lambda: session.status()["preset"] == "b")
+        gate.let(2)  # the dream under way when the preset changed (look a), then the first of look b
+        wait_until(lambda: session.dreams == 3)
+        shown = sink.written
+        wait_until(lambda: sink.written > shown + 20)
+        marks["new"] = sink.frames[-1][1].dream_index  # look b's dream
         session.stop()
         gate.open()
         stop_feed.set()
 
     marks = {}
-    run_for(session, 60, during=show)
+    run_for(session, 60, during=show, controls=ControlSettings(osc_port=0))
     frames = list(sink.frames)
     new_index = marks["new"]
     first = next(k for k, (_, info) in enumerate(frames) if info.dream_index == new_index)
@@ -421,24 +429,22 @@ def test_midi_through_the_ports_handler_reaches_the_session(midi_port, pan_clip,
     """The nanoKONTROL2 mapping on a camera-like source: fader 5 sets mix, STOP freezes; the mapping's zoom (live zoom only) is
     logged and skipped at the start, a fader mapped to angle at run time is refused with one line."""
     use_model(tiny_model)
-    variables, tempo, lines, sink = LiveVariables(), Tempo(), [], MemorySink()
-    session = LiveSession(tiny_look(), CPU, LoopedFile(pan_clip), [sink], variables=variables, tempo=tempo, log=lines.append)
+    lines, sink = [], MemorySink()
+    session = LiveSession(tiny_look(), CPU, LoopedFile(pan_clip), [sink], log=lines.append)
 
     def play(session):
-        with open_controls(ControlSettings(controls="nanokontrol2", midi="nano"), session.apply, variables, tempo,
-                           session.status, lines.append):  # fmt: skip
-            wait_until(lambda: session.status().get("settings"))
-            midi_port["send"](mido.Message("control_change", control=4, value=0))  # fader 5: mix 0
-            wait_until(lambda: session.status()["settings"]["mix"] == 0.0)
-            marks = sink.written + 1
-            wait_until(lambda: sink.written > marks + 3)
-            assert all(np.array_equal(out, info.source) for out, info in list(sink.frames)[marks:])  # the source alone
-            midi_port["send"](mido.Message("control_change", control=5, value=127))  # fader 6: angle
-            midi_port["send"](mido.Message("control_change", control=42, value=127))  # STOP: freeze
-            wait_until(lambda: session.status()["frozen"])
+        wait_until(lambda: session.status().get("settings"))
+        midi_port["send"](mido.Message("control_change", control=4, value=0))  # fader 5: mix 0
+        wait_until(lambda: session.status()["settings"]["mix"] == 0.0)
+        marks = sink.written + 1
+        wait_until(lambda: sink.written > marks + 3)
+        assert all(np.array_equal(out, info.source) for out, info in list(sink.frames)[marks:])  # the source alone
+        midi_port["send"](mido.Message("control_change", control=5, value=127))  # fader 6: angle
+        midi_port["send"](mido.Message("control_change", control=42, value=127))  # STOP: freeze
+        wait_until(lambda: session.status()["frozen"])
         session.stop()
 
-    run_for(session, 60, during=play)
+    run_for(session, 60, during=play, controls=ControlSettings(controls="nanokontrol2", midi="nano"))
     assert "mapping nanokontrol2 [settings]: zoom: moves the picture of live zoom only (dreamreel live --zoom, no source); ignored" in lines
     assert "live: mix = 0 (midi cc 4)" in lines and "live: freeze = on (midi cc 42)" in lines
     assert "midi cc 5: angle: moves the picture of live zoom only (dreamreel live --zoom, no source); ignored" in lines
@@ -447,9 +453,8 @@ def test_midi_through_the_ports_handler_reaches_the_session(midi_port, pan_clip,
 
 def test_midi_clock_gives_the_beat_a_live_expression_reads(midi_port, tiny_model, use_model):
     use_model(tiny_model)
-    feed, stop = FrameFeed(fps=30), threading.Event()
-    variables, tempo, pulses = LiveVariables(), Tempo(), []
-    session = LiveSession(tiny_look(), CPU, feed, [MemorySink(keep=1)], variables=variables, tempo=tempo, quiet=True)
+    feed, stop, pulses = FrameFeed(fps=30), threading.Event(), []
+    session = LiveSession(tiny_look(), CPU, feed, [MemorySink(keep=1)], quiet=True, log=lambda line: None)
     seen = {}
 
     def clock():  # a drum machine sending MIDI clock at 120 BPM: 24 pulses a beat
@@ -462,19 +467,50 @@ def test_midi_clock_gives_the_beat_a_live_expression_reads(midi_port, tiny_model
 
     def play(session):
         feed_still(feed, textured_frame(48, 64, 2), stop)
-        with open_controls(ControlSettings(midi="nano"), session.apply, variables, tempo, session.status, lambda line: None):
-            session.apply(Change("mix", "clamp(b/16, 0, 1)", "test"))
-            threading.Thread(target=clock, daemon=True).start()
-            wait_until(lambda: session.status().get("beat", 0) > 3)
-            seen["status"], seen["pulses"] = session.status(), len(pulses)
+        wait_until(lambda: "send" in midi_port)
+        session.apply(Change("mix", "clamp(b/16, 0, 1)", "test"))
+        threading.Thread(target=clock, daemon=True).start()
+        wait_until(lambda: session.status().get("beat", 0) > 3)
+        seen["status"], seen["pulses"] = session.status(), len(pulses)
         stop.set()
         session.stop()
 
-    run_for(session, 60, during=play)
+    run_for(session, 60, during=play, controls=ControlSettings(midi="nano"))
     status = seen["status"]
     assert status["settings"]["mix"] == pytest.approx(status["beat"] / 16)  # the expression read b of that frame
     assert 3 < status["beat"] <= seen["pulses"] / 24  # b counts the pulses: it never runs ahead of the next one
     assert 60 < status["bpm"] < 240
+
+
+def test_audio_in_feeds_the_sessions_variables_and_its_beat(monkeypatch, tiny_model, use_model):
+    """A sound card (sounddevice replaced) hears clicks at 120 BPM over a 60 Hz hum: bass reaches an expression, the beat the tempo."""
+    from test_audio_in import click_track, fake_sounddevice
+
+    streams = []
+    monkeypatch.setitem(sys.modules, "sounddevice", fake_sounddevice(streams))
+    use_model(tiny_model)
+    feed, stop = FrameFeed(fps=30), threading.Event()
+    session = LiveSession(tiny_look(), CPU, feed, [MemorySink(keep=1)], quiet=True, log=lambda line: None)
+    seen = {}
+
+    def play(session):
+        feed_still(feed, textured_frame(48, 64, 5), stop)
+        wait_until(lambda: streams and streams[0].running)
+        session.apply(Change("mix", "clamp(bass/4, 0, 1)", "test"))
+        wait_until(lambda: session.status().get("settings", {}).get("mix") == 0.0)  # silence so far
+        rate = 44100  # the fake card's
+        clicks, _ = click_track(120, 10.0, rate)
+        sound = clicks + 0.3 * np.sin(2 * np.pi * 60 * np.arange(clicks.size) / rate).astype(np.float32)
+        callback = streams[0].kwargs["callback"]
+        for start in range(0, sound.size, 441):  # 10 ms blocks, as fast as the analysis takes them
+            callback(sound[start : start + 441, None], 441, None, None)
+        wait_until(lambda: session.status()["bpm"] is not None and session.status()["settings"]["mix"] > 0)
+        seen.update(session.status())
+        stop.set()
+        session.stop()
+
+    run_for(session, 60, during=play, controls=ControlSettings(audio_in=""))
+    assert seen["bpm"] == pytest.approx(120, abs=2) and 0 < seen["settings"]["mix"] <= 1
 
 
 # --- robustness -----------------------------------------------------------------------
@@ -804,7 +840,7 @@ def test_the_window_shows_the_output_frame_read_back_from_the_screen(xvfb_displa
     assert np.abs(shot.astype(int) - expected).mean() < 2
 
 
-def test_space_in_the_window_freezes_the_output(xvfb_display, tiny_model, use_model):
+def test_keys_in_the_window_freeze_the_output_and_pick_a_preset(xvfb_display, tiny_model, use_model):
     import pygame
 
     from dreamreel.pipeline.sinks import WindowSink
@@ -826,12 +862,18 @@ def test_space_in_the_window_freezes_the_output(xvfb_display, tiny_model, use_mo
         for _ in range(10):
             feed.put(next(frames))
             time.sleep(0.05)
+        marks["two"] = sink.written
+        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_2))
+        while session.status()["preset"] != "live-zoom":
+            feed.put(next(frames))
+            time.sleep(0.05)
         session.stop()
 
-    run_for(LiveSession(tiny_look(), CPU, feed, [WindowSink(), sink], log=lines.append), 60, during=host)
-    held = [out for out, _ in list(sink.frames)[marks["frozen"] :]]
+    run_for(LiveSession(tiny_look(), CPU, feed, [WindowSink(), sink], log=lines.append), 60, during=host,
+            controls=ControlSettings(keys=("live-camera", "live-zoom")))  # fmt: skip
+    held = [out for out, _ in list(sink.frames)[marks["frozen"] : marks["two"]]]
     assert len(held) >= 5 and all(np.array_equal(out, held[0]) for out in held)
-    assert "live: freeze = on (key space)" in lines
+    assert "live: freeze = on (key space)" in lines and "live: preset = live-zoom (key 2)" in lines
 
 
 def test_a_window_then_torchvision_in_one_process_does_not_crash(xvfb_display):
