@@ -5,17 +5,20 @@ Usage::
     python benchmarks/live.py [--seconds 120] [--size 320x180] [--fps 30] [--preset live-camera]
     python benchmarks/live.py --coherence CLIP [--frames 60] [--max-side 256]
 
-The first form runs a :class:`~dreamreel.pipeline.live.LiveSession` (the
-library's own, with the default model) on a generated source, a textured pan
-(:mod:`pan`) delivered in real time at ``--fps``, into a sink that timestamps
-every output frame. Every ``MARKER_EVERY`` frames the source paints a white
-square in its corner (black otherwise); the latency is from the moment the
-source hands such a frame over to the moment the sink receives the first
-output frame showing it. It prints the output frame rate and the source's,
-dream updates per second, the latency (mean and largest), source frames
-dropped, resident memory and threads every ``SAMPLE_S`` seconds, the CPU
-seconds of the process and the load average before and after (a busy
-machine slows everything: compare ratios, and re-run on a quiet one).
+The first form runs a :class:`~dreamreel.pipeline.live.LiveSession` the way
+``dreamreel live`` does (:func:`~dreamreel.pipeline.live.run_with_controls`,
+with live variables, a tempo and the controls off: every expression, key and
+status path of a show is on the loop), with the default model, on a
+generated source, a textured pan (:mod:`pan`) delivered in real time at
+``--fps``, into a sink that timestamps every output frame (and, with
+``--record``, a recording too). Every ``MARKER_EVERY`` frames the source
+paints a white square in its corner (black otherwise); the latency is from
+the moment the source hands such a frame over to the moment the sink
+receives the first output frame showing it. It prints the output frame rate
+and the source's, dream updates per second, the latency (mean and largest),
+source frames dropped, resident memory, threads, GPU memory and the load
+average every ``SAMPLE_S`` seconds, and the CPU seconds of the process (a
+busy machine slows everything: compare ratios, and re-run on a quiet one).
 
 The second form plays ``CLIP`` in a loop through a session, keeps its output
 frames next to the source frames they show, and compares the warping error
@@ -106,26 +109,37 @@ def make_sink():
     return TimingSink()
 
 
+def gpu_mb() -> float | None:
+    """GPU memory torch holds now, in MB; None without CUDA."""
+    import torch
+
+    return torch.cuda.memory_reserved() / 2**20 if torch.cuda.is_available() else None
+
+
 def run_rates(args) -> None:
+    from dreamreel.pipeline.controls import ControlSettings, LiveVariables, Tempo
     from dreamreel.pipeline.dream import ComputeSettings
-    from dreamreel.pipeline.live import LiveSession, load_look
+    from dreamreel.pipeline.live import LiveSession, load_look, run_with_controls
+    from dreamreel.pipeline.sinks import RecordSink
 
     width, height = (int(v) for v in args.size.split("x"))
     source, sink = make_source((width, height), args.fps), make_sink()
-    session = LiveSession(load_look(args.preset), ComputeSettings(device=args.device), source, [sink], quiet=True)
+    sinks = [sink, *([RecordSink(args.record)] if args.record else [])]
+    session = LiveSession(load_look(args.preset), ComputeSettings(device=args.device), source, sinks,
+                          variables=LiveVariables(), tempo=Tempo(), quiet=True)  # fmt: skip
     samples = []
     stop = threading.Event()
 
     def sample():
         start = time.monotonic()
         while not stop.wait(SAMPLE_S):
-            samples.append((time.monotonic() - start, rss_mb(), threading.active_count()))
+            samples.append((time.monotonic() - start, rss_mb(), threading.active_count(), gpu_mb(), os.getloadavg()[0]))
 
     load_before = os.getloadavg()
     cpu_before = time.process_time()
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    result = session.run(duration_s=args.seconds)
+    result = run_with_controls(session, ControlSettings(), duration_s=args.seconds)
     stop.set()
     cpu = time.process_time() - cpu_before
     load_after = os.getloadavg()
@@ -148,9 +162,13 @@ def run_rates(args) -> None:
         print(f"marker latency (source hand-over to sink): mean {1000 * np.mean(latencies):.0f} ms, "
               f"largest {1000 * max(latencies):.0f} ms over {len(latencies)} markers")  # fmt: skip
     print(f"session latency (source arrival to sink hand-over, every frame): mean {result.latency_ms:.0f} ms")
+    if args.record:
+        print(f"recording: {sinks[1].dropped} frames dropped by the encoder")
     print(f"CPU {cpu:.0f} s over {result.seconds:.0f} s wall ({cpu / result.seconds:.2f} cores)")
-    print("memory: " + ", ".join(f"{s:.0f} s {mb:.0f} MB ({threads} threads)" for s, mb, threads in samples))
-    early = [mb for s, mb, _ in samples if s >= 60]
+    print("over time: " + ", ".join(
+        f"{s:.0f} s {mb:.0f} MB RSS{f' {gpu:.0f} MB GPU' if gpu is not None else ''} {threads} threads load {load:.1f}"
+        for s, mb, threads, gpu, load in samples))  # fmt: skip
+    early = [mb for s, mb, *_ in samples if s >= 60]
     if len(early) >= 2:
         print(f"memory at the end over memory at 1 minute: {early[-1] / early[0]:.3f}")
 
@@ -163,7 +181,8 @@ def run_coherence(args) -> None:
     from dreamreel.pipeline.dream import ComputeSettings
     from dreamreel.pipeline.encode import EncodeSettings, FrameWriter
     from dreamreel.pipeline.files import frame_path, load_image
-    from dreamreel.pipeline.live import LiveSession, load_look
+    from dreamreel.pipeline.controls import ControlSettings
+    from dreamreel.pipeline.live import LiveSession, load_look, run_with_controls
     from dreamreel.pipeline.metrics import measure
     from dreamreel.pipeline.sinks import MemorySink
     from dreamreel.pipeline.sources import LoopedFile
@@ -173,7 +192,7 @@ def run_coherence(args) -> None:
     sink = MemorySink(keep=None)
     source = LoopedFile(args.coherence, max_side=args.max_side)
     session = LiveSession(look, ComputeSettings(device=args.device), source, [sink], quiet=True)
-    session.run(duration_s=args.seconds)
+    run_with_controls(session, ControlSettings(), duration_s=args.seconds)
     frames = list(sink.frames)
     # the longest stretch of consecutive source frames shown in order, past the first loop (a carried dream)
     best, run = [], []
@@ -211,6 +230,7 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--preset", default="live-camera")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--record", help="also record the output to this file, as --record does")
     parser.add_argument("--coherence", help="a clip: measure the live output's coherence instead")
     parser.add_argument("--frames", type=int, default=60, help="--coherence: consecutive frames measured")
     parser.add_argument("--max-side", type=int, default=256, help="--coherence: the clip's size")

@@ -124,9 +124,14 @@ def port_number(text: str) -> int:
     return value
 
 
+def preset_list(text: str) -> tuple[str, ...]:
+    """Comma-separated preset names."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def add_controls_options(parser: argparse.ArgumentParser) -> None:
-    """The live controls: a mapping file, OSC, MIDI, audio in (docs/live-controls.md). --quiet is add_common's."""
-    p = parser.add_argument_group("controls (MIDI, OSC, audio in; see docs/live-controls.md)")
+    """The live controls: a mapping file, OSC, MIDI, keys, audio in (docs/live-controls.md). --quiet is add_common's."""
+    p = parser.add_argument_group("controls (MIDI, OSC, keys, audio in; see docs/live-controls.md)")
     p.add_argument("--controls", metavar="FILE", help="mapping file (TOML) for MIDI and OSC, and settings as expressions")
     p.add_argument("--osc-port", type=port_number, metavar="PORT", help="listen for OSC on this UDP port (/dreamreel/step 0.02, ...)")
     p.add_argument("--osc-host", default="127.0.0.1", help="address OSC listens on; 0.0.0.0 lets the network in")
@@ -136,15 +141,17 @@ def add_controls_options(parser: argparse.ArgumentParser) -> None:
                    help="analyse a sound card input (number or part of its name; none: the default): rms bass mid treble onset, b")
     p.add_argument("--lookahead", type=float, default=0.0, metavar="SECONDS",
                    help="read the beat b this far ahead, to cover the output's latency")
+    p.add_argument("--keys", type=preset_list, metavar="PRESET,...", help="the presets on the window's number keys 1-9 and 0 "
+                   "(default: the mapping file's, else live-camera,live-zoom,live-beat,mid-creatures,low-ornaments,high-objects)")
 
 
 def controls_settings(args):
-    """ControlSettings from the controls flags (and add_common's --quiet)."""
+    """ControlSettings from the controls flags."""
     from dreamreel.pipeline.controls import ControlSettings
 
     return ControlSettings(
         controls=args.controls, osc_port=args.osc_port, osc_host=args.osc_host, midi=args.midi, learn=args.learn,
-        audio_in=args.audio_in, lookahead=args.lookahead, quiet=args.quiet,
+        audio_in=args.audio_in, lookahead=args.lookahead, keys=args.keys,
     )  # fmt: skip
 
 
@@ -280,13 +287,16 @@ def live_sources(args):
     return None
 
 
-def live_sinks(args, keys: tuple[str, ...], encode):
-    """The outputs the flags choose, each checked (its library, its path) before anything starts."""
+def live_sinks(args, encode, clip):
+    """The outputs the flags choose, each checked (its library, its path) before anything starts.
+
+    The recording carries the looped ``clip``'s sound (--input), unless --audio-in's is attached to it.
+    """
     from dreamreel.pipeline import sinks
 
     chosen = []
     if args.window:
-        chosen.append(sinks.WindowSink(presets=keys))
+        chosen.append(sinks.WindowSink())
     if args.virtual_camera:
         chosen.append(sinks.VirtualCameraSink())
     if args.ndi_out:
@@ -296,18 +306,32 @@ def live_sinks(args, keys: tuple[str, ...], encode):
     if args.syphon:
         chosen.append(sinks.SyphonSink(args.syphon))
     if args.record:
-        chosen.append(sinks.RecordSink(args.record, encode))
-    if not chosen:
-        raise ValueError("no output: add --window, --record FILE.mp4, --virtual-camera, --ndi-out NAME, --spout NAME or --syphon NAME")
+        chosen.append(sinks.RecordSink(args.record, encode, clip=clip))
     return chosen
+
+
+LIVE_OUTPUTS = ("window", "virtual_camera", "ndi_out", "spout", "syphon", "record")
 
 
 def cmd_live(args) -> int:
     from functools import partial
 
+    from dreamreel.pipeline.controls import LiveVariables, Tempo, learn
     from dreamreel.pipeline.files import load_image
-    from dreamreel.pipeline.live import DEFAULT_PRESET, DEFAULT_ZOOM_PRESET, LiveSession, load_look
+    from dreamreel.pipeline.live import DEFAULT_PRESET, DEFAULT_ZOOM_PRESET, LiveSession, load_look, run_with_controls
+    from dreamreel.pipeline.sources import LoopedFile
 
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    # 1. the controls' flags, and --learn alone: only the controls, printing what comes in
+    controls = controls_settings(args)
+    if not any(getattr(args, name) for name in LIVE_OUTPUTS):
+        if controls.learn:
+            learn(controls, duration_s=args.duration, log=log)
+            return EXIT_OK
+        raise ValueError("no output: add --window, --record FILE.mp4, --virtual-camera, --ndi-out NAME, --spout NAME or --syphon NAME")
+    # 2. the look, the source, the outputs
     zoom_mode = all(getattr(args, name) is None for name in ("camera", "input", "ndi", "screen"))
     if not zoom_mode and (args.zoom is not None or args.init or args.angle or args.translate_x or args.translate_y):
         raise ValueError("--zoom, --init, --angle and --translate-x/-y make a live zoom: drop the source (--camera, --input, ...)")
@@ -321,16 +345,15 @@ def cmd_live(args) -> int:
     }  # fmt: skip
     look_for = partial(load_look, overrides=overrides)
     look = look_for(args.preset or (DEFAULT_ZOOM_PRESET if zoom_mode else DEFAULT_PRESET))
-    keys = tuple(args.keys.split(",")) if args.keys else ("live-camera", "live-zoom", "live-beat", "mid-creatures", "low-ornaments", "high-objects")
-    for name in keys:
-        look_for(name)  # an unknown preset on a key is refused now, not when the key is pressed
     source = live_sources(args)
-    sinks = live_sinks(args, keys, encode_settings(args, None))
+    sinks = live_sinks(args, encode_settings(args, None), source if isinstance(source, LoopedFile) else None)
+    # 3. the session, its controls around it (OSC, MIDI, audio in, the mapping), and the show
     session = LiveSession(
         look, compute_settings(args, None), source, sinks, size=args.size, max_side=args.max_side,
-        init=load_image(args.init) if args.init else None, look_for=look_for, quiet=args.quiet,
+        init=load_image(args.init) if args.init else None, variables=LiveVariables(),
+        tempo=Tempo(lookahead_s=controls.lookahead), look_for=look_for, quiet=args.quiet, log=log,
     )  # fmt: skip
-    result = session.run(duration_s=args.duration)
+    result = run_with_controls(session, controls, duration_s=args.duration)
     rate = result.frames / result.seconds if result.seconds else 0.0
     print(f"live: {result.frames} frames in {result.seconds:.1f} s ({rate:.1f} fps), {result.dreams} dreams "
           f"({result.dreams / max(result.seconds, 1e-9):.1f}/s), {result.dropped} source frames dropped, "
@@ -528,19 +551,19 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--screen", nargs="?", const="", metavar="WxH+X+Y", help="the screen, or a region of it (needs dreamreel[live])")
     out = p.add_argument_group("outputs (any number)")
     out.add_argument("--window", action="store_true",
-                     help="a window: keys 1-9 presets, space freeze, F full screen, O on-screen display, T tap tempo, Esc quit")
+                     help="a window: keys 1-9 and 0 presets (--keys), space freeze, F full screen, O on-screen display, "
+                          "T tap tempo, Esc quit")
     out.add_argument("--virtual-camera", action="store_true", help="a virtual webcam (pyvirtualcam; Linux: v4l2loopback)")
     out.add_argument("--ndi-out", metavar="NAME", help="send over NDI as NAME (needs dreamreel[ndi])")
     out.add_argument("--spout", metavar="NAME", help="a Spout sender, Windows (needs dreamreel[spout])")
     out.add_argument("--syphon", metavar="NAME", help="a Syphon server, macOS (needs dreamreel[syphon])")
-    out.add_argument("--record", metavar="FILE", help="record the output to a video file (.mp4, .mov, .mkv, .webm)")
+    out.add_argument("--record", metavar="FILE", help="record the output to a video file (.mp4, .mov, .mkv, .webm), in real "
+                     "time, with --audio-in's sound or else the looped --input's own")
     lv = p.add_argument_group("live")
     lv.add_argument("--duration", type=positive_number, metavar="SECONDS", help="end after this many seconds (default: Ctrl-C)")
     lv.add_argument("--fps", type=positive_number, help="output frames per second (default: the source's; live zoom: the preset's)")
     lv.add_argument("--mix", help="share of the dream in the output, 0..1, a number or an expression such as \"0.5+0.5*cc1\"")
     lv.add_argument("--crossfade", type=int, metavar="FRAMES", help="frames a preset switch fades over")
-    lv.add_argument("--keys", metavar="PRESET,...", help="the presets on the number keys 1-9 "
-                    "(default live-camera,live-zoom,live-beat,mid-creatures,low-ornaments,high-objects)")
     lv.add_argument("--blend", type=float, help="share of the previous dream carried into the next, 0..1")
     lv.add_argument("--temporal", type=float, help="pull of the dream towards the carried one, 0..1")
     lv.add_argument("--iterations-next", type=int, help="ascent steps per octave of each carried dream")
@@ -551,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     zm.add_argument("--translate-y", help="shift per frame, pixels")
     zm.add_argument("--size", type=size_arg, default=(320, 180), help="WxH of the zoom")
     zm.add_argument("--init", help="start picture (default: seeded noise)")
+    add_controls_options(p)
     add_encode_options(p)
     add_dream_options(p)
     add_common(p)

@@ -143,7 +143,8 @@ class AudioIn:
         self._recent = {name: np.zeros(0) for name in ("beat", "onset", "rms")}  # in order, the newest last
         self._recent_size = size
         self._hops_since_fit = 0
-        self._dropped_logged = self._failed_logged = False
+        self._dropped_logged = self._failed_logged = self._listener_logged = False
+        self._listeners: list[Callable[[np.ndarray, float], None]] = []
         variables.set(**dict.fromkeys(FEATURE_NAMES, 0.0))
 
     @property
@@ -156,8 +157,22 @@ class AudioIn:
         """How old the newest features are when published: half a window, one hop, the device's latency."""
         return (self._spectrum.n_fft / 2 + self.hop) / self.sample_rate + self.device_latency_s
 
+    def add_listener(self, listener: Callable[[np.ndarray, float], None]) -> None:
+        """Also hand every block to ``listener(samples, time_s)`` (a recording of the sound).
+
+        ``samples`` is the block as it came, a copy, float32 (frames,
+        channels); ``time_s`` is when its first sample reached the sound card,
+        on the clock's time (the sample clock followed as for the beat). It is
+        called on the sound card's thread: it must return at once.
+        """
+        self._listeners = [*self._listeners, listener]
+
+    def remove_listener(self, listener: Callable[[np.ndarray, float], None]) -> None:
+        """Stop handing blocks to ``listener``."""
+        self._listeners = [other for other in self._listeners if other is not listener]
+
     def callback(self, indata: np.ndarray, frames: int, time_info, status) -> None:
-        """sounddevice's InputStream callback: measure the block, set the variables.
+        """sounddevice's InputStream callback: measure the block, set the variables, hand it to the listeners.
 
         Args:
             indata: float32 samples, shape (frames, channels); channels are averaged.
@@ -169,13 +184,24 @@ class AudioIn:
         if status and getattr(status, "input_overflow", False) and not self._dropped_logged:
             self._log("audio in: the sound card dropped samples (the computer was busy); the analysis goes on")
             self._dropped_logged = True
-        samples = np.asarray(indata, dtype=np.float32)
+        samples = np.array(indata, dtype=np.float32)  # a copy: PortAudio reuses its buffer
         try:
             self.feed(samples.mean(axis=1) if samples.ndim == 2 else samples, self._clock())
         except Exception as exc:  # an exception here would stop the stream for the rest of the show
             if not self._failed_logged:
                 self._log(f"audio in: the analysis failed ({type(exc).__name__}: {exc}); the features keep their last values")
                 self._failed_logged = True
+        if not self._listeners or self._clock_offset is None:
+            return
+        block = samples.reshape(len(samples), -1)
+        first_s = self._sample_time(self._samples_in - len(block))
+        for listener in self._listeners:
+            try:
+                listener(block, first_s)
+            except Exception as exc:  # noqa: BLE001 - a recording's problem must not stop the analysis
+                if not self._listener_logged:
+                    self._log(f"audio in: recording the sound failed ({type(exc).__name__}: {exc}); the analysis goes on")
+                    self._listener_logged = True
 
     def feed(self, samples: np.ndarray, now_s: float) -> None:
         """Measure every whole hop in `samples` and publish the newest features.

@@ -74,10 +74,14 @@ TOGGLES = ("freeze", "fullscreen", "osd")
 # while it is held (0 once released).
 BASE_VARIABLES = ("t", "s", "b")
 MIDI_VARIABLES = tuple(f"cc{n}" for n in range(128)) + tuple(f"note{n}" for n in range(128))
+# Every name a preset or a flag may use in a live expression; a mapping file adds its own.
+BUILTIN_VARIABLES = (*BASE_VARIABLES, *FEATURE_NAMES, *MIDI_VARIABLES)
 
-# Keys of the live window.
+# Keys of the live window (the one key map: the window hands over key names).
 KEYS = {"space": "freeze", "f": "fullscreen", "o": "osd", "t": "tap"}
 PRESET_KEYS = "1234567890"  # the first ten presets of the list
+# The presets on the number keys unless --keys or the mapping file's `keys` say otherwise.
+DEFAULT_KEYS = ("live-camera", "live-zoom", "live-beat", "mid-creatures", "low-ornaments", "high-objects")
 
 # Tap tempo: taps further apart than this start a new count (20 BPM and
 # slower is not a tempo anyone taps); the tempo is the mean interval of the
@@ -134,7 +138,7 @@ class Change:
             raise ValueError(f"unknown live setting {self.setting!r}; known: {known}")
 
     def __str__(self) -> str:
-        """The log line: ``step = 0.02 (osc /dreamreel/step)``, ``freeze (key space)``."""
+        """How a log line names it: ``step = 0.02 (osc /dreamreel/step)``, ``freeze = on (key space)``."""
         if self.value is None:
             text = self.setting
         elif isinstance(self.value, bool):
@@ -191,8 +195,8 @@ def live_env(variables: LiveVariables, tempo: Tempo | None, now_s: float, *, fra
 # Checking values
 
 
-def check_change(change: Change, variables: Sequence[str]) -> Change:
-    """A change with its value checked and put in the session's terms.
+def check_change(change: Change, variables: Sequence[str], *, find_preset: Callable[[str], object] | None = None) -> Change:
+    """A change with its value checked and put in the session's terms: the one check of every control.
 
     Numbers are checked against :data:`SETTING_BOUNDS` (and rounded for
     :data:`INTEGER_SETTINGS`), expressions parsed as schedules over
@@ -201,6 +205,8 @@ def check_change(change: Change, variables: Sequence[str]) -> Change:
     Args:
         change: as a control made it.
         variables: the live variables expressions may use now.
+        find_preset: loads a preset by name, raising ValueError for an
+            unknown one; default :func:`presets.load_preset` (a session passes its own).
 
     Returns:
         The change, its value normalised (a float, an int, a str, a bool or None).
@@ -227,9 +233,10 @@ def check_change(change: Change, variables: Sequence[str]) -> Change:
     if setting == "preset":
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"preset: expected a preset name, got {value!r}")
-        from .presets import load_preset  # the dream stack: only once a preset is named
+        if find_preset is None:
+            from .presets import load_preset as find_preset  # the dream stack: only once a preset is named
 
-        load_preset(value.strip())
+        find_preset(value.strip())
         return _replace(change, value.strip())
     if setting == "objective":
         if not isinstance(value, str) or not value.strip():
@@ -251,27 +258,44 @@ def _replace(change: Change, value) -> Change:
     return Change(change.setting, value, change.source, change.time_s)
 
 
-def parse_live_expression(setting: str, text: str, variables: Sequence[str]):
-    """A setting written as an expression over live variables, as a :class:`schedule.Schedule`.
+def ignored_line(source: str, problem: str) -> str:
+    """The one log line for a control that was not applied: ``osc /dreamreel/step: ...; ignored``."""
+    return f"{source or 'api'}: {problem}; ignored"
 
-    The same language as ``dreamreel zoom``'s schedules, keyframes included;
-    values outside the setting's bounds are errors when the session evaluates
-    them (and when written as plain numbers, at once).
+
+def parse_live_expression(setting: str, text: str | float, variables: Sequence[str], *, interpolation: str = "linear"):
+    """A setting written as a number or an expression over live variables, as a :class:`schedule.Schedule`.
+
+    The one parser of live values: the same language as ``dreamreel zoom``'s
+    schedules, keyframes included (`interpolation` between them). Parts
+    without variables are checked against the setting's bounds here; the
+    schedule returned is not bounded, because a value that leaves them while
+    playing (a bass spike) is held at the edge by the session, not an error.
 
     Raises:
         ExprError: the text is malformed or uses a name that is not among
             `variables`; unknown names are listed compactly (the 256 MIDI
-            variables as cc0-cc127 and note0-note127).
+            variables as cc0-cc127 and note0-note127), and a feature of the
+            sound or a MIDI control names the flag that brings it.
     """
     try:
-        return parse_schedule(text, setting=setting, variables=variables, bounds=SETTING_BOUNDS[setting])
+        schedule = parse_schedule(text, setting=setting, variables=variables, interpolation=interpolation, bounds=SETTING_BOUNDS[setting])
+        schedule.bounds = None
+        return schedule
     except ExprError as exc:
-        unknown = re.match(r"unknown name '([^']*)';", exc.problem)
+        unknown = re.match(r"unknown name '([^']*)'|'([^']*)' is not available", exc.problem)
         if unknown is None:
             raise
-        named = [name for name in variables if name not in MIDI_VARIABLES]
-        midi = ", cc0-cc127, note0-note127" if "cc0" in variables else ""
-        problem = f"unknown name '{unknown[1]}'; the live variables here are {', '.join(named)}{midi}"
+        name = unknown[1] or unknown[2]
+        if name in FEATURE_NAMES or name in MIDI_VARIABLES:
+            flag = "--audio-in" if name in FEATURE_NAMES else "--midi"
+            raise ExprError(setting, f"'{name}' has a value only with {flag}", column=exc.column) from None
+        if not exc.problem.startswith(f"unknown name '{name}';"):
+            raise  # it says "did you mean"
+        every_midi = set(MIDI_VARIABLES) <= set(variables)
+        named = [n for n in variables if not (every_midi and n in MIDI_VARIABLES)]
+        midi = ", cc0-cc127, note0-note127" if every_midi else ""
+        problem = f"unknown name '{name}'; the live variables here are {', '.join(named)}{midi}"
         raise ExprError(setting, problem, column=exc.column) from None
 
 
@@ -466,7 +490,8 @@ class ControlMap:
     Attributes:
         source: the file, for messages.
         description: one line about it.
-        presets: the presets keys 1-9 and 0 pick, in order; empty: the built-in ones.
+        keys: the presets keys 1-9 and 0 pick, in order (``--keys`` overrides
+            them); empty: :data:`DEFAULT_KEYS`.
         settings: setting -> a number or an expression, applied at the start.
         cc, note: (number, Control) pairs for MIDI control changes and notes.
         osc: OSC address -> Control.
@@ -474,7 +499,7 @@ class ControlMap:
 
     source: str = ""
     description: str = ""
-    presets: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()
     settings: dict[str, float | str] = field(default_factory=dict)
     cc: tuple[tuple[int, Control], ...] = ()
     note: tuple[tuple[int, Control], ...] = ()
@@ -521,15 +546,14 @@ def load_mapping(name_or_path: str | Path) -> ControlMap:
 
 def parse_mapping(data: dict, *, source: str) -> ControlMap:
     """Check a mapping file's TOML tables (see :func:`load_mapping`)."""
-    _known_keys(data, ("description", "presets", "settings", "midi", "osc"), source, "")
+    _known_keys(data, ("description", "keys", "settings", "midi", "osc"), source, "")
     description = data.get("description", "")
     if not isinstance(description, str):
         raise ValueError(f"{source}: description = {description!r}: expected a string")
-    presets = data.get("presets", [])
-    if not (isinstance(presets, list) and all(isinstance(p, str) and p for p in presets)):
-        raise ValueError(f"{source}: presets = {presets!r}: expected a list of preset names")
-    if len(presets) > len(PRESET_KEYS):
-        raise ValueError(f"{source}: presets: {len(presets)} names, but only keys 1-9 and 0 pick presets: give at most 10")
+    keys = data.get("keys", [])
+    if not (isinstance(keys, list) and all(isinstance(p, str) and p for p in keys)):
+        raise ValueError(f"{source}: keys = {keys!r}: expected a list of preset names")
+    check_keys(keys, f"{source}: keys")
     file_variables = []
     midi = _table(data, "midi", source)
     _known_keys(midi, ("cc", "note"), source, "[midi] ")
@@ -547,7 +571,7 @@ def parse_mapping(data: dict, *, source: str) -> ControlMap:
             if control.variable:
                 file_variables.append(control.variable)
     settings = _table(data, "settings", source)
-    names = (*BASE_VARIABLES, *FEATURE_NAMES, *MIDI_VARIABLES, *file_variables)
+    names = (*BUILTIN_VARIABLES, *file_variables)
     for setting, value in settings.items():
         where = f"{source}: [settings] {setting}"
         if setting not in SETTING_BOUNDS:
@@ -557,7 +581,7 @@ def parse_mapping(data: dict, *, source: str) -> ControlMap:
         except ValueError as exc:
             raise ValueError(f"{where} = {value!r}: {_reason(exc, setting)}") from None
     return ControlMap(
-        source=source, description=description, presets=tuple(presets), settings=dict(settings),
+        source=source, description=description, keys=tuple(keys), settings=dict(settings),
         cc=tuple(parsed["midi.cc"]), note=tuple(parsed["midi.note"]), osc=dict(parsed["osc"]),
     )  # fmt: skip
 
@@ -611,7 +635,7 @@ def _control(entry, where: str) -> Control:
         raise ValueError(f"{where}: {_unknown_setting(setting, [*SETTING_BOUNDS, *ACTIONS])}")
     if variable is not None and not (isinstance(variable, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", variable)):
         raise ValueError(f"{where}: variable = {variable!r}: expected a name of letters, digits and _ (not starting with a digit)")
-    if variable in (*BASE_VARIABLES, *FEATURE_NAMES, *MIDI_VARIABLES):
+    if variable in BUILTIN_VARIABLES:
         raise ValueError(f"{where}: variable = {variable!r} is a built-in live variable; choose another name")
     numeric = variable is not None or setting in SETTING_BOUNDS
     control = Control(setting=setting, variable=variable, curve=entry.get("curve", "linear"), channel=entry.get("channel"))
@@ -643,7 +667,7 @@ def _control(entry, where: str) -> Control:
         if variable is not None:
             raise ValueError(f"{where}: value: a variable takes the control's position; give a range instead")
         try:
-            checked = check_change(Change(setting, entry["value"]), (*BASE_VARIABLES, *FEATURE_NAMES, *MIDI_VARIABLES))
+            checked = check_change(Change(setting, entry["value"]), BUILTIN_VARIABLES)
         except ValueError as exc:
             raise ValueError(f"{where}: value = {entry['value']!r}: {_reason(exc, setting)}") from None
         control = _with(control, value=checked.value)
@@ -670,12 +694,25 @@ def _reason(error: ValueError, setting: str) -> str:
 # The keyboard
 
 
+def check_keys(keys: Sequence[str], where: str) -> None:
+    """Refuse more presets than number keys, or one that does not load, as one line starting with `where`."""
+    if len(keys) > len(PRESET_KEYS):
+        raise ValueError(f"{where}: {len(keys)} presets, but only keys 1-9 and 0 pick presets: give at most 10")
+    from .presets import load_preset  # the dream stack: only once a preset is named
+
+    for name in keys:
+        try:
+            load_preset(name)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+
 def key_change(key: str, presets: Sequence[str], now_s: float | None = None) -> Change | None:
-    """What a key of the live window does.
+    """What a key of the live window does: the one key map (the window only names the key).
 
     ``1``-``9`` and ``0``: the first ten `presets`; space: freeze; ``f``: full
-    screen; ``o``: on-screen display; ``t``: tap tempo. Quitting (Escape,
-    ``q``) is the window's own.
+    screen; ``o``: on-screen display; ``t``: tap tempo. Quitting (Escape) is
+    the window's own.
 
     Args:
         key: the key's name: a character, or "space".
@@ -776,7 +813,7 @@ class Router:
             self._ignore(source, f"unknown address; known: {known}")
 
     def _set_variable(self, name: str, args: tuple, source: str) -> None:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in (*BASE_VARIABLES, *FEATURE_NAMES, *MIDI_VARIABLES):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in BUILTIN_VARIABLES:
             self._ignore(source, f"{name!r} cannot be a variable's name (letters, digits and _, not a built-in name)")
             return
         value = args[0] if len(args) == 1 else None
@@ -801,9 +838,7 @@ class Router:
             return
         from pythonosc.osc_message_builder import OscMessageBuilder
 
-        fields = dict(self.status() if self.status is not None else {})
-        if self.tempo is not None and "bpm" not in fields:
-            fields["bpm"] = self.tempo.bpm(self.clock())
+        fields = self.status() if self.status is not None else {}
         for path, value in _flatten(fields):
             builder = OscMessageBuilder(address=f"{OSC_PREFIX}status/{path}")
             builder.add_arg(int(value) if isinstance(value, bool) else value)
@@ -890,12 +925,7 @@ class Router:
         self._send(Change(control.setting, value, source, now))
 
     def _send(self, change: Change) -> None:
-        names = (*self.variables.snapshot(), *BASE_VARIABLES)
-        try:
-            change = check_change(change, names)
-        except ValueError as exc:
-            self._ignore(change.source, str(exc))
-            return
+        """Hand a change to the session, which checks it (:func:`check_change` and its own state) or refuses it."""
         try:
             self.apply(change)
         except ValueError as exc:
@@ -909,7 +939,7 @@ class Router:
             if len(self._ignored) > MAX_SOURCES:  # addresses a stranger made up, never repeated
                 self._ignored.clear()
             self._ignored[source] = now
-            self.log(f"{source}: {problem}; ignored")
+            self.log(ignored_line(source, problem))
 
     def _learn(self, key, what: str, suggestion: str) -> None:
         """Print a message for --learn: once for a fader's whole move, again after it rested LEARN_REST_S."""
@@ -955,7 +985,8 @@ class ControlSettings:
         audio_in: a sound card input (number or part of its name), "" for the default, None for none.
         lookahead: read the beat ``b`` this many seconds ahead, to cover the
             output's latency.
-        quiet: no log line for each change.
+        keys: the presets on the window's number keys 1-9 and 0, or None:
+            the mapping file's ``keys``, else :data:`DEFAULT_KEYS`.
     """
 
     controls: str | None = None
@@ -965,7 +996,7 @@ class ControlSettings:
     learn: bool = False
     audio_in: str | None = None
     lookahead: float = 0.0
-    quiet: bool = False
+    keys: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.osc_port is not None and not 0 <= self.osc_port <= 65535:
@@ -986,18 +1017,18 @@ class Controls:
         midi_port: the MIDI input's name, or None.
         audio: the running :class:`audio_in.AudioIn`, or None; its
             ``latency_s`` is the audio features' latency.
-        presets: the presets keys 1-9 and 0 pick.
+        keys: the presets keys 1-9 and 0 pick.
     """
 
     mapping: ControlMap
     osc_address: tuple[str, int] | None = None
     midi_port: str | None = None
     audio: object | None = None
-    presets: tuple[str, ...] = ()
+    keys: tuple[str, ...] = DEFAULT_KEYS
 
-    def key(self, key: str) -> Change | None:
-        """What a key of the window does (:func:`key_change` over this session's presets)."""
-        return key_change(key, self.presets)
+    def key(self, key: str, now_s: float | None = None) -> Change | None:
+        """What a key of the window does (:func:`key_change` over :attr:`keys`); the session's ``keys``."""
+        return key_change(key, self.keys, now_s)
 
 
 def available_variables(settings: ControlSettings, mapping: ControlMap) -> tuple[str, ...]:
@@ -1023,12 +1054,10 @@ def check_inputs(settings: ControlSettings, mapping: ControlMap) -> None:
         raise ValueError(f"{source}: [osc] maps OSC addresses but OSC is off: add --osc-port PORT")
     available = available_variables(settings, mapping)
     for setting, value in mapping.settings.items():
-        if not isinstance(value, str):
-            continue
-        for name in sorted(parse_live_expression(setting, value, (*available, *FEATURE_NAMES, *MIDI_VARIABLES)).variables):
-            if name not in available:
-                flag = "--audio-in" if name in FEATURE_NAMES else "--midi"
-                raise ValueError(f"{source}: [settings] {setting} uses '{name}' but no {flag} was given")
+        try:
+            parse_live_expression(setting, value, available)
+        except ValueError as exc:
+            raise ValueError(f"{source}: [settings] {setting} = {value!r}: {_reason(exc, setting)}") from None
 
 
 @contextmanager
@@ -1046,7 +1075,8 @@ def open_controls(
 
     Every input is open before the block starts, so a missing library, a
     port in use or a bad mapping file fails at once, with nothing left open.
-    Then the mapping file's [settings] are applied, in order.
+    Then the mapping file's [settings] are applied, in order; one the session
+    refuses (``zoom`` where there is no live zoom to move) is logged and skipped.
 
     Example::
 
@@ -1056,7 +1086,8 @@ def open_controls(
 
     Args:
         settings: the flags.
-        apply: the session's: takes a checked :class:`Change` (thread-safe).
+        apply: the session's (:meth:`live.LiveSession.apply`): checks a
+            :class:`Change`, raising ValueError for one it refuses; thread-safe.
         variables: the session's live variables; MIDI positions, OSC values
             and audio features are written there.
         tempo: the session's beat, fed by tap, MIDI clock and the audio tracker.
@@ -1065,21 +1096,18 @@ def open_controls(
         clock: time.monotonic, or a test's.
 
     Raises:
-        ValueError: one line: a bad mapping file, a missing library, a port
-            in use or not found, no sound card.
+        ValueError: one line: a bad mapping file, a preset on a key that does
+            not exist, a missing library, a port in use or not found, no sound card.
     """
     mapping = load_mapping(settings.controls) if settings.controls else ControlMap()
     check_inputs(settings, mapping)
+    if settings.keys is not None:
+        check_keys(settings.keys, "--keys")
     if settings.midi is not None:
         variables.set(**dict.fromkeys(MIDI_VARIABLES, 0.0))
     variables.set(**dict.fromkeys(mapping.variables, 0.0))
     router = Router(mapping, apply, variables, tempo, status, log, learn=settings.learn, clock=clock)
-    presets = mapping.presets
-    if not presets:
-        from .presets import builtin_names
-
-        presets = tuple(builtin_names()[: len(PRESET_KEYS)])
-    controls = Controls(mapping=mapping, presets=presets)
+    controls = Controls(mapping=mapping, keys=settings.keys or mapping.keys or DEFAULT_KEYS)
     with ExitStack() as stack:
         if settings.osc_port is not None:
             controls.osc_address = stack.enter_context(serve_osc(router, settings.osc_host, settings.osc_port))
@@ -1091,9 +1119,31 @@ def open_controls(
             from .audio_in import open_audio_in
 
             controls.audio = stack.enter_context(open_audio_in(settings.audio_in, variables, tempo, log=log))
+        source = f"{mapping.source} [settings]"
         for setting, value in mapping.settings.items():
-            apply(check_change(Change(setting, value, f"{mapping.source} [settings]"), available_variables(settings, mapping)))
+            try:
+                apply(Change(setting, value, source))
+            except ValueError as exc:
+                log(ignored_line(source, str(exc)))
         yield controls
+
+
+def learn(settings: ControlSettings, *, duration_s: float | None = None, log: Callable[[str], None] = print) -> None:
+    """``dreamreel live --learn`` with no output: only the inputs, printing each incoming message and its mapping line.
+
+    Runs until Ctrl-C or `duration_s` seconds; no model, source or window is needed.
+
+    Raises:
+        ValueError: as :func:`open_controls`.
+    """
+    with open_controls(settings, lambda change: None, LiveVariables(), Tempo(lookahead_s=settings.lookahead), None, log):
+        log("learn: move a control or send a message; each new one is printed (Ctrl-C to stop)")
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            pass
 
 
 @contextmanager

@@ -19,6 +19,7 @@ Finished files get the usual mode of a new file (0o666 less the umask).
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import subprocess
@@ -217,7 +218,8 @@ class FrameWriter:
             frame (the ``--start`` the frames were read from).
 
     The arguments stay readable as attributes of the same names, with
-    ``kind`` (see :func:`output_kind`) and :attr:`frames_written`.
+    ``kind`` (see :func:`output_kind`), :attr:`frames_written` and
+    ``audio_loop_s`` (see :meth:`add_audio`, for a sound known only at the end).
 
     Raises:
         ValueError: an unsupported output kind, a folder that is missing or not
@@ -248,6 +250,7 @@ class FrameWriter:
         self.size = (int(size[0]), int(size[1]))
         self.settings = settings
         self.audio_start_s = audio_start_s
+        self.audio_loop_s: float | None = None
         self._frames_written = 0
         self._closed = False
         self._temps: list[Path] = []
@@ -323,6 +326,37 @@ class FrameWriter:
                 frame = cv2.copyMakeBorder(frame, 0, dh, 0, dw, cv2.BORDER_REPLICATE)
             self._pipe.write(frame)
         self._frames_written += 1
+
+    def add_audio(self, source: str | Path, *, start_s: float = 0.0, loop_s: float | None = None) -> None:
+        """Put ``source``'s sound into the video when it closes, instead of any given before.
+
+        For a sound that is complete only once the frames are (a live
+        recording's), or a clip's sound looped under frames that loop it.
+        Nothing is added where the constructor's ``audio_source`` would add
+        nothing: ``source`` has no sound, ``keep_audio`` is off, or this is
+        not a video file.
+
+        Args:
+            source: a media file.
+            start_s: second of ``source`` that plays with the first frame
+                (within the loop when looping).
+            loop_s: play the first ``loop_s`` seconds of ``source`` over and
+                over, sample-exact (silence fills a shorter sound); None: once.
+
+        Raises:
+            ValueError: the writer is closed, ``source`` is missing or not
+                media, or a bad ``start_s`` / ``loop_s``.
+        """
+        if self._closed:
+            raise ValueError(f"{self.path}: the writer is closed; add the audio before close()")
+        if loop_s is not None and not (math.isfinite(loop_s) and loop_s > 0):
+            raise ValueError(f"loop_s={loop_s!r}: expected seconds > 0")
+        if not (math.isfinite(start_s) and 0 <= start_s and (loop_s is None or start_s < loop_s)):
+            raise ValueError(f"start_s={start_s!r}: expected seconds >= 0 (and within the loop)")
+        if self.kind != "video" or not self.settings.keep_audio:
+            return
+        self._audio = self._audio_plan(source)
+        self.audio_start_s, self.audio_loop_s = start_s, loop_s
 
     def close(self) -> None:
         """Finish the output and move it to ``path``; calling it again does nothing.
@@ -404,6 +438,8 @@ class FrameWriter:
         if self._audio is None:
             return self._encoded
         source, codec = self._audio
+        if self.audio_loop_s is not None:
+            source, codec = self._one_loop(source), "pcm_s16le"
         suffix = self.path.suffix.lower()
         muxed = self._temp_path(f".muxed{suffix}")
         copyable = AUDIO_COPY_CODECS[suffix]
@@ -416,15 +452,33 @@ class FrameWriter:
         self._mux_audio(source, AUDIO_FALLBACK_CODEC[suffix], muxed)
         return muxed
 
+    def _one_loop(self, source: Path) -> Path:
+        """A WAV of one loop of ``source``'s sound, ``audio_loop_s`` long, starting at ``audio_start_s``.
+
+        The loop is cut (or padded with silence) to the exact length here, and
+        rotated to start where the first frame is, because ffmpeg's own
+        ``-stream_loop`` repeats a file whole and mistimes a seek into it.
+        """
+        loop_s, start_s = self.audio_loop_s, self.audio_start_s
+        one = f"[0:a:0]apad,atrim=end={loop_s:.6f}"
+        if start_s > 0:  # [start, loop) then [0, start)
+            one += (f",asplit[a][b];[a]atrim=start={start_s:.6f},asetpts=PTS-STARTPTS[tail];"
+                    f"[b]atrim=end={start_s:.6f},asetpts=PTS-STARTPTS[head];[tail][head]concat=n=2:v=0:a=1")  # fmt: skip
+        loop = self._temp_path(".loop.wav")
+        run_ffmpeg(["-i", str(source), "-filter_complex", one, "-c:a", "pcm_s16le", str(loop)],
+                   what=f"cutting one loop of the audio of {source} for {self.path}")  # fmt: skip
+        return loop
+
     def _mux_audio(self, source: Path, audio_codec: str, muxed: Path) -> None:
         """Write ``muxed``: the encoded video as is, plus ``source``'s audio from
-        ``audio_start_s`` on, cut to the video's length (to within one audio
-        packet, ~20-90 ms, when copied)."""
+        ``audio_start_s`` on (or one loop of it, over and over), cut to the
+        video's length (to within one audio packet, ~20-90 ms, when copied)."""
         duration_s = float(self._frames_written / self.fps)
+        start = ["-stream_loop", "-1"] if self.audio_loop_s is not None else ["-ss", f"{self.audio_start_s:.6f}"]
         run_ffmpeg(
             [
                 "-i", str(self._encoded),
-                "-ss", f"{self.audio_start_s:.6f}", "-i", str(source),
+                *start, "-i", str(source),
                 "-map", "0:v", "-map", "1:a",
                 "-c:v", "copy", "-c:a", audio_codec,
                 "-t", f"{duration_s:.6f}",

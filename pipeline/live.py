@@ -20,17 +20,19 @@ Three threads share a session (see DESIGN.md, *Live*):
 
 So the output's frame rate and its latency are those of the warp, not of the
 dream: a slow dream only means the dream is warped across more frames. The
-output loop also applies the controls (:meth:`LiveSession.apply`) at its next
-frame and evaluates settings written as expressions once per frame, over the
-live variables plus ``t`` (output frame), ``s`` (seconds) and ``b`` (beats,
-from the tempo object where one is attached).
+output loop also applies the controls at its next frame: :meth:`LiveSession.apply`
+checks a :class:`~dreamreel.pipeline.controls.Change` from any thread (OSC,
+MIDI, a host program; the window's keys through the ``keys`` of :meth:`LiveSession.run`),
+and settings written as expressions are evaluated once per frame over the
+:class:`~dreamreel.pipeline.controls.LiveVariables` plus ``t`` (output frame),
+``s`` (seconds) and ``b`` (beats of the :class:`~dreamreel.pipeline.controls.Tempo`),
+as :func:`~dreamreel.pipeline.controls.live_env` gives them.
 """
 
 from __future__ import annotations
 
 import collections
 import os
-import re
 import queue
 import signal
 import sys
@@ -45,12 +47,27 @@ import numpy as np
 import torch
 
 from . import flow
-from .controls import ACTIONS, SETTING_BOUNDS, Change, LiveVariables
+from .controls import (
+    BASE_VARIABLES,
+    BUILTIN_VARIABLES,
+    DEFAULT_KEYS,
+    INTEGER_SETTINGS,
+    SETTING_BOUNDS,
+    Change,
+    ControlSettings,
+    LiveVariables,
+    Tempo,
+    check_change,
+    ignored_line,
+    key_change,
+    live_env,
+    open_controls,
+    parse_live_expression,
+)
 from .decode import output_size
 from .dream import ComputeSettings, Dreamer, DreamSettings, frame_generator, noise_image, quantize_8bit, to_tensor, to_uint8
-from .expr import ExprError
-from .schedule import DEFAULT_VARIABLES, Schedule, parse_schedule
-from .sinks import FrameInfo, Sink
+from .schedule import Schedule
+from .sinks import FrameInfo, RecordSink, Sink
 from .sources import NewestFrame, Source
 from .video import VideoSettings, carry, flows_and_mask, one_opencv_thread, show_residual, temporal_anchor
 from .zoom import ZoomSettings, affine_step, feed_back, lab_stats, matrix_motion, motion_matrix
@@ -70,11 +87,8 @@ OUTPUT_FLOW_PRESET = "fast"
 RATE_WINDOW_S = 2.0
 # Per-frame motion of live zoom kept to move a dream that started this many frames ago.
 MOTION_HISTORY = 600
-# Most variables one live expression may name (parse_live_setting learns them one by one).
-MAX_LIVE_NAMES = 64
 # Settings that move the picture: only live zoom has a picture to move.
 MOTION_SETTINGS = ("zoom", "angle", "translate_x", "translate_y")
-WHOLE_SETTINGS = ("iterations", "octaves", "jitter")  # rounded to whole numbers
 # What a setting whose expression fails on the very first frame takes: no motion, the whole dream, the defaults.
 NEUTRAL = {
     **{name: float(getattr(DreamSettings(), name)) for name in ("step", "iterations", "octaves", "jitter", "smooth")},
@@ -89,8 +103,9 @@ class LiveSettings:
 
     Attributes:
         mix: share of the dream residual in the output, 0 (the source alone)
-            to 1 (the whole dream); a number or an expression over the live
-            variables (``"0.5 + 0.5*exp(-4*(b - floor(b)))"``).
+            to 1 (the whole dream); a number or an expression over the
+            built-in live variables (``"0.5 + 0.5*exp(-4*(b - floor(b)))"``;
+            a mapping file's own variables go in its ``[settings]``).
         crossfade: output frames over which a preset switch fades from the
             old look to the new (0 = at once).
         fps: output frames per second; None = the source's own rate (live
@@ -102,32 +117,11 @@ class LiveSettings:
     fps: float | None = None
 
     def __post_init__(self):
-        parse_live_setting(self.mix, "mix", bounds=SETTING_BOUNDS["mix"])
+        check_change(Change("mix", self.mix), BUILTIN_VARIABLES)
         if isinstance(self.crossfade, bool) or not isinstance(self.crossfade, int) or not 0 <= self.crossfade <= 10_000:
             raise ValueError(f"--crossfade {self.crossfade!r}: expected a whole number of frames from 0 to 10000")
         if self.fps is not None and (isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)) or not 1 <= self.fps <= 240):
             raise ValueError(f"--fps {self.fps!r}: expected a number from 1 to 240")
-
-
-def parse_live_setting(value: float | str, setting: str, *, interpolation: str = "linear", bounds=None) -> Schedule:
-    """A live setting's number or expression, where every name not a function or constant is a live variable.
-
-    Live variables come and go while playing (``cc7`` exists once that knob
-    moved, an OSC value once it was sent), so a name is not refused for being
-    unknown now: it reads 0 until it has a value (:meth:`LiveSession._evaluate_one`).
-
-    Raises:
-        ExprError: malformed text, or a variable-free part out of ``bounds``.
-    """
-    names = list(DEFAULT_VARIABLES)
-    while True:
-        try:
-            return parse_schedule(value, setting=setting, variables=names, interpolation=interpolation, bounds=bounds)
-        except ExprError as exc:
-            unknown = re.match(r"unknown name '([^']+)'", exc.problem)
-            if unknown is None or unknown[1] in names or len(names) > MAX_LIVE_NAMES:
-                raise
-            names.append(unknown[1])
 
 
 @dataclass(frozen=True)
@@ -211,9 +205,11 @@ class LiveSession:
         size: (width, height) of live zoom.
         max_side: downscale source frames so the longest side is at most this.
         init: live zoom's start picture, RGB uint8 (H, W, 3).
-        variables: the live variables expressions read (the controls write them).
-        tempo: an object with ``tap(now_s)`` and ``beats(now_s) -> float | None``
-            (``time.monotonic()`` seconds): ``tap`` changes call the first, ``b`` is the second.
+        variables: the live variables expressions read (the controls write
+            them: :func:`controls.open_controls`); an expression may name
+            ``t``, ``s``, ``b`` and the variables that exist when it is set.
+        tempo: the beat ``b`` (:class:`controls.Tempo`, with its lookahead);
+            ``tap`` changes tap it. Default: a tempo of its own (tap tempo only).
         look_for: makes the look of a preset name (``preset`` changes); default :func:`load_look`.
         quiet: no log line for changes that take effect (refused ones are always logged).
         log: where log lines go; default stderr.
@@ -222,7 +218,7 @@ class LiveSession:
         >>> feed, screen = FrameFeed(fps=30), MemorySink(keep=1)  # doctest: +SKIP
         >>> session = LiveSession(load_look("live-camera"), ComputeSettings(), feed, [screen])
         >>> threading.Thread(target=session.run).start()
-        >>> feed.put(frame); ...; screen.frames[-1]; session.stop()
+        >>> feed.put(frame); ...; screen.frames[-1]; session.apply(Change("step", 0.02)); session.stop()
     """
 
     def __init__(
@@ -236,7 +232,7 @@ class LiveSession:
         max_side: int | None = None,
         init: np.ndarray | None = None,
         variables: LiveVariables | None = None,
-        tempo=None,
+        tempo: Tempo | None = None,
         look_for: Callable[[str], LiveLook] | None = None,
         quiet: bool = False,
         log: Callable[[str], None] | None = None,
@@ -248,7 +244,7 @@ class LiveSession:
         self.max_side = max_side
         self.init = init
         self.variables = variables if variables is not None else LiveVariables()
-        self.tempo = tempo
+        self.tempo = tempo if tempo is not None else Tempo()
         self.look_for = look_for or load_look
         self.quiet = quiet
         self._log_line = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -263,32 +259,56 @@ class LiveSession:
         self._zoom_view: tuple[_Dream | None, int, np.ndarray] = (None, 0, np.eye(3))
         self._dream: _Dream | None = None  # the newest finished dream
         self._dreams = 0
+        self._started_s: float | None = None  # the first output frame's time, for the rates
         self._dream_times: collections.deque = collections.deque()  # when recent dreams finished
         # the dream worker's own
         self._previous: _Dream | None = None  # its last dream, which the next one carries from
         self._parsed_objectives: dict = {}  # objective text → Objective, None for a bad one
         self._base: torch.Tensor | None = None  # live zoom's anchor picture
         # the output loop's own
-        self._changes: queue.SimpleQueue = queue.SimpleQueue()
+        self._changes: queue.SimpleQueue = queue.SimpleQueue()  # (checked change, what it needs at the frame)
         self._schedules: dict[str, Schedule] = {}
+        self._clock = (0, 0.0)  # the output frame now and its seconds, for checking an expression's value now
         self._problems: dict[str, str] = {}  # setting or variable → the last problem logged about it
         self._osd = True
         self._fullscreen = False
         self._stop = threading.Event()
         self._status: dict = {}
         self._newest = NewestFrame()
-        self._schedules = self._look_schedules(look)
 
     # -- for controls (any thread) ----------------------------------------------------
 
     def apply(self, change: Change) -> None:
-        """Apply a control at the next output frame; a bad one is logged as one line and ignored. Thread-safe."""
-        self._changes.put((change, time.monotonic()))
+        """Check a control now and apply it at the next output frame, logged as one line. Thread-safe.
+
+        The check is :func:`controls.check_change` over this session's live
+        variables and presets, then the session's own: a motion setting
+        needs live zoom, an expression must be in range now, a preset's
+        settings must read variables that exist. (An objective is parsed
+        on the model by the dream worker: a bad one is logged there.)
+
+        Raises:
+            ValueError: the change is refused, naming the setting and why; nothing changes.
+        """
+        self._changes.put(self._checked(change))
 
     def status(self) -> dict:
-        """The preset, objective, settings (their values now), output fps, dream rate and latency in ms. Thread-safe."""
+        """The state now, for OSD, OSC and host programs. Thread-safe.
+
+        Keys: ``preset``, ``objective``, ``settings`` (each numeric
+        setting's value now), ``frozen``, ``output_fps``, ``dream_rate`` (per
+        second), ``dreams`` (so far), ``latency_ms``, ``dropped`` (source
+        frames), ``beat`` (``b``), ``bpm`` (None while unknown) and
+        ``message`` (a stalled source, else None). Empty before the first frame.
+        """
         with self._lock:
             return dict(self._status)
+
+    @property
+    def dreams(self) -> int:
+        """Dreams finished so far. Thread-safe."""
+        with self._lock:
+            return self._dreams
 
     def stop(self) -> None:
         """End :meth:`run` after the frame in hand. Thread-safe."""
@@ -296,16 +316,25 @@ class LiveSession:
 
     # -- the session -------------------------------------------------------------------
 
-    def run(self, duration_s: float | None = None) -> LiveResult:
+    def run(self, duration_s: float | None = None, *, keys: Callable[[str, float], Change | None] | None = None) -> LiveResult:
         """Run until :meth:`stop`, Ctrl-C, ``duration_s`` seconds or a sink asking to stop; then close everything.
 
         Every device is closed and the recording finished however it ends.
         The first Ctrl-C ends the session cleanly; a second one at once.
 
+        Args:
+            duration_s: seconds from the first output frame; None: until stopped.
+            keys: what a key pressed in a sink's window does: ``keys(name,
+                time_s)`` gives a :class:`Change` or None
+                (:meth:`controls.Controls.key`); default :func:`controls.key_change`
+                over :data:`controls.DEFAULT_KEYS`.
+
         Raises:
-            ValueError: at start, a source, model or sink that cannot open
+            ValueError: at start, a setting of the look that reads a variable
+                no control gives, or a source, model or sink that cannot open
                 (nothing is left open).
         """
+        keys = keys or (lambda name, time_s: key_change(name, DEFAULT_KEYS, time_s))
         previous_handler = None
         if threading.current_thread() is threading.main_thread():
             previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
@@ -313,7 +342,9 @@ class LiveSession:
         opened: list[Sink] = []
         try:
             with one_opencv_thread(), self._cpu_threads():
-                # 1. the source's first frame gives the size and the rate, then the model loads
+                # 1. the look's settings over the variables the controls give; the source's
+                #    first frame gives the size and the rate; then the model loads
+                self._schedules = self._look_schedules(self._look)
                 width, height, fps = self._open_source()
                 self.dreamer = Dreamer(self._look.dream, replace(self.compute, model=self._look.model))
                 self._dreamer_model = self._look.model
@@ -329,7 +360,7 @@ class LiveSession:
                 threads.append(threading.Thread(target=self._dream_loop, name="dreamreel-live-dream", daemon=True))
                 for thread in threads:
                     thread.start()
-                return self._output_loop(opened, width, height, fps, duration_s)
+                return self._output_loop(opened, keys, width, height, fps, duration_s)
         finally:
             self._stop.set()
             for thread in threads:
@@ -511,7 +542,7 @@ class LiveSession:
             try:
                 parsed[text] = dreamer.parse_objective(text)
             except ValueError as exc:
-                self._log(f"live: ignored objective {text!r}: {_first_line(exc)}")
+                self._log(ignored_line("objective", f"{_first_line(exc)} (the dream keeps {self._objective_in_effect!r})"))
                 parsed[text] = None
             if parsed[text] is not None:
                 with self._lock:
@@ -525,7 +556,7 @@ class LiveSession:
 
     # -- 3. the output loop --------------------------------------------------------------
 
-    def _output_loop(self, sinks: list[Sink], width: int, height: int, fps: float, duration_s: float | None) -> LiveResult:
+    def _output_loop(self, sinks: list[Sink], keys, width: int, height: int, fps: float, duration_s: float | None) -> LiveResult:
         """One output frame per source frame (or ``--fps`` tick) until the end; returns the run's figures."""
         device = self.dreamer.device
         stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -533,6 +564,8 @@ class LiveSession:
         period = 1 / fps
         estimator = flow.FlowEstimator(self._look.video.flow, preset=OUTPUT_FLOW_PRESET)
         start = time.monotonic()
+        with self._lock:
+            self._started_s = start
         deadline = None if duration_s is None else start + duration_s
         next_tick = start
         t = 0
@@ -570,8 +603,10 @@ class LiveSession:
                     _sleep_until(next_tick)
                 next_tick = max(next_tick + period, time.monotonic() - period)
                 # 2. controls, then this frame's settings
-                self._apply_changes(sinks)
-                values = self._evaluate(t, time.monotonic() - start)
+                self._clock = (t, time.monotonic() - start)
+                self._apply_changes(sinks, keys)
+                env = self._env()
+                values = self._evaluate(env)
                 with self._lock:
                     self._values = values
                     frozen = self._frozen
@@ -611,7 +646,7 @@ class LiveSession:
                 latency_sum += done - arrival
                 out_times.append(done)
                 t += 1
-                self._update_status(look, values, out_times, done - arrival, dropped, message)
+                self._update_status(look, values, env["b"], out_times, done - arrival, dropped, message)
         seconds = time.monotonic() - start
         return LiveResult(t, seconds, self._dreams, dropped, 1000 * latency_sum / max(t, 1))
 
@@ -662,70 +697,79 @@ class LiveSession:
 
     # -- controls ------------------------------------------------------------------------
 
-    def _apply_changes(self, sinks: list[Sink]) -> None:
-        for sink in sinks:
-            for change in sink.poll():
-                self.apply(change)
-        while True:
-            try:
-                change, when = self._changes.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                shown = self._apply_change(change, when)
-            except Exception as exc:  # noqa: BLE001 - a bad control is logged, never fatal
-                self._log(f"live: ignored {change.setting} = {change.value!r} ({change.source or 'api'}): {_first_line(exc)}")
-                continue
-            if not self.quiet:
-                self._log(f"live: {change.setting} = {shown} ({change.source or 'api'})")
+    def _checked(self, change: Change) -> tuple[Change, object]:
+        """``change`` checked and put in this session's terms, with what it needs at the frame.
 
-    def _apply_change(self, change: Change, when: float) -> str:
-        """Apply one change; returns its new value as the log line shows it. Raises for a bad one."""
+        Returns:
+            (the change, its schedule) for a numeric setting, (the change,
+            (look, its schedules)) for a preset, (the change, None) otherwise.
+        """
+        names, looks = self._names(), {}
+        change = check_change(change, names, find_preset=lambda preset: looks.setdefault(preset, self.look_for(preset)))
         name, value = change.setting, change.value
         if name in SETTING_BOUNDS:
             if name in MOTION_SETTINGS and not self.zoom_mode:
-                raise ValueError(f"{name} moves the picture of live --zoom only")
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-                raise ValueError(f"expected a number or an expression, got {type(value).__name__}")
-            schedule = self._parse(name, value)
-            now = self._evaluate_one(name, schedule, self._env(0, 0.0), strict=True)
+                raise ValueError(f"{name}: moves the picture of live zoom only (dreamreel live --zoom, no source)")
+            schedule = parse_live_expression(name, value, names)
+            now = schedule(self._clock[0], self._env())
             lo, hi = SETTING_BOUNDS[name]
             if not lo <= now <= hi:  # out of range now: refused now (later it is held in range)
-                raise ValueError(f"{now:g} is out of range: expected a value from {lo:g} to {hi:g}")
-            self._schedules[name] = schedule
-            return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+                raise ValueError(f"{name}: {value} is {now:g} now, out of range: expected a value from {lo:g} to {hi:g}")
+            return change, schedule
         if name == "preset":
-            look = self.look_for(str(value))
-            self._switch_look(look)
-            return look.name
-        if name == "objective":
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError("expected an objective expression such as 'mid'")
+            return change, (looks[value], self._look_schedules(looks[value]))
+        if name == "tap" and change.time_s is None:
+            change = replace(change, time_s=time.monotonic())
+        return change, None
+
+    def _apply_changes(self, sinks: list[Sink], keys) -> None:
+        """The keys pressed in the sinks' windows, then every change checked since the last frame, each logged once."""
+        for sink in sinks:
+            for key, time_s in sink.poll():
+                change = keys(key, time_s)
+                if change is None:
+                    continue
+                try:
+                    self.apply(change)
+                except ValueError as exc:
+                    self._log(ignored_line(change.source, _first_line(exc)))
+        while True:
+            try:
+                change, prepared = self._changes.get_nowait()
+            except queue.Empty:
+                return
+            taken = self._take(change, prepared)
+            if not self.quiet:
+                self._log(f"live: {taken}")
+
+    def _take(self, change: Change, prepared) -> Change:
+        """Apply a checked change; returns it with the value it took (a toggle's new state, the preset's name)."""
+        name = change.setting
+        if name in SETTING_BOUNDS:
+            self._schedules[name] = prepared
+            return change
+        if name == "preset":
+            look, schedules = prepared
             with self._lock:
-                self._look = replace(self._look, dream=replace(self._look.dream, objective=value))
-            return value
+                self._look = look
+                self._generation += 1  # the new look's dreams fade in over its crossfade
+            self._schedules = schedules
+            return replace(change, value=look.name)
+        if name == "objective":
+            with self._lock:
+                self._look = replace(self._look, dream=replace(self._look.dream, objective=change.value))
+            return change
         if name == "tap":
-            if self.tempo is None:
-                raise ValueError("no tempo is attached to this session")
-            self.tempo.tap(when)
-            return "tap"
-        assert name in ACTIONS
+            self.tempo.tap(change.time_s)  # on the beat it was tapped, not at this frame
+            return change
         attribute = {"freeze": "_frozen", "fullscreen": "_fullscreen", "osd": "_osd"}[name]
-        state = not getattr(self, attribute) if value is None else bool(value)
+        state = not getattr(self, attribute) if change.value is None else change.value
         with self._lock:
             setattr(self, attribute, state)
-        return "on" if state else "off"
-
-    def _switch_look(self, look: LiveLook) -> None:
-        """A preset switch: new settings at once, the new look's dreams fading in over ``crossfade`` frames."""
-        schedules = self._look_schedules(look)
-        with self._lock:
-            self._look = look
-            self._generation += 1
-        self._schedules = schedules
+        return replace(change, value=state)
 
     def _look_schedules(self, look: LiveLook) -> dict[str, Schedule]:
-        """Every numeric live setting of ``look``, as a schedule (a number or an expression)."""
+        """Every numeric live setting of ``look``, as a schedule (a number or an expression over the variables there are)."""
         zoom, video, dream = look.zoom, look.video, look.dream
         carried_steps = zoom.iterations_next if self.zoom_mode else video.iterations_next
         numbers = {
@@ -742,72 +786,64 @@ class LiveSession:
             "translate_y": zoom.translate_y,
             "mix": look.live.mix,
         }
+        names = self._names()
         return {
-            name: self._parse(name, value, zoom.interpolation)
+            name: parse_live_expression(name, value, names, interpolation=zoom.interpolation)
             for name, value in numbers.items()
             if self.zoom_mode or name not in MOTION_SETTINGS
         }
 
-    def _parse(self, name: str, value: float | str, interpolation: str = "linear") -> Schedule:
-        return parse_live_setting(value, name, interpolation=interpolation)
+    def _names(self) -> tuple[str, ...]:
+        """The live variables an expression may name now: t, s, b and every variable the controls have set."""
+        return tuple(dict.fromkeys([*BASE_VARIABLES, *self.variables.snapshot()]))
 
-    def _env(self, t: int, seconds: float) -> dict[str, float]:
-        env = {**self.variables.snapshot(), "t": float(t), "s": seconds}
-        if self.tempo is not None and (beats := self.tempo.beats(time.monotonic())) is not None:
-            env["b"] = beats
-        return env
+    def _env(self) -> dict[str, float]:
+        t, seconds = self._clock
+        return live_env(self.variables, self.tempo, time.monotonic(), frame=t, seconds=seconds)
 
-    def _evaluate(self, t: int, seconds: float) -> dict[str, float]:
+    def _evaluate(self, env: dict[str, float]) -> dict[str, float]:
         """This frame's value of every numeric setting: a broken expression keeps its last good value (logged once)."""
-        env = self._env(t, seconds)
-        values = {}
-        for name, schedule in self._schedules.items():
-            values[name] = self._evaluate_one(name, schedule, env)
-        return values
+        return {name: self._evaluate_one(name, schedule, env) for name, schedule in self._schedules.items()}
 
-    def _evaluate_one(self, name: str, schedule: Schedule, env: dict, strict: bool = False) -> float:
+    def _evaluate_one(self, name: str, schedule: Schedule, env: dict) -> float:
         """One setting's value now, held in its range; an expression that fails keeps the last good value."""
-        missing = [variable for variable in schedule.variables if variable not in env]
-        for variable in missing:  # a variable no one has sent yet reads 0 (silence, a knob at zero)
-            self._problem(f"variable {variable}", f"live: {variable!r} has no value yet (no control or tempo has set it); it reads 0 until one comes")
         try:
-            value = schedule(int(env["t"]), {**dict.fromkeys(missing, 0.0), **env})
+            value = schedule(int(env["t"]), env)
         except ValueError as exc:
-            if strict:
-                raise
             kept = self._values.get(name, NEUTRAL[name])
             self._problem(name, f"live: {name}: {_first_line(exc)}; keeping {kept:g}")
             return kept
-        if strict:
-            return value
         lo, hi = SETTING_BOUNDS[name]
         if not lo <= value <= hi:
             self._problem(name, f"live: {name} = {value:g} is out of range; held at {min(max(value, lo), hi):g} (from {lo:g} to {hi:g})")
             value = min(max(value, lo), hi)
         else:
             self._problems.pop(name, None)
-        return float(round(value)) if name in WHOLE_SETTINGS else value
+        return float(round(value)) if name in INTEGER_SETTINGS else value
 
     # -- status and logs ----------------------------------------------------------------
 
-    def _update_status(self, look, values, out_times, latency_s, dropped, message) -> None:
+    def _update_status(self, look, values, beat, out_times, latency_s, dropped, message) -> None:
         now = out_times[-1]
         while out_times and out_times[0] < now - RATE_WINDOW_S:
             out_times.popleft()
+        bpm = self.tempo.bpm(now)
         with self._lock:
             while self._dream_times and self._dream_times[0] < now - RATE_WINDOW_S:
                 self._dream_times.popleft()
-            span = min(RATE_WINDOW_S, now - self._status.get("started", now)) or RATE_WINDOW_S
+            span = min(RATE_WINDOW_S, now - self._started_s) or RATE_WINDOW_S
             self._status = {
-                "started": self._status.get("started", now),
                 "preset": look.name,
                 "objective": self._objective_in_effect,
                 "settings": dict(values),
                 "frozen": self._frozen,
                 "output_fps": len(out_times) / span,
                 "dream_rate": len(self._dream_times) / span,
+                "dreams": self._dreams,
                 "latency_ms": 1000 * latency_s,
                 "dropped": dropped,
+                "beat": beat,
+                "bpm": bpm,
                 "message": message,
             }
 
@@ -816,7 +852,8 @@ class LiveSession:
         if not s:
             return (look.name,)
         state = "  FROZEN" if s["frozen"] else ""
-        return (f"{s['output_fps']:.1f} fps   dream {s['dream_rate']:.1f}/s   latency {s['latency_ms']:.0f} ms",
+        tempo = f"   {s['bpm']:.0f} BPM" if s["bpm"] else ""
+        return (f"{s['output_fps']:.1f} fps   dream {s['dream_rate']:.1f}/s   latency {s['latency_ms']:.0f} ms{tempo}",
                 f"{look.name}: {s['objective']}{state}")  # fmt: skip
 
     def _log(self, line: str) -> None:
@@ -838,7 +875,27 @@ class LiveSession:
         if self._stop.is_set():
             raise KeyboardInterrupt
         self._log("\nlive: stopping (Ctrl-C again to stop at once)")
-        self.stop("Ctrl-C")
+        self.stop()
+
+
+def run_with_controls(session: LiveSession, controls: ControlSettings, *, duration_s: float | None = None) -> LiveResult:
+    """The show as ``dreamreel live`` runs it: the controls opened around the session, then :meth:`LiveSession.run`.
+
+    The OSC server, the MIDI input, the sound card and the mapping file
+    (:func:`controls.open_controls`) feed the session's ``apply``,
+    ``variables`` and ``tempo`` (make the tempo with ``controls.lookahead``);
+    OSC status replies read its ``status``; the window's keys go through the
+    controls' key map; a recording takes the sound in the room.
+    ``ControlSettings()`` opens nothing: the same path with the controls off.
+    The controls' lines go to the session's log.
+
+    Raises:
+        ValueError: one line, as :func:`controls.open_controls` and :meth:`LiveSession.run`.
+    """
+    with open_controls(controls, session.apply, session.variables, session.tempo, session.status, session._log) as opened:
+        for record in [sink for sink in session.sinks if isinstance(sink, RecordSink)]:
+            record.audio_in = opened.audio  # the sound in the room, rather than a looped clip's
+        return session.run(duration_s, keys=opened.key)
 
 
 class _Fade:

@@ -5,8 +5,9 @@ A :class:`Sink` takes each output frame, RGB uint8 (H, W, 3), with a
 frame arrived, the on-screen display). Any number of sinks run at once; the
 live session opens them in its output thread, writes to each in turn, and
 closes a sink that fails (one log line) while the others go on. A sink may
-also hand controls back (:meth:`Sink.poll`: the window's keys) and ask the
-session to stop (the window closed). Each class imports its I/O library in
+also hand keys back (:meth:`Sink.poll`: the window's; the session turns them
+into controls with :func:`~dreamreel.pipeline.controls.key_change`) and ask
+the session to stop (the window closed). Each class imports its I/O library in
 its constructor, so a missing one is reported before anything starts
 (:func:`~dreamreel.pipeline.sources.require`), and :class:`MemorySink`
 needs none (tests and host programs use it).
@@ -19,20 +20,30 @@ import os
 import queue
 import sys
 import threading
+import time
+import wave
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .controls import Change
-from .sources import require
+from .sources import LoopedFile, require
 
-# Keys of the window and the controls they send (digits 1-9 choose a preset).
-WINDOW_KEYS = {"space": "freeze", "f": "fullscreen", "o": "osd", "t": "tap"}
 # The window opens at least this wide, the frame scaled by a whole factor (a 320x180 frame at 2x).
 WINDOW_MIN_WIDTH = 640
 # Frames the recording may fall behind the output before it drops some (about 4 s at 30 fps).
 RECORD_QUEUE_FRAMES = 120
+# A frame that reaches the recording this many frames ahead of its clock is
+# left out (the output ran fast); a late one is preceded by the frame held on
+# screen meanwhile, repeated.
+RECORD_AHEAD_FRAMES = 2
+# The recorded sound is kept within this of the frames: a gap (samples the
+# sound card lost, its clock running slow) is filled with silence, an overlap
+# cut. Each correction is a click, so smaller drifts are left alone.
+SOUND_SYNC_S = 0.04
+# Blocks of sound the recording may fall behind (about 10 s of 10 ms blocks).
+SOUND_QUEUE_BLOCKS = 1000
 
 
 @dataclass(frozen=True)
@@ -79,8 +90,8 @@ class Sink:
         """Take one RGB uint8 (H, W, 3) frame. Keep it short: the output loop waits for it."""
         raise NotImplementedError
 
-    def poll(self) -> list[Change]:
-        """Controls that came in through this sink since the last call (the window's keys)."""
+    def poll(self) -> list[tuple[str, float]]:
+        """Keys pressed in this sink's window since the last call: (name, ``time.monotonic()`` when seen)."""
         return []
 
     @property
@@ -121,25 +132,32 @@ class MemorySink(Sink):
 class WindowSink(Sink):
     """A window (pygame-ce, SDL2) showing the output scaled to its size, with full screen and an on-screen display.
 
-    Keys: 1-9 choose the presets in ``presets``, space freezes, F toggles full
-    screen, O the on-screen display (frame rate, dream rate, latency), T taps
-    the tempo, Esc or closing the window ends the session.
+    Its keys go to the session (:meth:`poll`), which gives them their meaning
+    (:func:`~dreamreel.pipeline.controls.key_change`: 1-9 and 0 presets, space
+    freeze, F full screen, O on-screen display, T tap tempo); Esc or closing
+    the window ends the session.
     """
 
     name = "window"
 
-    def __init__(self, presets: tuple[str, ...] = (), title: str = "dreamreel live"):
+    def __init__(self, title: str = "dreamreel live"):
         os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
         self._pygame = require("pygame", "--window", "live")
-        self.presets = tuple(presets)
         self.title = title
         self._screen = self._font = None
         self._fullscreen = False
         self._size = (0, 0)
-        self._changes: list[Change] = []
+        self._keys: list[tuple[str, float]] = []
         self._stop = False
 
     def open(self, size: tuple[int, int], fps: float) -> None:
+        # SDL shows a window surface through OpenGL by default; on X11 that
+        # loads Mesa's libGL and with it libLLVM, and a later `import triton`
+        # (torch.compile imports it, and torchvision through torch._dynamo)
+        # then crashes the process on the clash of LLVM symbols. The window
+        # only blits one picture a frame, which SDL does as well without
+        # OpenGL; a user who needs it can still set the variable.
+        os.environ.setdefault("SDL_FRAMEBUFFER_ACCELERATION", "0")
         pygame = self._pygame
         try:
             pygame.display.init()
@@ -189,14 +207,12 @@ class WindowSink(Sink):
                 key = pygame.key.name(event.key)
                 if key == "escape":
                     self._stop = True
-                elif key in WINDOW_KEYS:
-                    self._changes.append(Change(WINDOW_KEYS[key], None, f"key {key}"))
-                elif key.isdigit() and 1 <= int(key) <= len(self.presets):
-                    self._changes.append(Change("preset", self.presets[int(key) - 1], f"key {key}"))
+                else:
+                    self._keys.append((key, time.monotonic()))
 
-    def poll(self) -> list[Change]:
-        changes, self._changes = self._changes, []
-        return changes
+    def poll(self) -> list[tuple[str, float]]:
+        keys, self._keys = self._keys, []
+        return keys
 
     @property
     def stop_requested(self) -> bool:
@@ -335,19 +351,45 @@ class SyphonSink(Sink):
 
 
 class RecordSink(Sink):
-    """The output recorded to a video file through the encoder of the other commands (``--record FILE.mp4``).
+    """The output recorded to a video file in real time, through the encoder of the other commands (``--record FILE.mp4``).
+
+    The recording keeps the show's timing: each frame lands where the clock
+    says it was shown, and a frame held on screen (a slow output, a stalled
+    source) is repeated for as long, so the file lasts as long as the show
+    and its sound stays in step. The sound is, where there is one:
+
+    * ``audio_in``'s input (``--audio-in``), as it was heard while each frame
+      was shown, recorded beside the file and muxed in at the end;
+    * else a looped ``clip``'s own sound (``--input FILE`` with sound),
+      looped with its pictures: the first frame recorded plays with the
+      sound of the clip's frame it shows.
 
     Frames are encoded in a thread of its own so the output never waits for
     ffmpeg; if the encoder falls ``RECORD_QUEUE_FRAMES`` behind, frames are
-    dropped and counted (:attr:`dropped`). :meth:`close` finishes the file.
+    dropped and counted (:attr:`dropped`; the picture then runs that much
+    ahead of the sound). :meth:`close` finishes the file.
 
     Args:
         path: a .mp4, .mov, .mkv or .webm file (checked at once: a bad path
             is a ValueError before anything starts).
-        settings: an :class:`~dreamreel.pipeline.encode.EncodeSettings`.
+        settings: an :class:`~dreamreel.pipeline.encode.EncodeSettings`
+            (``keep_audio`` off: no sound).
+        clip: the session's looped clip, whose sound the recording carries.
+        audio_in: the running :class:`~dreamreel.pipeline.audio_in.AudioIn`,
+            whose input the recording carries (rather than the clip's); an
+            attribute of the same name that may be set until the sink opens.
+        clock: ``time.monotonic``, or a test's.
     """
 
-    def __init__(self, path: str | Path, settings=None):
+    def __init__(
+        self,
+        path: str | Path,
+        settings=None,
+        *,
+        clip: LoopedFile | None = None,
+        audio_in=None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         from .encode import EncodeSettings, output_kind
         from .files import check_output_folder
 
@@ -360,18 +402,29 @@ class RecordSink(Sink):
         except ValueError as exc:
             raise ValueError(f"--record {path}: {exc}") from None
         self.settings = settings or EncodeSettings()
+        self.clip = clip if clip is not None and clip.has_audio else None
+        self.audio_in = audio_in
         self.dropped = 0
+        self._clock = clock
+        self._room: _RoomSound | None = None
         self._writer = None
         self._queue: queue.Queue = queue.Queue(maxsize=RECORD_QUEUE_FRAMES)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._start_s: float | None = None  # when the first frame was shown: the recording's time 0
+        self._first_source = 0  # the source frame it showed
+        self._slots = 0  # frames the recording holds so far
+        self._previous: np.ndarray | None = None
 
     def open(self, size: tuple[int, int], fps: float) -> None:
         from fractions import Fraction
 
         from .encode import FrameWriter
+        from .files import temp_path
 
         self._writer = FrameWriter(self.path, fps=Fraction(fps).limit_denominator(1001), size=size, settings=self.settings)
+        if self.audio_in is not None and self.settings.keep_audio:
+            self._room = _RoomSound(self.audio_in, temp_path(self.path, ".sound.wav"))
         self._thread = threading.Thread(target=self._encode, name="dreamreel-record", daemon=True)
         self._thread.start()
 
@@ -385,13 +438,28 @@ class RecordSink(Sink):
     def write(self, frame: np.ndarray, info: FrameInfo) -> None:
         if self._error is not None:
             raise self._error
+        now = self._clock()
+        if self._start_s is None:
+            self._start_s, self._first_source = now, max(info.source_index, 0)
+            if self._room is not None:
+                self._room.start(now)
+        slot = round((now - self._start_s) * float(self._writer.fps))
+        if slot + RECORD_AHEAD_FRAMES < self._slots:
+            return
+        while self._slots < slot:  # the frame on screen meanwhile
+            self._put(self._previous)
+        self._put(frame)
+        self._previous = frame
+
+    def _put(self, frame: np.ndarray) -> None:
+        self._slots += 1
         try:
             self._queue.put_nowait(frame)
         except queue.Full:
             self.dropped += 1
 
     def close(self) -> None:
-        """Encode what is queued and finish the file (or remove it when the encoder failed)."""
+        """Encode what is queued, add the sound and finish the file (or remove it when the encoder failed)."""
         if self._thread is None:
             return
         while self._thread.is_alive():  # an encoder that failed takes nothing more
@@ -402,7 +470,87 @@ class RecordSink(Sink):
                 continue
         self._thread.join()
         self._thread = None
-        if self._error is not None or self._writer.frames_written == 0:
-            self._writer.abort()
-        else:
+        sound = self._room.finish() if self._room is not None else None
+        try:
+            if self._error is not None or self._writer.frames_written == 0:
+                self._writer.abort()
+                return
+            if sound is not None:
+                self._writer.add_audio(sound)
+            elif self.clip is not None:
+                loop = self.clip.loop_frames
+                first = self._first_source % loop if loop else self._first_source
+                self._writer.add_audio(self.clip.path, start_s=first / self.clip.fps, loop_s=loop / self.clip.fps if loop else None)
             self._writer.close()
+        finally:
+            if self._room is not None:
+                self._room.path.unlink(missing_ok=True)
+
+
+class _RoomSound:
+    """The sound card's input written to a WAV file beside the recording, sample for sample in step with its frames."""
+
+    def __init__(self, audio_in, path: Path):
+        self.audio_in = audio_in
+        self.path = path
+        self._queue: queue.Queue = queue.Queue(maxsize=SOUND_QUEUE_BLOCKS)
+        self._start_s = 0.0
+        self._thread: threading.Thread | None = None
+        self._written = 0  # samples in the file
+        self._failed = False
+
+    def start(self, start_s: float) -> None:
+        """Record from ``start_s`` (the recording's first frame, on the sound's clock) on."""
+        self._start_s = start_s
+        self._thread = threading.Thread(target=self._write, name="dreamreel-record-sound", daemon=True)
+        self._thread.start()
+        self.audio_in.add_listener(self._heard)
+
+    def _heard(self, samples: np.ndarray, time_s: float) -> None:
+        try:
+            self._queue.put_nowait((samples, time_s))
+        except queue.Full:  # the disk stalled: the gap is filled with silence once it writes again
+            pass
+
+    def _write(self) -> None:
+        rate = self.audio_in.sample_rate
+        tolerance = round(SOUND_SYNC_S * rate)
+        wav = None
+        correcting = True  # the first block is put exactly in place
+        try:
+            while (block := self._queue.get()) is not None:
+                samples, time_s = block
+                if wav is None:
+                    wav = wave.open(str(self.path), "wb")
+                    wav.setnchannels(samples.shape[1])
+                    wav.setsampwidth(2)
+                    wav.setframerate(rate)
+                late = round((time_s - self._start_s) * rate) - self._written  # samples missing before this block
+                if correcting or abs(late) > tolerance:  # put in place exactly, over as many blocks as that takes
+                    if late > 0:
+                        wav.writeframes(np.zeros((late, samples.shape[1]), "<i2").tobytes())
+                        self._written += late
+                    correcting = -late >= len(samples)
+                    samples = samples[max(0, -late) :]
+                wav.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+                self._written += len(samples)
+        except OSError:  # a full disk: the recording goes on without its sound
+            self._failed = True
+        finally:
+            if wav is not None:
+                wav.close()
+
+    def finish(self) -> Path | None:
+        """Stop recording; the WAV file, or None when no sound came."""
+        if self._thread is None:
+            return None
+        self.audio_in.remove_listener(self._heard)
+        while self._thread.is_alive():  # one that failed takes nothing more
+            try:
+                self._queue.put(None, timeout=0.5)
+                break
+            except queue.Full:
+                continue
+        self._thread.join()
+        self._thread = None
+        return self.path if self._written and not self._failed else None

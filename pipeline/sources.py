@@ -70,6 +70,10 @@ class LoopedFile(Source):
     Args:
         path: any video file OpenCV reads.
         max_side: downscale so the longest side is at most this (as ``--max-side``).
+
+    Attributes:
+        has_audio: the file has sound (a recording of the session carries it, looped with the frames).
+        loop_frames: frames in one pass through the file, once one pass has been read; None before.
     """
 
     def __init__(self, path: str | Path, max_side: int | None = None):
@@ -80,6 +84,8 @@ class LoopedFile(Source):
         self.max_side = max_side
         info = probe_video(self.path)  # ValueError naming the file for a missing or unreadable one
         self.fps = float(info.fps)
+        self.has_audio = info.has_audio
+        self.loop_frames: int | None = None
         self._frames = None
         self._due = 0.0
 
@@ -97,6 +103,7 @@ class LoopedFile(Source):
                 yield frame
             if count == 0:
                 raise ValueError(f"--input {self.path}: no frames could be read")
+            self.loop_frames = count
 
     def read(self) -> np.ndarray | None:
         frame = next(self._frames)

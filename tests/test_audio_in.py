@@ -130,6 +130,33 @@ def test_a_bad_block_neither_stops_the_stream_nor_spoils_the_features():
     assert len(lines) == 2
 
 
+def test_listeners_get_each_block_as_it_came_with_the_time_its_first_sample_was_heard():
+    """What a recording of the sound in the room takes: copies of the blocks, dated on the sample clock."""
+    rate, now, lines, heard = 48000, [100.0], [], []
+    audio = AudioIn(rate, LiveVariables(), clock=lambda: now[0], log=lines.append)
+    stereo = np.random.default_rng(0).uniform(-0.5, 0.5, (4800, 2)).astype(np.float32)
+
+    def keep(block, time_s):
+        heard.append((block, time_s))
+
+    def broken(block, time_s):
+        raise OSError("the disk is full")
+
+    audio.add_listener(keep)
+    audio.add_listener(broken)
+    for k in range(10):
+        block = stereo[480 * k : 480 * (k + 1)].copy()
+        now[0] = 100.0 + 480 * (k + 1) / rate  # the block arrives as its last sample is heard
+        audio.callback(block, 480, None, None)
+        block[:] = 0  # PortAudio reuses its buffer
+    np.testing.assert_array_equal(np.concatenate([block for block, _ in heard]), stereo)
+    assert [time_s for _, time_s in heard] == pytest.approx([100.0 + 480 * k / rate for k in range(10)])
+    assert lines == ["audio in: recording the sound failed (OSError: the disk is full); the analysis goes on"]
+    audio.remove_listener(keep)
+    audio.callback(stereo[:480], 480, None, None)
+    assert len(heard) == 10
+
+
 class FakeStream:
     def __init__(self, **kwargs):
         self.kwargs = kwargs

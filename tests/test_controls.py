@@ -16,6 +16,8 @@ from dreamreel.cli.main import Parser, add_common, add_controls_options, control
 from dreamreel.pipeline import controls as controls_module
 from dreamreel.pipeline.controls import (
     ACTIONS,
+    BUILTIN_VARIABLES,
+    DEFAULT_KEYS,
     SETTING_BOUNDS,
     Change,
     ControlMap,
@@ -37,13 +39,16 @@ from dreamreel.pipeline.schedule import parse_schedule
 
 
 class Recorder:
-    """A session's `apply` that keeps what reaches it; `wait` for changes sent from another thread."""
+    """A session's `apply`: checks a change as a session does (check_change, raising ValueError) and keeps
+    what it takes; `wait` for changes sent from another thread. (tests/test_live.py runs the real session.)"""
 
-    def __init__(self):
+    def __init__(self, variables=BUILTIN_VARIABLES):
         self.changes: list[Change] = []
+        self.variables = variables
         self._arrived = threading.Condition()
 
     def __call__(self, change: Change) -> None:
+        change = check_change(change, self.variables)
         with self._arrived:
             self.changes.append(change)
             self._arrived.notify_all()
@@ -122,7 +127,8 @@ def test_values_are_checked_and_put_in_the_sessions_terms():
     for change, message in [
         (Change("step", 5), "step: 5 is out of range: expected a value from 0 to 1"),
         (Change("step", "qqq"), "unknown name 'qqq'; the live variables here are t, s, b, bass$"),
-        (Change("zoom", "1 + 0.1*cc3"), "unknown name 'cc3'"),
+        (Change("zoom", "1 + 0.1*cc3"), "'cc3' has a value only with --midi"),
+            (Change("zoom", "1 + 0.1*treble"), "'treble' has a value only with --audio-in"),
         (Change("step", True), "expected a number or an expression"),
         (Change("freeze", 2), "expected on"),
         (Change("preset", "no-such-look"), "unknown preset 'no-such-look'"),
@@ -478,19 +484,26 @@ def test_the_example_mappings_load_and_the_nanokontrol2_has_its_factory_numbers(
     cc = dict(mapping.cc)
     assert set(cc) >= set(range(0, 8)) | {16, 17, 18} | set(range(32, 40)) | {48, 49, 50, 51}
     assert {cc[41].setting, cc[42].setting, cc[46].setting, cc[60].setting} == {"fullscreen", "freeze", "osd", "tap"}
-    assert all(control.value == preset for (number, control), preset in zip(sorted(mapping.cc)[8 + 3 :], mapping.presets))
+    assert all(control.value == preset for (number, control), preset in zip(sorted(mapping.cc)[8 + 3 :], mapping.keys))
     td = load_mapping("touchdesigner")
     assert td.variables == ("kick", "energy") and td.settings == {"mix": "clamp(0.6 + 0.4*kick, 0, 1)"}
 
 
 def test_the_mapping_files_settings_are_applied_at_the_start(tmp_path):
     path = tmp_path / "m.toml"
-    path.write_text('[settings]\nstep = 0.02\nzoom = "1 + 0.02*level"\n[osc]\n"/x/level" = { variable = "level" }\n')
-    apply = Recorder()
+    path.write_text('[settings]\nstep = 0.02\nzoom = "1 + 0.02*level"\nmix = 0.5\n[osc]\n"/x/level" = { variable = "level" }\n')
+    apply, lines = Recorder(variables=(*BUILTIN_VARIABLES, "level")), []
+
+    def session_apply(change):  # a session without live zoom refuses zoom: logged, the rest applied
+        if change.setting == "zoom":
+            raise ValueError("zoom: moves the picture of live zoom only")
+        apply(change)
+
     variables = LiveVariables()
-    with open_controls(ControlSettings(controls=str(path), osc_port=0), apply, variables, log=lambda line: None):
-        assert apply.changes == [Change("step", 0.02, f"{path} [settings]"), Change("zoom", "1 + 0.02*level", f"{path} [settings]")]
+    with open_controls(ControlSettings(controls=str(path), osc_port=0), session_apply, variables, log=lines.append):
+        assert apply.changes == [Change("step", 0.02, f"{path} [settings]"), Change("mix", 0.5, f"{path} [settings]")]
         assert variables.snapshot() == {"level": 0.0}  # so the expression has a value before the first message
+    assert lines[1] == f"{path} [settings]: zoom: moves the picture of live zoom only; ignored", lines
 
 
 @pytest.mark.parametrize(
@@ -512,7 +525,9 @@ def test_the_mapping_files_settings_are_applied_at_the_start(tmp_path):
         ('[settings]\nzoom = 7', r"\[settings\] zoom = 7: 7 is out of range: expected a value from 0.5 to 2$"),
         ('[settings]\nfreeze = true', r"\[settings\] freeze: unknown setting 'freeze'"),
         ("[midi]\ncc = 3", r"midi.cc must be a \[midi.cc\] table"),
-        ('presets = ["a"]\n[midid]', r"unknown key 'midid' \(did you mean 'midi'\?\)"),
+        ('keys = ["live-zoom"]\n[midid]', r"unknown key 'midid' \(did you mean 'midi'\?\)"),
+        ('keys = ["live-zoom", "nope"]', r"keys: unknown preset 'nope'"),
+        (f"keys = {[*DEFAULT_KEYS] * 2}", r"keys: 12 presets, but only keys 1-9 and 0 pick presets"),
         ("[settings\n", r"not valid TOML"),
     ],
 )
@@ -531,7 +546,8 @@ def test_a_mapping_needs_the_inputs_it_uses(tmp_path):
     for settings, message in [
         (ControlSettings(controls="nanokontrol2"), "mapping nanokontrol2: .midi. maps MIDI controls but MIDI is off: add --midi"),
         (ControlSettings(controls="touchdesigner"), r"mapping touchdesigner: \[osc\] maps OSC addresses but OSC is off: add --osc-port"),
-        (ControlSettings(controls=str(path)), r"\[settings\] zoom uses 'bass' but no --audio-in was given"),
+        (ControlSettings(controls=str(path)), r"\[settings\] zoom = '1 \+ 0.02\*bass': column 10: 'bass' has a value only with --audio-in"),
+        (ControlSettings(keys=("live-zoom", "nope")), "--keys: unknown preset 'nope'"),
         (ControlSettings(controls="missing.toml"), "--controls missing.toml: no such file, nor a built-in mapping"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -546,9 +562,10 @@ def test_the_controls_flags_build_the_settings():
     parser = Parser(prog="dreamreel live")
     add_controls_options(parser)
     add_common(parser)
-    args = parser.parse_args(["--controls", "nanokontrol2", "--midi", "--osc-port", "9000", "--audio-in", "--lookahead", "0.08", "--quiet"])
+    args = parser.parse_args(["--controls", "nanokontrol2", "--midi", "--osc-port", "9000", "--audio-in", "--lookahead", "0.08",
+                              "--keys", "live-zoom, low-ornaments"])  # fmt: skip
     assert controls_settings(args) == ControlSettings(
-        controls="nanokontrol2", osc_port=9000, midi="", audio_in="", lookahead=0.08, quiet=True
+        controls="nanokontrol2", osc_port=9000, midi="", audio_in="", lookahead=0.08, keys=("live-zoom", "low-ornaments")
     )
     args = parser.parse_args(["--midi", "nano", "--learn", "--audio-in", "2"])
     settings = controls_settings(args)

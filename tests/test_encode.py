@@ -8,6 +8,7 @@ one it is, and a red corner shows that the channels kept their order.
 from __future__ import annotations
 
 import os
+import subprocess
 from contextlib import nullcontext
 from fractions import Fraction
 from pathlib import Path
@@ -169,6 +170,45 @@ def test_audio_start_offsets_into_the_source(tmp_path, stereo_wav):
     out = write_clip(tmp_path / "out.mkv", audio_source=stereo_wav, audio_start_s=0.8)
     assert probe(out).has_audio
     assert probe(out).duration_s < 0.45
+
+
+def decoded_mono(path: Path, rate: int = 8000) -> np.ndarray:
+    """The sound of ``path`` as mono float samples at ``rate``."""
+    from dreamreel.pipeline.ffmpeg import ffmpeg_exe
+
+    raw = subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(path), "-map", "0:a", "-f", "s16le", "-ac", "1",
+                          "-ar", str(rate), "-"], capture_output=True, check=True).stdout  # fmt: skip
+    return np.frombuffer(raw, np.int16) / 32768
+
+
+@pytest.mark.parametrize("start_s", [0.0, 0.25])
+def test_audio_added_at_the_end_loops_one_stretch_sample_exact(tmp_path, sources, start_s):
+    """A tone of 0.3 s looped every 0.5 s (silence fills the loop) under 3 s of video, starting 0.25 s into the loop."""
+    tone = lavfi(sources / f"tone{start_s}.m4a", "sine=frequency=440:duration=0.3:sample_rate=8000", "-c:a", "aac")
+    with FrameWriter(tmp_path / "out.mp4", fps=30, size=(32, 24)) as writer:
+        for _ in range(90):
+            writer.write(np.zeros((24, 32, 3), np.uint8))
+        writer.add_audio(tone, start_s=start_s, loop_s=0.5)
+    loud = np.abs(decoded_mono(tmp_path / "out.mp4")).reshape(-1, 400).max(1) > 0.1  # 50 ms steps
+    assert loud.size == 60  # cut to the video's 3 s
+    one_loop = np.arange(10) * 0.05 + start_s  # where each step of the first loop falls within the sound
+    expected = np.tile((one_loop % 0.5) < 0.3 - 1e-9, 6)
+    assert (loud != expected).sum() <= 2, (loud.astype(int), expected.astype(int))  # an edge of a tone may go either way
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_audio_added_at_the_end_is_checked(tmp_path, stereo_wav, silent_video):
+    writer = FrameWriter(tmp_path / "out.mp4", fps=30, size=(32, 24))
+    with pytest.raises(ValueError, match="no such file"):
+        writer.add_audio(tmp_path / "missing.wav")
+    with pytest.raises(ValueError, match="start_s=0.6"):
+        writer.add_audio(stereo_wav, start_s=0.6, loop_s=0.5)
+    writer.add_audio(silent_video)  # no sound: none added
+    writer.write(counting_frames(1, (32, 24))[0])
+    writer.close()
+    assert not probe(tmp_path / "out.mp4").has_audio
+    with pytest.raises(ValueError, match="the writer is closed"):
+        writer.add_audio(stereo_wav)
 
 
 def test_source_without_audio_or_keep_audio_off_gives_no_audio(tmp_path, silent_video, stereo_wav):

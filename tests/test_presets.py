@@ -70,11 +70,12 @@ def test_settings_that_need_each_other_may_come_in_either_order(tmp_path):
 
 def test_sections_are_the_stages_settings_classes():
     from dreamreel.pipeline.encode import EncodeSettings
+    from dreamreel.pipeline.live import LiveSettings
     from dreamreel.pipeline.video import VideoSettings
     from dreamreel.pipeline.zoom import ZoomSettings
 
     assert presets.SECTIONS == {"dream": DreamSettings, "video": VideoSettings, "zoom": ZoomSettings,
-                                "encode": EncodeSettings}  # fmt: skip
+                                "live": LiveSettings, "encode": EncodeSettings}  # fmt: skip
     preset = presets.parse_preset("[encode]\nspeed = \"faster\"\ncrf = 20\n", name="mine", source="mine.toml")
     assert presets.build("encode", preset, {"crf": None}) == EncodeSettings(speed="faster", crf=20)
 

@@ -1,4 +1,4 @@
-"""The README's `dreamreel image` examples run as written (and those of the pages in docs/).
+"""The commands of the README and of the guide's pages (docs/*.md) are real.
 
 Every ``dreamreel image`` line of the README's and docs/*.md's bash blocks is run through the
 command line in a scratch folder that holds small stand-ins for the files it
@@ -6,6 +6,12 @@ names (photo.jpg, my_finetune.pth, classifier.onnx, ...), on the embedded
 model or the architecture the line names; the objectives of the README's
 table are run the same way. A line naming a file this test cannot make fails
 with the CLI's own "no such file" message: teach ``MAKERS`` to make it.
+
+Every other ``dreamreel`` line of the README and of the guide's pages is parsed by the command line's own
+parser, so each flag and value it shows exists; the ``dreamreel live`` lines
+that need no device (a looped clip, a recording) are also run, for a second,
+on the tiny model. Those needing a camera, a display, a sound card, a MIDI
+port or NDI are only parsed: CI has none of them.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 README = Path(__file__).parent.parent / "README.md"
 DOCS = README.parent / "docs"
+# Flags of `dreamreel live` that need a device this test cannot have.
+LIVE_DEVICES = ("--camera", "--ndi", "--screen", "--window", "--virtual-camera", "--ndi-out", "--spout", "--syphon",
+                "--midi", "--audio-in", "--osc-port")  # fmt: skip
 PHOTO = Path(__file__).parent / "data" / "chelsea.jpg"
 CLASSES = ["me", "my dog", "my cat"]  # my_classes.txt: the own-classifier examples' classes
 
@@ -52,6 +61,16 @@ def example_params() -> list:
     return params
 
 
+def dreamreel_commands() -> list[list[str]]:
+    """``[COMMAND, ...]`` for each ``dreamreel`` line of the README and the guide's pages."""
+    return [argv[1:] for argv in bash_lines() if argv[:1] == ["dreamreel"]]
+
+
+def runnable_live_examples() -> list[list[str]]:
+    """The ``dreamreel live`` lines that need no device, to run for a second."""
+    return [argv for argv in dreamreel_commands() if argv[0] == "live" and not any(flag in argv for flag in LIVE_DEVICES)]
+
+
 def table_objectives() -> list[str]:
     """Each backticked expression in the first column of the README's objectives table."""
     section = README.read_text(encoding="utf-8").split("**Objectives**", 1)[1].split("\n\n", 2)[1]
@@ -71,6 +90,19 @@ def flowers(path: Path) -> None:
     from conftest import textured_frame
 
     cv2.imwrite(str(path), textured_frame(32, 48, seed=3))
+
+
+def clip(path: Path) -> None:
+    """A 16-frame clip with a second of sound, as a looped --input."""
+    from conftest import textured_frame
+    from dreamreel.pipeline.encode import FrameWriter
+    from dreamreel.pipeline.ffmpeg import run_ffmpeg
+
+    sound = path.with_name("clip-sound.wav")
+    run_ffmpeg(["-f", "lavfi", "-i", "sine=frequency=440:duration=1", str(sound)], what="making the test clip's sound")
+    with FrameWriter(path, fps=30, size=(64, 48), audio_source=sound) as writer:
+        for seed in range(16):
+            writer.write(textured_frame(48, 64, seed))
 
 
 def labels(path: Path) -> None:
@@ -114,6 +146,7 @@ MAKERS = {
     "my_finetune.pth": googlenet_state,
     "my_timm.pth": timm_state,
     "classifier.onnx": onnx_classifier,
+    "clip.mp4": clip,
 }
 
 
@@ -158,3 +191,27 @@ def test_readme_objective_table_entry_runs(objective, scratch, capsys):
     argv += ["--guide", "flowers.jpg"] if "guide:" in objective else []
     scratch(argv)
     run(argv, capsys)
+
+
+def test_every_command_of_the_readme_and_the_guide_is_one_the_cli_takes(capsys):
+    from dreamreel.cli.main import build_parser
+
+    parser = build_parser()
+    commands = dreamreel_commands()
+    assert sum(argv[0] == "live" for argv in commands) >= 15, commands  # the parser still finds them
+    for argv in commands:
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"`dreamreel {shlex.join(argv)}`: {capsys.readouterr().err.strip().splitlines()[-1]}")
+
+
+@pytest.mark.parametrize("argv", runnable_live_examples(), ids=shlex.join)
+def test_live_example_without_devices_runs_for_a_second(argv, scratch, capsys, tiny_model, use_model):
+    from dreamreel.pipeline.ffmpeg import probe
+
+    use_model(tiny_model)
+    scratch(argv)
+    run([*argv, "--duration", "1", "--quiet"], capsys)  # the last --duration wins
+    record = argv[argv.index("--record") + 1]
+    assert probe(record).has_audio  # the looped clip's sound
