@@ -18,6 +18,7 @@ index counting from 0, the same ``t`` as in schedules and progress.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -95,6 +96,20 @@ def temp_path(beside: Path, suffix: str) -> Path:
             return path
         except FileExistsError:
             continue
+
+
+def remove_temps(folder: Path, name: str | None = None) -> None:
+    """Delete the temporary files :func:`temp_path` made in ``folder`` (beside ``name`` only, if given).
+
+    A process killed outright (SIGKILL, a power cut) cannot remove its
+    temporary files; whoever owns the folder or the output next (a resumed
+    render, holding the job's lock) removes them with this.
+    """
+    pattern = re.compile(rf"\.{re.escape(name) if name else '.+'}\.[0-9a-f]{{8}}(\..*)?")  # temp_path's names
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if pattern.fullmatch(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
 
 
 def write_atomically(path: Path, data: bytes) -> None:
