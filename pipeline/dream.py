@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -592,6 +593,12 @@ class ComputeSettings:
     device: str = "auto"
     precision: str = "auto"
     guide: str | None = None
+
+    def input_files(self) -> dict[str, str]:
+        """The files these settings read, by flag (``--model`` only for a model file): an output must not be one."""
+        files = {"--model": self.model if Path(self.model).is_file() else None, "--weights": self.weights,
+                 "--labels": self.labels, "--guide": self.guide}  # fmt: skip
+        return {flag: path for flag, path in files.items() if path is not None}
 
 
 class Dreamer:

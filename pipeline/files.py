@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
@@ -76,6 +77,18 @@ def check_output_folder(folder: Path) -> None:
         raise ValueError(f"{folder}: output folder does not exist; create it first (mkdir -p {folder})")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"{folder}: output folder is not writable; choose another folder or fix its permissions")
+
+
+def check_not_an_input(output: Path, inputs: Mapping[str, str | Path | None]) -> None:
+    """Raise ValueError if writing ``output`` would overwrite one of ``inputs``.
+
+    Args:
+        output: the output path.
+        inputs: what each input is called in messages (``"input"``, ``"--audio"``) → its path, or None.
+    """
+    for name, source in inputs.items():
+        if source is not None and output.exists() and Path(source).exists() and os.path.samefile(output, source):
+            raise ValueError(f"OUTPUT {output} is the {name} file; choose another name so the {name} file is kept")
 
 
 # --- atomic writes -------------------------------------------------------------------

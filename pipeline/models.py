@@ -172,6 +172,7 @@ class DreamModel(nn.Module):
         # Layout of the pictures fed to the network, set by prepare(): inputs
         # in the weights' layout spare a conversion at every convolution.
         self.input_format = torch.contiguous_format
+        self._channels: dict[str, int] | None = None
 
     def resolve_layer(self, name: str) -> str:
         """Map an alias or layer name to a layer name; unknown names raise ValueError."""
@@ -263,10 +264,12 @@ class DreamModel(nn.Module):
         return captured
 
     def layer_channels(self) -> dict[str, int]:
-        """Channel count of every dreamable layer (one small forward pass)."""
-        with torch.no_grad():
-            acts = self(torch.zeros(1, 3, *self.probe_size, device=self.mean.device), [*self.layer_names, LOGITS])
-        return {name: int(acts[name].shape[1]) for name in [*self.layer_names, LOGITS]}
+        """Channel count of every dreamable layer and of ``logits`` (one small forward pass, made once)."""
+        if self._channels is None:
+            with torch.no_grad():
+                acts = self(torch.zeros(1, 3, *self.probe_size, device=self.mean.device), [*self.layer_names, LOGITS])
+            self._channels = {name: int(acts[name].shape[1]) for name in [*self.layer_names, LOGITS]}
+        return dict(self._channels)
 
 
 # --- weights ---------------------------------------------------------------
