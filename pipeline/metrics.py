@@ -309,10 +309,15 @@ def measure_files(
     (:func:`~dreamreel.pipeline.segments.plan_lanes` with the input's scene
     cuts), whose borders :func:`seam_scores` rates.
 
+    A video file of an odd-sized clip holds its frames padded by a row or a
+    column (:func:`~dreamreel.pipeline.encode.padded_size`); they are
+    measured without it.
+
     Args:
         input: the input video file.
         output: the dreamed video file, or a folder of ``frame_NNNNNN.png``.
         batch: lanes the output was dreamed in (``--batch``); 1 = no borders.
+        warmup: its ``--warmup``.
 
     Returns:
         (the report, one seam score per lane border away from scene cuts).
@@ -322,10 +327,11 @@ def measure_files(
             differ in frame count or size (the message says which option to pass).
     """
     from . import decode, segments
+    from .encode import padded_size
     from .files import FRAME_GLOB, load_image
+    from .video import VideoSettings
 
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"--batch {batch!r}: expected a whole number of at least 1")
+    VideoSettings(batch=batch, warmup=warmup)  # their checks, as `video` made them
     output = Path(output)
     if output.is_dir():
         paths = sorted(output.glob(FRAME_GLOB))
@@ -337,8 +343,11 @@ def measure_files(
         outputs = lambda: decode.read_frames(output)  # noqa: E731
     inputs = lambda: decode.read_frames(input, start_s=start_s, end_s=end_s, max_frames=max_frames, max_side=max_side)  # noqa: E731
     first_output, first_input = next(outputs()), next(inputs())
-    if first_output.shape != first_input.shape:
-        (oh, ow), (ih, iw) = first_output.shape[:2], first_input.shape[:2]
+    (oh, ow), (ih, iw) = first_output.shape[:2], first_input.shape[:2]
+    if (ow, oh) != (iw, ih) and (ow, oh) == padded_size((iw, ih)) and not output.is_dir():
+        padded = outputs
+        outputs = lambda: (np.ascontiguousarray(frame[:ih, :iw]) for frame in padded())  # noqa: E731
+    elif (ow, oh) != (iw, ih):
         raise ValueError(
             f"OUTPUT frames are {ow}x{oh} but INPUT frames are {iw}x{ih}; pass the --max-side the output was dreamed with"
         )

@@ -187,3 +187,29 @@ def test_measure_files_refuses_other_counts_and_sizes_naming_the_option(tmp_path
         measure_files(path, tmp_path / "missing.mp4")
     with pytest.raises(ValueError, match="--batch 0"):
         measure_files(path, path, batch=0)
+    with pytest.raises(ValueError, match=r"^--warmup -5: expected a whole number from 0 to 10000$"):  # was an internal message
+        measure_files(path, path, warmup=-5)
+
+
+def test_measure_files_measures_what_video_wrote_from_an_odd_sized_clip(tmp_path):
+    """`video` pads a 63x47 clip to 64x48 (yuv420p needs even sizes); metrics measures it against the 63x47 input."""
+    from dreamreel.pipeline.decode import read_frames
+    from dreamreel.pipeline.encode import EncodeSettings, FrameWriter
+    from dreamreel.pipeline.ffmpeg import run_ffmpeg
+    from dreamreel.pipeline.metrics import measure_files
+
+    frames = list(panning_clip())
+    save_frames(tmp_path / "png", [np.ascontiguousarray(frame[:47, :63]) for frame in frames])
+    clip = tmp_path / "odd.mkv"  # lossless
+    run_ffmpeg(["-framerate", "10", "-i", str(tmp_path / "png" / "frame_%06d.png"), "-c:v", "ffv1", str(clip)], what="an odd clip")
+    frames = list(read_frames(clip))
+    with pytest.warns(UserWarning, match="padded 63x47 to 64x48"):
+        with FrameWriter(tmp_path / "out.mp4", fps=10, size=(63, 47), settings=EncodeSettings(crf=0)) as writer:
+            for frame in frames:
+                writer.write(frame)
+    report, _ = measure_files(clip, tmp_path / "out.mp4")
+    # The same pictures but for the encoder's colour conversion: 0.037, as a 62x46 clip's round trip measured;
+    # frames off by one pixel measured 0.084.
+    assert report.frames == len(frames) == 6 and report.dream_strength < 0.05
+    with pytest.raises(ValueError, match="OUTPUT frames are 64x48 but INPUT frames are 32x24; pass the --max-side"):
+        measure_files(clip, tmp_path / "out.mp4", max_side=32)
