@@ -178,9 +178,10 @@ def seam_scores(changes: Sequence[float | None], borders: Iterable[tuple[int, in
 
     A border ``(first, start)`` is where one lane hands over to the next,
     crossfaded over frames ``first..start-1`` (``first == start``: a hard
-    border). Its score is the largest change over the pairs into frames
-    ``first..start`` divided by the median change of the pairs away from
-    every border. Borders at scene cuts (a None change) have no score.
+    border; ``first == 0``: a warm-up that reaches back to the first frame).
+    Its score is the largest change over the pairs into frames
+    ``first..start`` (from frame 1) divided by the median change of the pairs
+    away from every border. Borders at scene cuts (a None change) have no score.
 
     Args:
         changes: :func:`frame_changes` of the output.
@@ -196,16 +197,16 @@ def seam_scores(changes: Sequence[float | None], borders: Iterable[tuple[int, in
     borders = list(borders)
     near = set()
     for first, start in borders:
-        if not 1 <= first <= start <= len(changes):
+        if not 0 <= first <= start <= len(changes):
             raise ValueError(f"border ({first}, {start}) lies outside a clip of {len(changes) + 1} frames")
-        near.update(range(first - 1, start))  # pairs into frames first..start
+        near.update(range(max(first, 1) - 1, start))  # pairs into frames first..start
     typical = [c for i, c in enumerate(changes) if i not in near and c is not None]
     if not typical:
         raise ValueError("every frame pair touches a border; seam scores need pairs away from the borders")
     median = float(np.median(typical))
     scores = []
     for first, start in borders:
-        window = changes[first - 1 : start]
+        window = changes[max(first, 1) - 1 : start]
         if None not in window:
             scores.append(max(window) / median)
     return scores

@@ -113,8 +113,11 @@ def test_seam_scores_compare_the_changes_over_a_border_with_the_median_elsewhere
     changes = [0.02, 0.02, 0.03, 0.02, 0.02, 0.05, 0.02, 0.02, None, 0.02]
     # A hard border into frame 3 (pair 2), a crossfade over frames 4..5 (pairs 3-5), one at a cut (pair 8).
     assert seam_scores(changes, [(3, 3), (4, 6), (9, 9)]) == [pytest.approx(1.5), pytest.approx(2.5)]
+    # A crossfade from frame 0, as `video --batch 4` plans it where the warm-up is longer than a lane
+    # (this used to be refused as "outside the clip", so metrics refused the video's own output): pairs 0-2.
+    assert seam_scores(changes, [(0, 3)]) == [pytest.approx(1.5)]
     with pytest.raises(ValueError, match="outside a clip of 11 frames"):
-        seam_scores(changes, [(0, 3)])
+        seam_scores(changes, [(5, 12)])
 
 
 def test_frame_changes_follow_the_motion_and_skip_cuts():
