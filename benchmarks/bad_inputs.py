@@ -45,6 +45,7 @@ def make_files(folder: Path) -> None:
            "-shortest", "-pix_fmt", "yuv420p", str(folder / "song.mp4"))  # fmt: skip
     ffmpeg("-f", "lavfi", "-i", "testsrc=size=63x47:rate=12:duration=0.5", "-c:v", "ffv1", str(folder / "odd.mkv"))
     ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48", "-frames:v", "1", str(folder / "photo.png"))
+    ffmpeg("-i", str(folder / "photo.png"), str(folder / "start.gif"))  # a picture, and a zoom output
 
     def onnx_graph(name: str, extra: list, input_shape: list) -> None:
         nodes = [*extra, helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["y"])]
@@ -96,17 +97,21 @@ CASES: list[tuple[str, list[tuple[list[str], int]]]] = [
         (["zoom", "z2.mp4", "--zoom", "1.01 + 0.001/(t-2)", *ZOOM], 2),
         (["zoom", "z2.mp4", "--zoom", "1.01 + 0.001*t", *ZOOM], 0),
     ]),
-    ("2. zoom out of range", [
+    ("2. zoom out of range, schedules failing at a later frame", [
         (["zoom", "z3.mp4", "--zoom", "0.0", *ZOOM], 2),
         (["zoom", "z3.mp4", "--zoom", "0:(1.0), 3:(0.0)", *ZOOM], 2),
+        (["zoom", "z3.mp4", "--angle", "1/(t-3)", *ZOOM], 2),
+        (["zoom", "z3.mp4", "--iterations-next", "3 + 2000*bass", "--audio", "song.mp4", *ZOOM], 2),
+        (["zoom", "z3.mp4", "--zoom", "1.02", *ZOOM], 0),
     ]),
     ("11. output = an input", [
         (["zoom", "song.mp4", "--audio", "song.mp4", *ZOOM], 2),
-        (["zoom", "photo.png", "--init", "photo.png", *ZOOM], 2),
+        (["zoom", "start.gif", "--init", "start.gif", *ZOOM], 2),
         (["image", "noise", "photo.png", "--objective", "guide:mid", "--guide", "photo.png", *TINY], 2),
     ]),
     ("12. exit 2, not 1", [
         (["video", "clip.mp4", "e.mp4", "--end", "inf", *TINY], 2),
+        (["video", "clip.mp4", "e.mp4", "--start", "inf", *TINY], 2),
         (["image", "photo.png", "m.png", "--max-side", "1", *TINY], 2),
         (["layers", "identity.onnx"], 2),
         (["layers", "constant.onnx"], 2),
@@ -126,9 +131,11 @@ CASES: list[tuple[str, list[tuple[list[str], int]]]] = [
         (["image", "noise", "n.png", "--model", "nonexist.onnx", *TINY], 2),
         (["metrics", "clip.mp4", "v1.mp4", "--warmup", "-5"], 2),
     ]),
-    ("15. metrics of what video wrote from an odd-sized clip", [
+    ("15. metrics of what video wrote", [
         (["video", "odd.mkv", "odd.mp4", *TINY], 0),
         (["metrics", "odd.mkv", "odd.mp4"], 0),
+        (["video", "clip.mp4", "lanes.mp4", "--batch", "4", *TINY], 0),  # lanes whose warm-up reaches frame 0
+        (["metrics", "clip.mp4", "lanes.mp4", "--batch", "4"], 0),
     ]),
     ("16. a preset naming a model file", [
         (["image", "noise", "p.png", "--preset", "ts.toml", *TINY], 2),

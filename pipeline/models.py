@@ -725,10 +725,10 @@ def _check_copy_nodes(proto, path: Path) -> None:
         expected = {"Constant": (0, 1), "Identity": (1, 1)}.get(node.op_type)
         inputs, outputs = len(node.input), len(node.output)
         if expected is not None and (inputs, outputs) != expected:
+            which = f"node {node.name!r} ({node.op_type})" if node.name else f"{'an' if node.op_type[0] in 'AEIOU' else 'a'} {node.op_type} node"
             raise ValueError(
-                f"--model {path}: node {node.name or node.op_type!r} ({node.op_type}) has {inputs} input{'s' * (inputs != 1)} "
-                f"and {outputs} output{'s' * (outputs != 1)}, expected {expected[0]} and {expected[1]}: "
-                f"the file is malformed; export the model again"
+                f"--model {path}: {which} has {inputs} input{'s' * (inputs != 1)} and {outputs} output{'s' * (outputs != 1)}, "
+                f"expected {expected[0]} and {expected[1]}: the file is malformed; export the model again"
             )
 
 

@@ -62,6 +62,7 @@ def make_bad_inputs(tmp_path: Path) -> None:
     (tmp_path / "folder").mkdir()
     (tmp_path / "hostile.toml").write_text('description = "x"\n[dream]\nobjective = "mid"\ncommand = "rm -rf ~"\n')
     (tmp_path / "model-file.toml").write_text('description = "x"\nmodel = "ts.pt"\n')  # TorchScript is code
+    (tmp_path / "guide.png").write_bytes(b"a guide picture")
 
 
 CASES = [
@@ -118,6 +119,8 @@ CASES = [
     (["metrics", "{tmp}/text.mp4", "{tmp}/o.mp4", "--warmup", "-5"], "--warmup -5: expected a whole number from 0 to 10000"),
     (["image", "noise", "{tmp}/o.png", "--objective", "1e39*mid"], "--objective '1e39*mid': column 1: the weight 1e+39 is beyond"),
     (["image", "noise", "{tmp}/o.png", "--preset", "{tmp}/model-file.toml"], "model = 'ts.pt': a preset names a zoo model"),
+    (["image", "noise", "{tmp}/guide.png", "--objective", "guide:mid", "--guide", "{tmp}/guide.png"],
+     "OUTPUT {tmp}/guide.png is the --guide file; choose another name so the --guide file is kept"),
 ]
 
 
