@@ -109,6 +109,38 @@ def compute_settings(args, preset):
     )
 
 
+def port_number(text: str) -> int:
+    """A UDP or TCP port, 1 to 65535."""
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text}")
+    return value
+
+
+def add_controls_options(parser: argparse.ArgumentParser) -> None:
+    """The live controls: a mapping file, OSC, MIDI, audio in (docs/live-controls.md). --quiet is add_common's."""
+    p = parser.add_argument_group("controls (MIDI, OSC, audio in; see docs/live-controls.md)")
+    p.add_argument("--controls", metavar="FILE", help="mapping file (TOML) for MIDI and OSC, and settings as expressions")
+    p.add_argument("--osc-port", type=port_number, metavar="PORT", help="listen for OSC on this UDP port (/dreamreel/step 0.02, ...)")
+    p.add_argument("--osc-host", default="127.0.0.1", help="address OSC listens on; 0.0.0.0 lets the network in")
+    p.add_argument("--midi", nargs="?", const="", metavar="PORT", help="listen to a MIDI input (part of its name; none: the first)")
+    p.add_argument("--learn", action="store_true", help="print each incoming MIDI/OSC message and the mapping line for it")
+    p.add_argument("--audio-in", nargs="?", const="", metavar="DEVICE",
+                   help="analyse a sound card input (number or part of its name; none: the default): rms bass mid treble onset, b")
+    p.add_argument("--lookahead", type=float, default=0.0, metavar="SECONDS",
+                   help="read the beat b this far ahead, to cover the output's latency")
+
+
+def controls_settings(args):
+    """ControlSettings from the controls flags (and add_common's --quiet)."""
+    from dreamreel.pipeline.controls import ControlSettings
+
+    return ControlSettings(
+        controls=args.controls, osc_port=args.osc_port, osc_host=args.osc_host, midi=args.midi, learn=args.learn,
+        audio_in=args.audio_in, lookahead=args.lookahead, quiet=args.quiet,
+    )  # fmt: skip
+
+
 def load_preset_arg(args, default: str | None):
     from dreamreel.pipeline.presets import load_preset
 

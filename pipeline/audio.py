@@ -27,6 +27,9 @@ import numpy as np
 from .ffmpeg import probe, run_ffmpeg
 
 FEATURE_NAMES = ("rms", "bass", "mid", "treble", "onset")
+# What Spectrum.measure gives for each window: the features, plus the onset
+# of the bass bands that beats are found in.
+RAW_NAMES = (*FEATURE_NAMES, "beat")
 
 # Half the CD rate keeps everything up to 11 kHz, above the 8 kHz treble edge,
 # at half the cost; librosa defaults to it for the same reason.
@@ -68,7 +71,7 @@ ONSET_MIN_TYPICAL_DB = 0.01
 # beat shows on its own frame, a slower release so the picture eases back
 # instead of flickering at the frame rate. These sit in the usual ranges of
 # envelope followers and compressors (attack around 10 ms, release a few
-# hundred ms); the follower itself is described in _follow.
+# hundred ms); the follower itself is described in follow.
 ATTACK_S = 0.010
 RELEASE_S = 0.200
 # Onsets are meant to be spikes; a short release keeps them so.
@@ -269,12 +272,12 @@ def analyse(
     features = {}
     for name in FEATURE_NAMES:
         if name == "onset":
-            smoothed = _follow(raw[name], 0.0, onset_release_s, frame_s)
+            smoothed = follow(raw[name], 0.0, onset_release_s, frame_s)
             floor = ONSET_MIN_TYPICAL_DB
         else:
-            smoothed = _follow(raw[name], attack_s, release_s, frame_s)
+            smoothed = follow(raw[name], attack_s, release_s, frame_s)
             floor = SILENCE_AMPLITUDE
-        features[name] = _normalise(smoothed, loud, floor).astype(np.float32)
+        features[name] = normalise(smoothed, loud, floor).astype(np.float32)
     return AudioFeatures(fps=float(fps), duration_s=samples.size / sample_rate, bpm=None, **features)
 
 
@@ -290,43 +293,94 @@ def _frame_features(samples: np.ndarray, sample_rate: int, fps: float, n_frames:
     in dB per frame, and so is ``beat``, the onset of the mel bands inside
     :data:`BEAT_BAND_HZ` (see :func:`beat_grid`).
     """
-    n_fft = _window_length(sample_rate)
-    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)  # periodic Hann
-    # A real sine's energy splits between +f and -f, and the window's sum is
-    # its gain at the peak bin: 2 / sum(window) makes a sine of amplitude A
-    # peak at A.
-    spectrum_scale = 2.0 / window.sum()
-    window_energy = float(np.sum(window.astype(np.float64) ** 2))
-    freqs = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
-    band_bins = {name: (freqs >= lo) & (freqs < hi) for name, (lo, hi) in BANDS_HZ.items()}
-    onset_bands = _mel_band_matrix(freqs)  # (n_bins, ONSET_MEL_BANDS)
-    beat_bands = _mel_band_edges()[1:] <= BEAT_BAND_HZ[1]  # (ONSET_MEL_BANDS,) bands inside the bass
-    power_floor = 10 ** (ONSET_FLOOR_DB / 10)
-
+    spectrum = Spectrum.at(sample_rate)
     # Zero padding centres window k on sample k * sample_rate / fps, also for
     # the first and last frames; the hop is fractional (918.75 samples at
     # 24 fps), so window starts are rounded.
-    padded = np.pad(samples, n_fft // 2)
+    padded = np.pad(samples, spectrum.n_fft // 2)
     starts = np.round(np.arange(n_frames) * (sample_rate / fps)).astype(np.int64)
-    offsets = np.arange(n_fft)
+    offsets = np.arange(spectrum.n_fft)
 
-    out = {name: np.empty(n_frames) for name in (*FEATURE_NAMES, "beat")}
+    out = {name: np.empty(n_frames) for name in RAW_NAMES}
     previous_db = None
     for begin in range(0, n_frames, _BATCH_FRAMES):
         batch = slice(begin, begin + _BATCH_FRAMES)
-        frames = padded[starts[batch, None] + offsets] * window  # (batch, n_fft)
-        out["rms"][batch] = np.sqrt(np.sum(frames.astype(np.float64) ** 2, axis=1) / window_energy)
-        power = np.abs(np.fft.rfft(frames, axis=1) * spectrum_scale).astype(np.float64) ** 2
-        for name, bins in band_bins.items():
-            out[name][batch] = np.sqrt(power[:, bins].sum(axis=1))
-        level_db = 10 * np.log10(np.maximum(power @ onset_bands, power_floor))  # (batch, bands)
-        # Frame 0 has nothing before it and gets 0: rising from an assumed
-        # silence would make a spike that depends on the recording level.
-        rises = np.diff(level_db, axis=0, prepend=level_db[:1] if previous_db is None else previous_db[None, :])
-        out["onset"][batch] = np.maximum(rises, 0.0).mean(axis=1)
-        out["beat"][batch] = np.maximum(rises[:, beat_bands], 0.0).mean(axis=1)
-        previous_db = level_db[-1]
+        measured, previous_db = spectrum.measure(padded[starts[batch, None] + offsets], previous_db)
+        for name in RAW_NAMES:
+            out[name][batch] = measured[name]
     return out
+
+
+@dataclass(frozen=True, eq=False)
+class Spectrum:
+    """What measuring windows of samples takes at one sample rate.
+
+    Shared by the file analysis (:func:`analyse`, windows centred on each
+    video frame) and the live one (:mod:`audio_in`, the newest window of the
+    sound card's stream), so both measure the same thing.
+
+    Attributes:
+        n_fft: window length in samples, the power of two nearest to
+            :data:`WINDOW_S` (2048 at 22050 Hz, 4096 at 44.1 or 48 kHz).
+        window: periodic Hann window, float32, shape (n_fft,).
+        spectrum_scale: makes a sine of amplitude A peak at A.
+        window_energy: sum of the squared window, to turn energy into rms.
+        band_bins: band name -> bool mask of FFT bins, shape (n_fft // 2 + 1,).
+        onset_bands: 0/1 matrix summing bins into mel bands, shape (bins, ONSET_MEL_BANDS).
+        beat_bands: bool mask of the mel bands inside BEAT_BAND_HZ, shape (ONSET_MEL_BANDS,).
+    """
+
+    n_fft: int
+    window: np.ndarray
+    spectrum_scale: float
+    window_energy: float
+    band_bins: dict[str, np.ndarray]
+    onset_bands: np.ndarray
+    beat_bands: np.ndarray
+
+    @classmethod
+    def at(cls, sample_rate: int) -> Spectrum:
+        """The window, gains and bands for samples at `sample_rate` Hz."""
+        n_fft = _window_length(sample_rate)
+        window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)  # periodic Hann
+        freqs = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
+        return cls(
+            n_fft=n_fft,
+            window=window,
+            # A real sine's energy splits between +f and -f, and the window's
+            # sum is its gain at the peak bin: 2 / sum(window) makes a sine of
+            # amplitude A peak at A.
+            spectrum_scale=2.0 / float(window.sum()),
+            window_energy=float(np.sum(window.astype(np.float64) ** 2)),
+            band_bins={name: (freqs >= lo) & (freqs < hi) for name, (lo, hi) in BANDS_HZ.items()},
+            onset_bands=_mel_band_matrix(freqs),
+            beat_bands=_mel_band_edges()[1:] <= BEAT_BAND_HZ[1],
+        )
+
+    def measure(self, frames: np.ndarray, previous_db: np.ndarray | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Features of consecutive windows.
+
+        Args:
+            frames: windows of samples, not yet windowed, shape (n, n_fft).
+            previous_db: mel band levels of the window before the first, in
+                dB, shape (ONSET_MEL_BANDS,); None at the start, where the
+                first window's onset is 0 (rising from an assumed silence
+                would make a spike that depends on the recording level).
+
+        Returns:
+            (name -> float64 array of shape (n,) for each of RAW_NAMES, the
+            last window's mel band levels to pass on as `previous_db`).
+        """
+        frames = frames * self.window
+        out = {"rms": np.sqrt(np.sum(frames.astype(np.float64) ** 2, axis=1) / self.window_energy)}
+        power = np.abs(np.fft.rfft(frames, axis=1) * self.spectrum_scale).astype(np.float64) ** 2
+        for name, bins in self.band_bins.items():
+            out[name] = np.sqrt(power[:, bins].sum(axis=1))
+        level_db = 10 * np.log10(np.maximum(power @ self.onset_bands, 10 ** (ONSET_FLOOR_DB / 10)))  # (n, bands)
+        rises = np.diff(level_db, axis=0, prepend=level_db[:1] if previous_db is None else previous_db[None, :])
+        out["onset"] = np.maximum(rises, 0.0).mean(axis=1)
+        out["beat"] = np.maximum(rises[:, self.beat_bands], 0.0).mean(axis=1)
+        return out, level_db[-1]
 
 
 def _mel_band_matrix(freqs: np.ndarray) -> np.ndarray:
@@ -349,8 +403,8 @@ def _mel_band_edges() -> np.ndarray:
     return 700 * (10 ** (np.linspace(mel_lo, mel_hi, ONSET_MEL_BANDS + 1) / 2595) - 1)
 
 
-def _follow(values: np.ndarray, attack_s: float, release_s: float, step_s: float) -> np.ndarray:
-    """One-pole attack/release envelope follower, starting from silence.
+def follow(values: np.ndarray, attack_s: float, release_s: float, step_s: float, start: float = 0.0) -> np.ndarray:
+    """One-pole attack/release envelope follower, starting from `start` (silence).
 
     The "smooth branching" peak detector of Giannoulis, Massberg & Reiss
     (2012, "Digital dynamic range compressor design", JAES 60(6)): it moves
@@ -361,10 +415,12 @@ def _follow(values: np.ndarray, attack_s: float, release_s: float, step_s: float
         values: one value per frame, shape (n,).
         attack_s, release_s: time constants in seconds; 0 follows at once.
         step_s: seconds between values.
+        start: the level before the first value (the live analysis goes on
+            from where its previous block left off).
     """
     rise = 1.0 - math.exp(-step_s / attack_s) if attack_s > 0 else 1.0
     fall = 1.0 - math.exp(-step_s / release_s) if release_s > 0 else 1.0
-    level = 0.0
+    level = start
     followed = []
     for value in values.tolist():
         level += (rise if value > level else fall) * (value - level)
@@ -372,7 +428,7 @@ def _follow(values: np.ndarray, attack_s: float, release_s: float, step_s: float
     return np.asarray(followed)
 
 
-def _normalise(values: np.ndarray, loud: np.ndarray, min_typical: float) -> np.ndarray:
+def normalise(values: np.ndarray, loud: np.ndarray, min_typical: float) -> np.ndarray:
     """Divide by the mean over the `loud` frames; zeros if that mean is below `min_typical`."""
     typical = float(values[loud].mean()) if loud.any() else 0.0
     if typical < min_typical:
@@ -494,13 +550,57 @@ def beat_grid(samples: np.ndarray, sample_rate: int, bpm: float, *, refine_tempo
         raise ValueError(f"bpm must be a positive number, got {bpm}")
     n = math.ceil(round(samples.size * TEMPO_FPS / sample_rate, 6))
     raw = _frame_features(np.asarray(samples, dtype=np.float32), sample_rate, TEMPO_FPS, n)
-    envelope = raw["beat"] if raw["beat"].mean() >= ONSET_MIN_TYPICAL_DB else raw["onset"]
-    envelope = envelope - envelope.mean()
+    envelope = beat_envelope(raw)
     loud = raw["rms"] > SILENCE_AMPLITUDE
-    if not (loud.any() and np.abs(envelope).max() > 0):
+    if not (loud.any() and np.abs(envelope - envelope.mean()).max() > 0):
         return float(bpm), 0.0
+    bpm, phase = fit_beat(envelope, TEMPO_FPS, bpm, refine_tempo=refine_tempo)
+    period = 60.0 * TEMPO_FPS / bpm  # frames per beat
+    # The grid's points inside the track, in frames, and the first one where
+    # it plays. A hit in the first ONSET_LEAD_S makes no rise, so a point
+    # that early counts too.
+    lead = ONSET_LEAD_S * TEMPO_FPS
+    points = (phase + lead) % period - period + period * np.arange(math.ceil(n / period) + 2)
+    points = points[(points >= -lead) & (points < n - 0.5)]
+    typical = raw["rms"][loud].mean()
+    playing = np.flatnonzero(raw["rms"][np.round(points).astype(np.int64).clip(0)] >= FIRST_BEAT_SHARE * typical)
+    first = points[playing[0]] if playing.size else points[0]
+    return bpm, float(first / TEMPO_FPS)
+
+
+def beat_envelope(raw: dict[str, np.ndarray]) -> np.ndarray:
+    """The envelope beats are found in: the rises of the bass band, or of the
+    whole 20-8000 Hz where the bass band has none; shape (n,), dB per frame.
+
+    Args:
+        raw: ``onset`` and ``beat`` as :meth:`Spectrum.measure` gives them.
+    """
+    return raw["beat"] if raw["beat"].mean() >= ONSET_MIN_TYPICAL_DB else raw["onset"]
+
+
+def fit_beat(envelope: np.ndarray, fps: float, bpm: float, *, refine_tempo: bool = True) -> tuple[float, float]:
+    """The tempo and phase of the beat in an onset envelope (see :func:`beat_grid`).
+
+    A steady beat makes the envelope repeat at the beat frequency f, and the
+    angle of its Fourier coefficient Z(f) says where in each period the rises
+    gather; with `refine_tempo` the tempo is the peak of abs(Z) within
+    :data:`TEMPO_REFINE_SPAN` of `bpm`.
+
+    Args:
+        envelope: rises per frame, shape (n,), e.g. :func:`beat_envelope`.
+        fps: frames per second of the envelope.
+        bpm: the tempo, or a first estimate of it.
+        refine_tempo: search near `bpm` for the best fit.
+
+    Returns:
+        (bpm, phase): rises gather at frames ``phase + k * 60 * fps / bpm``,
+        0 <= phase < one period; the hits themselves come
+        :data:`ONSET_LEAD_S` later.
+    """
+    envelope = envelope - envelope.mean()
+    n = envelope.size
     frames = np.arange(n)
-    frequency = bpm / 60.0 / TEMPO_FPS  # beats per envelope frame
+    frequency = bpm / 60.0 / fps  # beats per envelope frame
     if refine_tempo:
         # |Z| peaks over a width of about 1/n: 8 candidates per width, the
         # best refined by a parabola through it and its neighbours.
@@ -513,18 +613,9 @@ def beat_grid(samples: np.ndarray, sample_rate: int, bpm: float, *, refine_tempo
             left, middle, right = magnitude[best - 1 : best + 2]
             if left - 2 * middle + right < 0:
                 frequency += 0.5 * (left - right) / (left - 2 * middle + right) * (candidates[1] - candidates[0])
-    period = 1.0 / frequency  # frames per beat
     phase = -np.angle(np.exp(-2j * np.pi * frequency * frames) @ envelope) / (2 * np.pi * frequency)
-    # The grid's points inside the track, in frames, and the first one where
-    # it plays. A hit in the first ONSET_LEAD_S makes no rise, so a point
-    # that early counts too.
-    lead = ONSET_LEAD_S * TEMPO_FPS
-    points = (phase + lead) % period - period + period * np.arange(math.ceil(n / period) + 2)
-    points = points[(points >= -lead) & (points < n - 0.5)]
-    typical = raw["rms"][loud].mean()
-    playing = np.flatnonzero(raw["rms"][np.round(points).astype(np.int64).clip(0)] >= FIRST_BEAT_SHARE * typical)
-    first = points[playing[0]] if playing.size else points[0]
-    return float(60.0 * TEMPO_FPS / period), float(first / TEMPO_FPS)
+    period = 1.0 / frequency
+    return float(60.0 * fps * frequency), float(phase % period)
 
 
 def audio_features(path: str | Path, *, fps: float, bpm: float | None = None) -> AudioFeatures:
