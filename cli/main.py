@@ -195,7 +195,7 @@ def cmd_video(args) -> int:
     preset = load_preset_arg(args, "video-flow")
     video = build("video", preset, {
         "blend": args.blend, "flow": args.flow, "iterations_next": args.iterations_next, "batch": args.batch,
-        "temporal": args.temporal, "warmup": args.warmup,
+        "temporal": args.temporal, "warmup": args.warmup, "cadence": args.cadence,
     })
     options = dict(start_s=args.start, end_s=args.end, max_frames=args.max_frames, max_side=args.max_side, progress=not args.quiet)
     settings, compute, encode = dream_settings(args, preset), compute_settings(args, preset), encode_settings(args, preset)
@@ -236,7 +236,7 @@ def cmd_zoom(args) -> int:
 
     loop_flags = {
         "zoom": args.zoom, "angle": args.angle, "translate_x": args.translate_x, "translate_y": args.translate_y,
-        "iterations_next": args.iterations_next, "fps": args.fps, "sharpen": args.sharpen,
+        "iterations_next": args.iterations_next, "fps": args.fps, "sharpen": args.sharpen, "cadence": args.cadence,
     }  # fmt: skip
     if isinstance(args.variations, list):  # one look per preset, every flag applied to each
         if args.preset:
@@ -261,6 +261,79 @@ def cmd_zoom(args) -> int:
     except KeyboardInterrupt as stop:
         return interrupted(stop, args.output)
     print(f"wrote {result.output}: {result.frames} frames at {result.fps:g} fps in {result.seconds:.1f} s")
+    return EXIT_OK
+
+
+def live_sources(args):
+    """The source the flags choose (None: live zoom), built but not opened."""
+    from dreamreel.pipeline import sources
+
+    if args.camera is not None:
+        return sources.Camera(args.camera)
+    if args.input is not None:
+        return sources.LoopedFile(args.input)
+    if args.ndi is not None:
+        return sources.NDISource(args.ndi)
+    if args.screen is not None:
+        return sources.ScreenSource(sources.parse_region(args.screen) if args.screen else None, fps=args.fps or 30.0)
+    return None
+
+
+def live_sinks(args, keys: tuple[str, ...], encode):
+    """The outputs the flags choose, each checked (its library, its path) before anything starts."""
+    from dreamreel.pipeline import sinks
+
+    chosen = []
+    if args.window:
+        chosen.append(sinks.WindowSink(presets=keys))
+    if args.virtual_camera:
+        chosen.append(sinks.VirtualCameraSink())
+    if args.ndi_out:
+        chosen.append(sinks.NDISink(args.ndi_out))
+    if args.spout:
+        chosen.append(sinks.SpoutSink(args.spout))
+    if args.syphon:
+        chosen.append(sinks.SyphonSink(args.syphon))
+    if args.record:
+        chosen.append(sinks.RecordSink(args.record, encode))
+    if not chosen:
+        raise ValueError("no output: add --window, --record FILE.mp4, --virtual-camera, --ndi-out NAME, --spout NAME or --syphon NAME")
+    return chosen
+
+
+def cmd_live(args) -> int:
+    from functools import partial
+
+    from dreamreel.pipeline.files import load_image
+    from dreamreel.pipeline.live import DEFAULT_PRESET, DEFAULT_ZOOM_PRESET, LiveSession, load_look
+
+    zoom_mode = all(getattr(args, name) is None for name in ("camera", "input", "ndi", "screen"))
+    if not zoom_mode and (args.zoom is not None or args.init or args.angle or args.translate_x or args.translate_y):
+        raise ValueError("--zoom, --init, --angle and --translate-x/-y make a live zoom: drop the source (--camera, --input, ...)")
+    overrides = {
+        "model": args.model,
+        "dream": {name: getattr(args, name) for name in DREAM_FLAGS},
+        "video": {"blend": args.blend, "temporal": args.temporal, "iterations_next": args.iterations_next},
+        "zoom": {"zoom": None if args.zoom == "" else args.zoom, "angle": args.angle, "translate_x": args.translate_x,
+                 "translate_y": args.translate_y, "fps": args.fps},
+        "live": {"mix": args.mix, "crossfade": args.crossfade, "fps": args.fps},
+    }  # fmt: skip
+    look_for = partial(load_look, overrides=overrides)
+    look = look_for(args.preset or (DEFAULT_ZOOM_PRESET if zoom_mode else DEFAULT_PRESET))
+    keys = tuple(args.keys.split(",")) if args.keys else ("live-camera", "live-zoom", "live-beat", "mid-creatures", "low-ornaments", "high-objects")
+    for name in keys:
+        look_for(name)  # an unknown preset on a key is refused now, not when the key is pressed
+    source = live_sources(args)
+    sinks = live_sinks(args, keys, encode_settings(args, None))
+    session = LiveSession(
+        look, compute_settings(args, None), source, sinks, size=args.size, max_side=args.max_side,
+        init=load_image(args.init) if args.init else None, look_for=look_for, quiet=args.quiet,
+    )  # fmt: skip
+    result = session.run(duration_s=args.duration)
+    rate = result.frames / result.seconds if result.seconds else 0.0
+    print(f"live: {result.frames} frames in {result.seconds:.1f} s ({rate:.1f} fps), {result.dreams} dreams "
+          f"({result.dreams / max(result.seconds, 1e-9):.1f}/s), {result.dropped} source frames dropped, "
+          f"latency {result.latency_ms:.0f} ms")  # fmt: skip
     return EXIT_OK
 
 
@@ -358,7 +431,7 @@ def cmd_presets(args) -> int:
         return EXIT_OK
     presets = [load_preset(name) for name in builtin_names()]
     width = max(len(p.name) for p in presets)
-    for kind in ("image", "video", "zoom"):
+    for kind in ("image", "video", "zoom", "live"):
         rows = [p for p in presets if p.kind == kind]
         if rows:
             print(f"{kind} presets:")
@@ -400,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--batch", type=positive_int,
                    help="lanes dreamed as one batch, for throughput (default 1: strictly sequential)")
     v.add_argument("--warmup", type=int, help="frames both lanes dream and crossfade over at a border inside a shot")
+    v.add_argument("--cadence", type=positive_int,
+                   help="dream every Nth frame; the frames between show its dream warped by the flow (default 1: every frame)")
     v.add_argument("--start", type=float, default=0.0, help="first second to dream")
     v.add_argument("--end", type=float, help="second to stop before")
     v.add_argument("--max-frames", type=positive_int, help="dream at most N frames")
@@ -431,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--translate-y", help="shift per frame, pixels")
     z.add_argument("--iterations-next", help="ascent steps per octave for frames after the first (--iterations: frame 0)")
     z.add_argument("--sharpen", type=float, help="unsharp amount after each resampling")
+    z.add_argument("--cadence", type=positive_int,
+                   help="dream every Nth frame; the frames between are only moved (default 1: every frame)")
     z.add_argument("--audio", help="music file: drives bass/mid/treble/rms/onset and is muxed into the output")
     z.add_argument("--bpm", type=positive_number, help="tempo for the beat variable b (default: estimated from --audio)")
     z.add_argument("--variations", type=variations_arg, default=1,
@@ -439,6 +516,44 @@ def build_parser() -> argparse.ArgumentParser:
     add_dream_options(p)
     add_common(p)
     p.set_defaults(run=cmd_zoom)
+
+    p = sub.add_parser("live", help="dream a camera, a clip or an endless zoom in real time, to a window and other outputs",
+                       description="Dream in real time: the output runs at the source's frame rate and never waits for the dream "
+                                   "(see docs/live.md). Ctrl-C or --duration ends it and finishes the recording.")
+    src = p.add_argument_group("source (one; none = an endless live zoom)").add_mutually_exclusive_group()
+    src.add_argument("--camera", type=int, metavar="N", help="camera number (OpenCV; 0 is the first)")
+    src.add_argument("--input", metavar="FILE", help="a video file, played in a loop at its own frame rate")
+    src.add_argument("--ndi", metavar="NAME", help="an NDI sender whose name contains NAME (needs dreamreel[ndi])")
+    src.add_argument("--screen", nargs="?", const="", metavar="WxH+X+Y", help="the screen, or a region of it (needs dreamreel[live])")
+    out = p.add_argument_group("outputs (any number)")
+    out.add_argument("--window", action="store_true",
+                     help="a window: keys 1-9 presets, space freeze, F full screen, O on-screen display, T tap tempo, Esc quit")
+    out.add_argument("--virtual-camera", action="store_true", help="a virtual webcam (pyvirtualcam; Linux: v4l2loopback)")
+    out.add_argument("--ndi-out", metavar="NAME", help="send over NDI as NAME (needs dreamreel[ndi])")
+    out.add_argument("--spout", metavar="NAME", help="a Spout sender, Windows (needs dreamreel[spout])")
+    out.add_argument("--syphon", metavar="NAME", help="a Syphon server, macOS (needs dreamreel[syphon])")
+    out.add_argument("--record", metavar="FILE", help="record the output to a video file (.mp4, .mov, .mkv, .webm)")
+    lv = p.add_argument_group("live")
+    lv.add_argument("--duration", type=positive_number, metavar="SECONDS", help="end after this many seconds (default: Ctrl-C)")
+    lv.add_argument("--fps", type=positive_number, help="output frames per second (default: the source's; live zoom: the preset's)")
+    lv.add_argument("--mix", help="share of the dream in the output, 0..1, a number or an expression such as \"0.5+0.5*cc1\"")
+    lv.add_argument("--crossfade", type=int, metavar="FRAMES", help="frames a preset switch fades over")
+    lv.add_argument("--keys", metavar="PRESET,...", help="the presets on the number keys 1-9 "
+                    "(default live-camera,live-zoom,live-beat,mid-creatures,low-ornaments,high-objects)")
+    lv.add_argument("--blend", type=float, help="share of the previous dream carried into the next, 0..1")
+    lv.add_argument("--temporal", type=float, help="pull of the dream towards the carried one, 0..1")
+    lv.add_argument("--iterations-next", type=int, help="ascent steps per octave of each carried dream")
+    zm = p.add_argument_group("live zoom (no source)")
+    zm.add_argument("--zoom", nargs="?", const="", metavar="SCALE", help="an endless zoom; SCALE per frame, a number or an expression")
+    zm.add_argument("--angle", help="rotation per frame, degrees")
+    zm.add_argument("--translate-x", help="shift per frame, pixels")
+    zm.add_argument("--translate-y", help="shift per frame, pixels")
+    zm.add_argument("--size", type=size_arg, default=(320, 180), help="WxH of the zoom")
+    zm.add_argument("--init", help="start picture (default: seeded noise)")
+    add_encode_options(p)
+    add_dream_options(p)
+    add_common(p)
+    p.set_defaults(run=cmd_live)
 
     from dreamreel.benchmarks import bench  # light: its constants, no torch import
 

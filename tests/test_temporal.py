@@ -17,7 +17,7 @@ from dreamreel.pipeline.dream import ComputeSettings, DreamSettings, dream, temp
 from dreamreel.pipeline.encode import EncodeSettings
 from dreamreel.pipeline.metrics import measure
 from dreamreel.pipeline.objectives import layer
-from dreamreel.pipeline.video import VideoSettings, _anchor, dream_video
+from dreamreel.pipeline.video import VideoSettings, temporal_anchor, dream_video
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -76,8 +76,8 @@ def test_a_strong_pull_keeps_the_dream_at_the_anchor_where_trusted(tiny_model, t
 def test_anchor_is_none_when_off_and_keeps_each_lanes_mask():
     starts = torch.rand(2, 3, 4, 4)
     masks = torch.stack([torch.zeros(1, 4, 4), torch.ones(1, 4, 4)])  # a fresh lane and a carried one
-    assert _anchor(starts, masks, 0.0) is None
-    picture, weight, strength = _anchor(starts, masks, 0.5)
+    assert temporal_anchor(starts, masks, 0.0) is None
+    picture, weight, strength = temporal_anchor(starts, masks, 0.5)
     assert picture is starts and weight is masks and strength == 0.5
 
 

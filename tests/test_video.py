@@ -426,3 +426,72 @@ def test_ctrl_c_while_the_cut_pass_reads_stops_at_once_and_names_no_missing_fold
     assert time.monotonic() - start < 5  # the pass alone would take 20 s
     assert capsys.readouterr().err.strip() == "dreamreel: interrupted before the first frame was finished; nothing was kept"
     assert not work_folder(out).exists()
+
+
+# --- --cadence: dream every Nth frame, warp between ------------------------------------
+
+
+def test_last_key_frame_counts_cadence_from_each_cut():
+    # cadence 3 from frame 0, a cut at 5: key frames 0, 3, 5, 8, 11
+    keys = [video_module.last_key_frame(0, t, cuts=[5], cadence=3) for t in range(1, 13)]
+    assert keys == [0, 0, 0, 3, 3, 5, 5, 5, 8, 8, 8, 11]
+    assert [video_module.last_key_frame(4, t, cuts=[], cadence=1) for t in (5, 6, 9)] == [4, 5, 8]
+
+
+def count_dreams(monkeypatch) -> list[int]:
+    """Patch Dreamer so each call records its batch size; returns the list."""
+    from dreamreel.pipeline import dream as dream_module
+
+    calls = []
+    dream_call = dream_module.Dreamer.__call__
+    monkeypatch.setattr(dream_module.Dreamer, "__call__", lambda self, images, **kw: calls.append(len(images)) or dream_call(self, images, **kw))
+    return calls
+
+
+def test_cadence_dreams_key_frames_and_warps_the_dream_onto_the_frames_between(
+    tmp_path, pan_clip, pan_frames, tiny_model, use_model, monkeypatch
+):
+    use_model(tiny_model)
+    calls = count_dreams(monkeypatch)
+    settings = DreamSettings(octaves=1, iterations=3, step=0.03, jitter=0, seed=1)
+    video = VideoSettings(blend=0.6, iterations_next=2, cadence=3)
+    dream_video(pan_clip, tmp_path / "out", settings, CPU, video, ENCODE, progress=False)
+    frames = read_png_frames(tmp_path / "out")
+    assert len(frames) == 16 and sum(calls) == 6  # key frames 0, 3, 6, 9, 12, 15
+    residuals = [f.astype(float) - i for f, i in zip(frames, pan_frames)]
+    for t in (1, 2, 4, 5):
+        key = t - t % 3
+        # the view pans 4 px right and 2 down a frame: the key frame's residual, moved left and up with the picture
+        dx, dy = 4 * (t - key), 2 * (t - key)
+        moved = residuals[key][8:56, 8:56]
+        shown = residuals[t][8 - dy : 56 - dy, 8 - dx : 56 - dx]
+        assert np.abs(shown - moved).mean() < 0.2 * np.abs(moved).mean(), f"frame {t} is not the warped dream"
+        assert np.abs(frames[t].astype(int) - frames[t - 1]).mean() > 5, f"frame {t} repeats frame {t - 1}"
+
+
+def test_cadence_run_interrupted_between_key_frames_resumes_to_the_same_frames(
+    tmp_path, pan_clip, tiny_model, use_model, monkeypatch
+):
+    use_model(tiny_model)
+    settings = DreamSettings(octaves=1, iterations=2, step=0.05, jitter=4, seed=3)
+    video = VideoSettings(blend=0.6, iterations_next=1, temporal=0.2, cadence=3)
+    dream_video(pan_clip, tmp_path / "whole", settings, CPU, video, ENCODE, progress=False)
+    calls = count_dreams(monkeypatch)
+    from dreamreel.pipeline import dream as dream_module
+
+    dream_call = dream_module.Dreamer.__call__
+
+    def interrupt_at_the_fourth(self, images, **kw):
+        if len(calls) == 4:  # key frame 9: frames up to 7 or 8 are on disk
+            raise KeyboardInterrupt
+        return dream_call(self, images, **kw)
+
+    monkeypatch.setattr(dream_module.Dreamer, "__call__", interrupt_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        dream_video(pan_clip, tmp_path / "resumed", settings, CPU, video, ENCODE, progress=False)
+    on_disk = len(list((work_folder(tmp_path / "resumed") / "frames").glob("frame_*.png")))
+    assert on_disk % 3 != 0  # it stopped between key frames: the rerun reads the frames since the last one again
+    monkeypatch.setattr(dream_module.Dreamer, "__call__", dream_call)
+    dream_video(pan_clip, tmp_path / "resumed", settings, CPU, video, ENCODE, progress=False)
+    for t, (a, b) in enumerate(zip(read_png_frames(tmp_path / "whole"), read_png_frames(tmp_path / "resumed"), strict=True)):
+        np.testing.assert_array_equal(a, b, err_msg=f"frame {t}")

@@ -378,3 +378,21 @@ def test_an_output_that_is_an_input_is_refused_and_the_input_kept(tmp_path, make
         f"dreamreel: error: OUTPUT {out} is the {flag} file; choose another name so the {flag} file is kept"
     )
     assert source.read_bytes() == before
+
+
+def test_cadence_dreams_every_nth_frame_and_only_moves_the_frames_between(tmp_path, init_picture, tiny_model, use_model, monkeypatch):
+    use_model(tiny_model)
+    calls = []
+    dream_call = dream_module.Dreamer.__call__
+    monkeypatch.setattr(dream_module.Dreamer, "__call__", lambda self, images, **kw: calls.append(len(images)) or dream_call(self, images, **kw))
+    settings = DreamSettings(octaves=1, iterations=2, step=0.05, jitter=0, seed=2)
+    loop = ZoomSettings(zoom=1.04, cadence=3, **{**MOTION_ONLY, "iterations_next": 2})
+    dream_zoom(tmp_path / "out", settings, CPU, loop, ENCODE, frames=7, size=(64, 64), init=init_picture, progress=False)
+    frames = read_png_frames(tmp_path / "out")
+    assert len(frames) == 7 and len(calls) == 3  # frames 0, 3 and 6 dreamed
+    for t in (1, 2, 4, 5):  # moved: exactly the previous frame zoomed, nothing dreamed
+        moved = (zoom_of(to_tensor(frames[t - 1]), 1.04)[0].permute(1, 2, 0) * 255).round().numpy()
+        assert np.abs(frames[t].astype(float) - moved).mean() < 0.5, f"frame {t}"
+    for t in (3, 6):  # dreamed on top of the move
+        moved = (zoom_of(to_tensor(frames[t - 1]), 1.04)[0].permute(1, 2, 0) * 255).round().numpy()
+        assert np.abs(frames[t].astype(float) - moved).mean() > 2, f"frame {t}"
