@@ -6,9 +6,10 @@ Each command of their ```bash blocks (``a && b`` is two) is one of:
   files it names (photo.jpg, my_finetune.pth, classifier.onnx, ...);
 * any other ``dreamreel`` line: run at a tiny size, on stand-ins (a
   22-second 48x32 clip at 2 fps, an 8-second beat, ...): zoom lengths and
-  sizes are cut down (:func:`tiny`), one octave and one ascent step are added,
-  ``bench`` runs ``--quick``; a ``metrics`` line first dreams the output it
-  measures, with its clip options; ``--ray`` lines start a local Ray;
+  sizes and live durations are cut down (:func:`tiny`), one octave and one
+  ascent step are added, ``bench`` runs ``--quick``; a ``metrics`` line first
+  dreams the output it measures, with its clip options; ``--ray`` lines start
+  a local Ray;
 * listed in :data:`NOT_RUNNABLE` with the reason it cannot run here (the
   network, a cluster, a browser server, the test suite itself).
 
@@ -65,13 +66,28 @@ NOT_RUNNABLE = {
         "needs a camera, a screen and a MIDI controller",
     "dreamreel live --zoom --window --audio-in --lookahead 0.08": "needs a screen and a sound card's input",
     "dreamreel live --camera 0 --window --midi --osc-port 9000 --learn": "needs a camera, a screen and a MIDI controller",
+    "dreamreel live --camera 0 --window": "needs a camera and a screen",
+    "dreamreel live --input clip.mp4 --window --record set.mp4": "needs a screen (tests/test_live.py opens the window under Xvfb)",
+    "dreamreel live --zoom --window": "needs a screen",
+    "dreamreel live --zoom --window --size 640x360": "needs a screen",
+    "dreamreel live --zoom 1.01 --preset live-beat --window": "needs a screen",
+    "dreamreel live --camera 0 --virtual-camera --ndi-out dreamreel": "needs a camera, a virtual camera driver and NDI",
+    "dreamreel live --camera 0 --virtual-camera": "needs a camera and a virtual camera driver (v4l2loopback)",
+    "dreamreel live --camera 0 --ndi-out dreamreel": "needs a camera and NDI",
+    "dreamreel live --ndi OBS --window --max-side 640": "needs an NDI sender on the network and a screen",
+    "dreamreel live --screen 640x360+0+0 --window": "needs a screen to capture and to show",
 }  # fmt: skip
 
 # The tiny size: what each command's flags are cut down to, and what is added.
-TINY_VALUES = {"zoom": {"--size": "32x32", "--seconds": "0.125", "--frames": "3"}, "bench": {"--size": "64x36"}}
+TINY_VALUES = {
+    "zoom": {"--size": "32x32", "--seconds": "0.125", "--frames": "3"},
+    "live": {"--duration": "2"},
+    "bench": {"--size": "64x36"},
+}
 TINY_FLAGS = {
     "video": ["--octaves", "1", "--iterations", "1", "--iterations-next", "1", "--quiet"],
     "zoom": ["--octaves", "1", "--iterations", "1", "--iterations-next", "1", "--quiet"],
+    "live": ["--octaves", "1", "--iterations", "1", "--iterations-next", "1", "--quiet"],
     "bench": ["--quick", "--quiet"],
 }
 CLIP_FLAGS = ("--start", "--end", "--max-frames", "--max-side", "--batch", "--warmup")  # metrics: the output's clip
@@ -311,8 +327,8 @@ def test_documented_command_runs_at_a_tiny_size(argv, scratch, capsys):
         run(tiny(["dreamreel", "video", argv[1], argv[2], *clip_options])[1:], capsys)
     command = tiny(["dreamreel", *argv])[1:]
     out = run_apart(command) if "--ray" in argv else run(command, capsys)
-    if argv[0] in ("video", "zoom"):
-        written = Path(argv[2] if argv[0] == "video" else argv[1])
+    if argv[0] in ("video", "zoom") or "--record" in argv:
+        written = Path(argv[2] if argv[0] == "video" else argv[1] if argv[0] == "zoom" else argv[argv.index("--record") + 1])
         assert written.is_file() or any(written.glob("frame_*.png")), f"{written} was not written"
     if "--json" in argv:
         assert json.loads(out)
