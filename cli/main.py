@@ -500,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--seconds", type=positive_number, help="length in seconds")
     z.add_argument("--fps", type=float, help="frames per second")
     z.add_argument("--size", type=size_arg, default=(512, 512), help="WxH of the animation")
-    z.add_argument("--zoom", help="scale per frame (1.02 = 2%% closer)")
+    z.add_argument("--zoom", help="scale per frame, 0.1 to 10 (1.02 = 2%% closer)")
     z.add_argument("--angle", help="rotation per frame, degrees")
     z.add_argument("--translate-x", help="shift per frame, pixels")
     z.add_argument("--translate-y", help="shift per frame, pixels")

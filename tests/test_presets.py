@@ -61,11 +61,12 @@ def test_bad_presets_name_the_file_the_key_and_what_was_expected(tmp_path, text,
 
 def test_sections_are_the_stages_settings_classes():
     from dreamreel.pipeline.encode import EncodeSettings
+    from dreamreel.pipeline.live import LiveSettings
     from dreamreel.pipeline.video import VideoSettings
     from dreamreel.pipeline.zoom import ZoomSettings
 
     assert presets.SECTIONS == {"dream": DreamSettings, "video": VideoSettings, "zoom": ZoomSettings,
-                                "encode": EncodeSettings}  # fmt: skip
+                                "encode": EncodeSettings, "live": LiveSettings}  # fmt: skip
     preset = presets.parse_preset("[encode]\nspeed = \"faster\"\ncrf = 20\n", name="mine", source="mine.toml")
     assert presets.build("encode", preset, {"crf": None}) == EncodeSettings(speed="faster", crf=20)
 
