@@ -595,7 +595,11 @@ class ComputeSettings:
     guide: str | None = None
 
     def input_files(self) -> dict[str, str]:
-        """The files these settings read, by flag (``--model`` only for a model file): an output must not be one."""
+        """The files these settings read, by flag (``--model`` only for a model file).
+
+        An output must not be one of them, and a render job stamps them
+        (:func:`~dreamreel.pipeline.render.job_record`).
+        """
         files = {"--model": self.model if Path(self.model).is_file() else None, "--weights": self.weights,
                  "--labels": self.labels, "--guide": self.guide}  # fmt: skip
         return {flag: path for flag, path in files.items() if path is not None}

@@ -75,9 +75,6 @@ SAVER_THREADS = 6
 # Signals that stop a render after the frames in hand: Ctrl-C, and the polite
 # kill of process managers and schedulers (`kill PID`, `timeout`, systemd).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# Fields of ComputeSettings that may name files: a job records their stamps,
-# so a file changed between runs is a changed job, not a mixed look.
-COMPUTE_FILES = ("model", "weights", "labels", "guide")
 
 
 class JobLocked(ValueError):
@@ -133,14 +130,14 @@ def job_record(kind: str, compute, **parts) -> dict:
     ``compute`` is a :class:`~dreamreel.pipeline.dream.ComputeSettings`; the
     device is left out because it changes only float rounding, so a render
     begun on one device may be finished on another. Its files (a model file,
-    ``weights``, ``labels``, ``guide``) are recorded as their
-    :func:`file_stamp`. Parts hold the job's settings and :func:`file_stamp`
-    of its input files.
+    ``weights``, ``labels``, ``guide``: its ``input_files()``) are recorded as
+    their :func:`file_stamp`, so a file changed between two runs is a changed
+    job, not a mixed look. Parts hold the job's settings and
+    :func:`file_stamp` of its input files.
     """
     settings = {name: value for name, value in asdict(compute).items() if name != "device"}
-    for name in COMPUTE_FILES:
-        if settings.get(name) is not None and Path(settings[name]).is_file():
-            settings[name] = file_stamp(settings[name])
+    for flag, path in compute.input_files().items():
+        settings[flag.removeprefix("--")] = file_stamp(path)
     return json.loads(json.dumps({"kind": kind, "compute": settings, **parts}, default=str))
 
 
