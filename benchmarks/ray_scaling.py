@@ -8,11 +8,14 @@ allow at most 1.5x on 2 workers, 24,12,12 allows 2x), dreams it with the
 table: wall time from the call to the finished mp4 (worker start and model
 load included), the busiest worker's own dreaming time, and the speed-ups.
 The single-process run (:func:`dream_video`, one torch thread) is timed too.
+The load average before and after is printed with the table: figures taken
+while other processes ran are not comparable.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import tempfile
 import time
@@ -62,6 +65,7 @@ def main() -> None:
     clip = make_shots(folder / "shots.mp4", args.size, shots)
     total = sum(shots)
 
+    load_before = os.getloadavg()
     torch.set_num_threads(1)
     start = time.perf_counter()
     dream_video(clip, folder / "single", settings, compute, video, encode, progress=False)
@@ -80,7 +84,9 @@ def main() -> None:
         rows.append((workers, wall, busy))
     ray.shutdown()
 
+    load_after = os.getloadavg()
     print(f"{total} frames ({args.size}x{args.size}, shots of {args.shots} frames, video-flow look), CPU, 1 torch thread per worker")
+    print("load average before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(*load_before, *load_after))
     print(f"single process, 1 thread: {single:.1f} s ({total / single:.2f} frames/s)")
     print("| workers x threads | wall s | frames/s | speed-up (wall) | busiest worker s | speed-up (dreaming) |")
     print("|---|---|---|---|---|---|")

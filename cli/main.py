@@ -58,7 +58,10 @@ def size_arg(text: str) -> tuple[int, int]:
 
 # --- shared option groups -------------------------------------------------------
 
-DREAM_FLAGS = ("objective", "octaves", "octave_scale", "iterations", "step", "jitter", "smooth", "tile", "tile_batch", "seed")
+DREAM_FLAGS = (
+    "objective", "octaves", "octave_scale", "iterations", "step", "jitter", "smooth", "tile", "tile_batch", "seed",
+    "optimizer", "param", "gain", "scale_jitter", "rotate_jitter",
+)  # fmt: skip
 
 
 def add_dream_options(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +71,7 @@ def add_dream_options(parser: argparse.ArgumentParser) -> None:
                    "default efficientnet-lite0")
     p.add_argument("--weights", help="state-dict file: your own weights for a zoo or timm:NAME model, or torchvision's file when offline")
     p.add_argument("--labels", help="class names file, one per line (for class:NAME)")
-    p.add_argument("--objective", help='what to amplify, e.g. "mid", "blocks.4:97", "class:285", "low + 0.5*high"')
+    p.add_argument("--objective", help='what to amplify, e.g. "mid", "blocks.4:97", "class:285", "low + 0.5*high", "mid - 0.5*tv"')
     p.add_argument("--guide", help="guide image for guide:LAYER objectives")
     p.add_argument("--octaves", type=int, help="pyramid levels")
     p.add_argument("--octave-scale", type=float, help="size ratio between levels")
@@ -80,6 +83,13 @@ def add_dream_options(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tile-batch", type=int, help="tiles that go through the network together (more is faster on a GPU)")
     p.add_argument("--max-side", type=positive_int, help="downscale the input so its longest side is at most PX")
     p.add_argument("--seed", type=int, help="random seed (same seed, same output)")
+    p.add_argument("--optimizer", choices=["step", "adam", "lbfgs"],
+                   help="step: the normalised gradient step (default); adam: Adam at learning rate --step; lbfgs: L-BFGS")
+    p.add_argument("--param", choices=["pixel", "fft"],
+                   help="the picture as pixels (default), or as a 1/f-scaled spectrum in decorrelated colours (adam, lbfgs)")
+    p.add_argument("--gain", type=float, help="enhance:LAYER aims at this many times the start picture's activations")
+    p.add_argument("--scale-jitter", type=float, help="random rescaling before each step, e.g. 0.1 = 0.9x to 1.1x (adam, lbfgs)")
+    p.add_argument("--rotate-jitter", type=float, help="random rotation before each step, largest angle in degrees (adam, lbfgs)")
     add_device_options(p)
 
 
@@ -480,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-frames", type=positive_int, help="dream at most N frames")
     r = p.add_argument_group("ray: one video on many GPUs or machines (needs pip install \"dreamreel[ray]\")")
     r.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                   help="dream shots on Ray workers; no ADDRESS starts a local Ray, 'auto' or ray://HOST:10001 joins a cluster")
+                   help="dream shots on Ray workers; no ADDRESS starts a local Ray, 'auto', HOST:6379 or ray://HOST:10001 joins a cluster")
     r.add_argument("--workers", type=positive_int, help="Ray workers (default: one per GPU, else one per --threads CPUs)")
     r.add_argument("--threads", type=positive_int, help="torch threads of each CPU worker (default 1)")
     r.add_argument("--segment-frames", type=positive_int, help="longest piece of a shot one worker dreams (default 300)")

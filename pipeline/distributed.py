@@ -24,28 +24,38 @@ Who does what:
   resuming: written once by the worker, the driver only reads them back to
   encode, and a lost driver loses nothing.
 
-Failures: an actor that dies (its process or its node) is restarted by Ray
-and its segment retried (``max_restarts``, ``max_task_retries``); the retry
-resumes from the segment's frames on disk. A killed driver takes its workers
-with it; running the same command again resumes: finished segments are
-skipped and a segment begun continues after its last frame on disk, so no
-frame is dreamed twice.
+Failures: everything the driver can check (the files, the flags, the
+cluster's address, the model and the look) is checked before Ray starts, and
+refused in one line as ``dreamreel video`` refuses it. An error raised inside
+a worker (a ``--device`` its node lacks, a file it cannot read) comes back as
+that worker's own exception and message and is not retried. An actor that
+dies (its process or its node) is restarted by Ray and its segment retried
+(``max_restarts``, ``max_task_retries``); the retry resumes from the
+segment's frames on disk. Ctrl-C stops every worker after its frame in hand.
+A killed driver takes its workers with it; running the same command again
+resumes: finished segments are skipped and a segment begun continues after
+its last frame on disk, so no frame is dreamed twice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import logging
 import os
 import socket
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import decode, segments
-from .dream import ComputeSettings, DreamSettings
+import torch
+
+from . import decode, models, segments
+from .dream import ComputeSettings, Dreamer, DreamSettings
 from .encode import EncodeSettings
 from .render import RenderJob, RenderResult
 from .video import Clip, VideoSettings, dream_lanes, open_clip
@@ -61,6 +71,15 @@ CUT_CHUNK_FRAMES = 2000
 # How often the driver looks for frames the workers finished, for the progress
 # bar and the encoder (seconds); a finished segment is noticed at once.
 PROGRESS_POLL_S = 0.5
+# How long a cluster at --ray HOST:PORT may take to answer (seconds): ray.init
+# itself retries an address where no Ray answers for about 13 minutes, saying
+# nothing but log lines.
+CONNECT_TIMEOUT_S = 10.0
+# An HTTP/2 client's first bytes and an empty SETTINGS frame. Ray's GCS and its
+# client server speak gRPC, whose servers answer with a SETTINGS frame (type 4).
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP2_SETTINGS = 4
+ADDRESS_FORMS = "auto, HOST:PORT (the head node's address, port 6379 unless set) or ray://HOST:10001 (Ray Client)"
 
 
 @dataclass(frozen=True)
@@ -102,6 +121,9 @@ def import_ray():
 class SegmentWorker:
     """One Ray actor: a model loaded once, dreaming the segments it is handed.
 
+    It runs two threads (``max_concurrency=2``): one dreams, the other takes
+    :meth:`stop` while it does.
+
     Args:
         settings, compute, video: the look, as for ``dreamreel video``.
         threads: torch threads (CPU workers).
@@ -109,16 +131,27 @@ class SegmentWorker:
 
     def __init__(self, settings: DreamSettings, compute: ComputeSettings, video: VideoSettings, threads: int):
         import cv2
-        import torch
-
-        from .dream import Dreamer
 
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
-        self.dreamer = Dreamer(settings, compute)
         self.settings = settings
         self.video = video
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.stopping = threading.Event()
+        # A failure to load is kept for ready() and dream() to report: raised
+        # from __init__ it would kill the actor, and Ray would restart it
+        # WORKER_RESTARTS times to fail the same way.
+        self.dreamer, self.error = None, None
+        try:
+            self.dreamer = Dreamer(settings, compute)
+        except Exception as exc:  # noqa: BLE001 - reported by ready()
+            self.error = _portable(exc)
+
+    def ready(self) -> str:
+        """The worker's name once its model is loaded; raises the error loading it met."""
+        if self.error is not None:
+            raise self.error
+        return self.name
 
     def dream(self, clip: Clip, folder: str, plan: dict, k: int) -> dict:
         """Dream segment ``k`` of ``plan`` into the work folder ``folder``, resuming from its frames there.
@@ -126,20 +159,42 @@ class SegmentWorker:
         Returns:
             ``{"segment", "frames", "seconds", "worker"}``: frames dreamed
             (0 for a segment that was already done) and the wall time.
+
+        Raises:
+            The worker's own error (the model failed to load here, a frame
+            could not be read or saved); a ValueError as a plain ValueError
+            with its message, which the driver can always unpickle.
         """
         from .files import frame_indices, frame_path, load_image, save_image
 
+        self.ready()  # a worker Ray restarted loads its model anew
         start = time.perf_counter()
         frames_folder = Path(folder) / "frames"
-        pictures = segments.SegmentPictures(
-            Path(folder),
-            segments.SegmentPlan.from_json(plan),
-            frame_indices(frames_folder),
-            lambda t: load_image(frame_path(frames_folder, t)),
-            lambda t, rgb: save_image(frame_path(frames_folder, t), rgb, work=True),
-        )
-        dreamed = dream_lanes(self.dreamer, pictures.plan, [k], clip.frames, pictures, self.settings, self.video, lambda: False)
+        try:
+            pictures = segments.SegmentPictures(
+                Path(folder),
+                segments.SegmentPlan.from_json(plan),
+                frame_indices(frames_folder),
+                lambda t: load_image(frame_path(frames_folder, t)),
+                lambda t, rgb: save_image(frame_path(frames_folder, t), rgb, work=True),
+            )
+            dreamed = dream_lanes(self.dreamer, pictures.plan, [k], clip.frames, pictures, self.settings, self.video, self.stopping.is_set)
+        except ValueError as exc:
+            raise _portable(exc) from None
         return {"segment": k, "frames": dreamed, "seconds": time.perf_counter() - start, "worker": self.name}
+
+    def stop(self) -> None:
+        """Ctrl-C on the driver: :meth:`dream` returns after the frame in hand (its frames are saved)."""
+        self.stopping.set()
+
+
+def _portable(exc: Exception) -> Exception:
+    """``exc`` as the driver can unpickle it: a ValueError becomes a plain ValueError with the same message.
+
+    A subclass may need arguments that pickling does not keep (ExprError
+    does), and Ray would then hand the driver an UnserializableException.
+    """
+    return ValueError(str(exc)) if isinstance(exc, ValueError) else exc
 
 
 @dataclass
@@ -182,20 +237,36 @@ def dream_videos(
         its ``lanes`` is the number of workers.
 
     Raises:
-        ValueError: Ray is not installed, or a video or setting is refused.
-        KeyboardInterrupt: Ctrl-C; finished frames are kept.
+        ValueError: Ray is not installed, a video, setting or address is
+            refused (before Ray starts), the cluster cannot hold the workers,
+            or a worker refused the job (its own message).
+        ChildProcessError: a worker died more than ``WORKER_RESTARTS`` times;
+            finished frames are kept.
+        KeyboardInterrupt: Ctrl-C; every worker stops after its frame in hand,
+            finished frames are kept.
     """
     ray = import_ray()
+    # 1. everything the driver can check before Ray starts: the files, the flags, the address, the model and the look
+    clips = [open_clip(i, o, start_s=start_s, end_s=end_s, max_frames=max_frames, max_side=max_side) for i, o in videos]
+    if video.batch != 1:
+        raise ValueError(
+            f"--batch {video.batch}: lanes are not used with --ray, whose workers each dream one segment at a time; "
+            "drop --batch (--workers sets how many segments are dreamed at once)"
+        )
     started = not ray.is_initialized()
+    if started and distributed.address not in (None, "auto"):
+        check_address(distributed.address)
+    check_look(settings, compute)
     if started:
-        ray.init(address=distributed.address, include_dashboard=False, log_to_driver=verbose)
+        _init(ray, distributed.address, verbose)
     try:
-        # 1. each video checked; the workers start, each loading its model, while Ray tasks count the frames and find the cuts
-        clips = [open_clip(i, o, start_s=start_s, end_s=end_s, max_frames=max_frames, max_side=max_side) for i, o in videos]
+        # 2. the workers start, each loading its model, while Ray tasks count the frames and find the cuts
         workers = _start_workers(ray, settings, compute, video, distributed)
         clips = [clip.counted(lambda c: find_cuts_ray(ray, c)) for clip in clips]
+        # the first worker to have loaded its model says whether the look works there (a --device its node lacks)
+        _result(ray, ray.wait([worker.ready.remote() for worker in workers], num_returns=1)[0][0])
         with ExitStack() as stack:
-            # 2. the render jobs, their stored (or new) plans
+            # 3. the render jobs, their stored (or new) plans
             jobs = []
             for clip in clips:
                 record = clip.record(settings, compute, video, ray={"segment_frames": distributed.segment_frames})
@@ -209,11 +280,13 @@ def dream_videos(
             with ExitStack() as running:
                 for job in jobs:
                     running.enter_context(job.render.running(desc=f"dreaming {job.clip.input.name}", progress=progress))
-                # 3. segments to workers as they come free; frames to the encoders as workers finish them
+                # 4. segments to workers as they come free; frames to the encoders as workers finish them
                 rates = _run(ray, workers, jobs)
                 for job in jobs:
                     job.pictures.finish_crossfades()  # frames whose two parts came from workers that missed each other
                     _add_finished(job, range(job.plan.total))
+                if any(job.render.stop_requested for job in jobs):
+                    raise KeyboardInterrupt  # Ctrl-C: each job keeps its frames (leaving the blocks aborts it)
             if verbose:
                 for name, (frames, seconds) in sorted(rates.items()):
                     print(f"dreamreel: worker {name}: {frames} frames in {seconds:.1f} s ({frames / max(seconds, 1e-9):.2f} frames/s)")
@@ -236,6 +309,80 @@ def dream_video_ray(
 ) -> RenderResult:
     """``dreamreel video INPUT OUTPUT --ray``: one video, see :func:`dream_videos` for ``options``."""
     return dream_videos([(input, output)], settings, compute, video, encode, distributed, **options)[0]
+
+
+def check_address(address: str) -> None:
+    """Refuse, in one line, a ``--ray`` address where no Ray cluster answers within ``CONNECT_TIMEOUT_S``.
+
+    ``HOST:PORT`` (a cluster's GCS) and ``ray://HOST:PORT`` (Ray Client) must
+    answer as a gRPC server does; other schemes are left to Ray. The
+    dashboard's port (8265), for one, answers in HTTP/1 and is refused.
+
+    Raises:
+        ValueError: a malformed address, an unknown host, nothing listening,
+            no answer in time, or an answer that is not Ray's.
+    """
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "ray"):
+        return
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]")  # [IPv6]:PORT
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--ray {address}: expected {ADDRESS_FORMS}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S) as conn:
+            conn.sendall(HTTP2_PREFACE)
+            frame = conn.recv(9)
+    except socket.gaierror as exc:
+        raise ValueError(f"--ray {address}: unknown host {host!r} ({exc.strerror})") from None
+    except TimeoutError:
+        raise ValueError(
+            f"--ray {address}: no answer within {CONNECT_TIMEOUT_S:g} s; check the address, "
+            "and that this machine may reach that port (a firewall)"
+        ) from None
+    except OSError as exc:
+        where = "nothing listens there" if isinstance(exc, ConnectionRefusedError) else "cannot reach it"
+        raise ValueError(
+            f"--ray {address}: {where} ({exc.strerror}); start Ray on the head node with `ray start --head` "
+            "and give the address it prints, or --ray alone for a local Ray"
+        ) from None
+    if len(frame) < 4 or frame[3] != HTTP2_SETTINGS:
+        raise ValueError(f"--ray {address}: what answers there is not a Ray cluster; expected {ADDRESS_FORMS}")
+
+
+def check_look(settings: DreamSettings, compute: ComputeSettings) -> None:
+    """Build the look once on the driver's CPU, so that a bad one is refused before any worker starts.
+
+    A :class:`~dreamreel.pipeline.dream.Dreamer` loads the model (weights,
+    labels), the guide and the objective, and refuses each as one process
+    does. The device and the precision are left to the workers: the driver
+    may have no GPU.
+
+    Raises:
+        ValueError: as :class:`~dreamreel.pipeline.dream.Dreamer` does.
+    """
+    Dreamer(settings, dataclasses.replace(compute, device="cpu", precision="fp32"))
+
+
+def _init(ray, address: str | None, verbose: bool) -> None:
+    """Start a local Ray (``address`` None) or join a cluster; Ray's own log lines only with ``verbose``.
+
+    None is Ray's ``local``: given None, Ray would join the cluster a ``ray
+    start`` on this machine last recorded, and wait minutes if it is gone.
+    """
+    try:
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=verbose,
+                 logging_level=logging.WARNING if verbose else logging.ERROR)  # fmt: skip
+    except ConnectionError as exc:
+        if address != "auto":  # a gRPC server answered the address check, but Ray could not join it
+            raise ValueError(
+                f"--ray {address}: {exc}; is it the head node's address, and does the cluster use token "
+                "authentication (then set RAY_AUTH_MODE=token here, with its token)?"
+            ) from None
+        raise ValueError(  # Ray's own message names flags of its command line, not ours
+            "--ray auto: no Ray cluster runs on this machine; start one with `ray start --head`, "
+            "give a cluster's address (--ray HOST:6379), or --ray alone for a local Ray"
+        ) from None
 
 
 def find_cuts_ray(ray, clip: Clip, chunk_frames: int = CUT_CHUNK_FRAMES) -> tuple[int, tuple[int, ...]]:
@@ -288,25 +435,45 @@ def _start_workers(ray, settings: DreamSettings, compute: ComputeSettings, video
     """One actor per GPU, or per ``threads`` CPUs; each loads the model once.
 
     Raises:
-        ValueError: ``--workers`` asks for more than the cluster holds (the
-            actors that do not fit would wait for resources forever).
+        ValueError: the cluster cannot hold what is asked: more ``--workers``
+            than it holds, a worker of more ``--threads`` than it has CPUs,
+            ``--device cuda`` without a GPU (actors that do not fit would
+            wait for resources forever), or ``--device cuda:N``.
     """
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0)) if compute.device != "cpu" else 0
-    if gpus:
-        fit, options = gpus, {"num_gpus": 1, "num_cpus": 1}
+    cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
+    if compute.device.startswith("cuda:"):
+        raise ValueError(
+            f"--device {compute.device}: with --ray each worker has a GPU of its own, which it calls cuda; use --device cuda or auto"
+        )
+    if compute.device == "cuda" and not gpus:
+        raise ValueError("--device cuda: the Ray cluster has no GPU; use --device cpu or auto")
+    if gpus and compute.device != "cpu":
+        fit, options, what = gpus, {"num_gpus": 1, "num_cpus": 1}, f"{gpus} GPUs"
     else:
-        fit, options = max(1, int(resources.get("CPU", 1)) // distributed.threads), {"num_cpus": distributed.threads}
+        fit, options = cpus // distributed.threads, {"num_cpus": distributed.threads}
+        what = f"{cpus} CPUs at --threads {distributed.threads}"
+        if not fit:
+            raise ValueError(
+                f"--threads {distributed.threads}: a worker needs {distributed.threads} CPUs, and the Ray cluster has {cpus}; "
+                f"give --threads {max(1, cpus)} or fewer"
+            )
+        models.pick_precision(compute.precision, torch.device("cpu"))  # --precision fp16 refused as on one CPU
     count = distributed.workers or fit
     if count > fit:
-        what = f"{gpus} GPUs" if gpus else f"{int(resources.get('CPU', 1))} CPUs at --threads {distributed.threads}"
         raise ValueError(f"--workers {count}: the Ray cluster holds {fit} workers ({what}); ask for at most {fit}")
-    actor = ray.remote(SegmentWorker).options(max_restarts=WORKER_RESTARTS, max_task_retries=WORKER_RESTARTS, **options)
+    actor = ray.remote(SegmentWorker).options(
+        max_restarts=WORKER_RESTARTS, max_task_retries=WORKER_RESTARTS, max_concurrency=2, **options
+    )  # fmt: skip
     return [actor.remote(settings, compute, video, distributed.threads) for _ in range(count)]
 
 
 def _run(ray, workers: list, jobs: list[_Job]) -> dict[str, tuple[int, float]]:
-    """Hand out every unfinished segment of every job; returns frames and seconds per worker."""
+    """Hand out every unfinished segment of every job; returns frames and seconds per worker.
+
+    After a Ctrl-C (a job's ``stop_requested``) it hands out no more and
+    tells each busy worker to stop after its frame in hand.
+    """
     todo = [
         (j, k)
         for j, job in enumerate(jobs)
@@ -319,9 +486,13 @@ def _run(ray, workers: list, jobs: list[_Job]) -> dict[str, tuple[int, float]]:
     idle = list(workers)
     rates: dict[str, list] = defaultdict(lambda: [0, 0.0])
     polled = time.perf_counter()
+    stopping = False
     while todo or running:
-        if any(job.render.stop_requested for job in jobs):
-            todo.clear()  # Ctrl-C: finish the segments in hand
+        if not stopping and any(job.render.stop_requested for job in jobs):
+            stopping = True  # Ctrl-C: no more segments, and each worker stops after its frame in hand
+            todo.clear()
+            for worker, _, _ in running.values():
+                worker.stop.remote()
         while todo and idle:
             j, k = todo.pop()
             worker = idle.pop()
@@ -338,13 +509,7 @@ def _run(ray, workers: list, jobs: list[_Job]) -> dict[str, tuple[int, float]]:
         if not ready:
             continue
         worker, j, _ = running.pop(ready[0])
-        try:
-            result = ray.get(ready[0])
-        except ray.exceptions.RayError as exc:
-            raise RuntimeError(
-                f"a Ray worker failed {WORKER_RESTARTS + 1} times ({type(exc).__name__}); "
-                "finished frames are kept: rerun the same command to continue"
-            ) from exc
+        result = _result(ray, ready[0])
         idle.append(worker)
         job = jobs[j]
         job.dreamed += result["frames"]
@@ -353,6 +518,24 @@ def _run(ray, workers: list, jobs: list[_Job]) -> dict[str, tuple[int, float]]:
         rates[result["worker"]][0] += result["frames"]
         rates[result["worker"]][1] += result["seconds"]
     return {name: (frames, seconds) for name, (frames, seconds) in rates.items()}
+
+
+def _result(ray, ref):
+    """``ray.get(ref)`` of a worker's call, its failure as one process would report it.
+
+    Raises:
+        The worker's own exception (its message, not Ray's traceback), or
+        ChildProcessError when its process or node died, and its restarts too.
+    """
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        raise (exc.cause if isinstance(exc.cause, Exception) else exc) from exc
+    except ray.exceptions.RayError as exc:
+        raise ChildProcessError(
+            f"a Ray worker died {WORKER_RESTARTS + 1} times ({type(exc).__name__}; --verbose shows the workers' logs); "
+            "finished frames are kept: rerun the same command to continue"
+        ) from exc
 
 
 def _add_finished(job: _Job, frames: range, *, up_to_missing: bool = False) -> None:

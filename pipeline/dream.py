@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import param as param_mod
 from .models import DreamModel
-from .objectives import Objective
+from .objectives import Objective, target_key
 
 # Octaves stop before the picture gets smaller than this: below ~32 px the
 # low layers of ImageNet networks see only a few positions.
@@ -67,6 +68,18 @@ class DreamSettings:
         tile_batch: tiles of one picture that go through the network together:
             1 keeps memory bounded by one tile; more fills a GPU on large sizes.
         seed: seeds the jitter and tile offsets (and noise inputs).
+        optimizer: ``step`` (the normalised gradient step above), ``adam``
+            (Adam at learning rate ``step``) or ``lbfgs`` (L-BFGS with a
+            line search; ``step`` unused), per octave; see :func:`dream`.
+        param: how the optimiser holds the picture: ``pixel``, or ``fft`` (a
+            1/f-scaled spectrum in decorrelated colours, :mod:`param`; needs
+            ``adam`` or ``lbfgs``).
+        gain: the factor of the start picture's activations that
+            ``enhance:LAYER`` objectives aim at.
+        scale_jitter: largest random rescaling of the picture before each
+            step, as a fraction (0.1: 0.9x to 1.1x); ``adam`` and ``lbfgs`` only.
+        rotate_jitter: largest random rotation before each step, degrees;
+            ``adam`` and ``lbfgs`` only.
     """
 
     objective: str = "mid"
@@ -79,13 +92,35 @@ class DreamSettings:
     tile: int | None = None
     tile_batch: int = 1
     seed: int = 0
+    optimizer: str = "step"
+    param: str = "pixel"
+    gain: float = 2.0
+    scale_jitter: float = 0.0
+    rotate_jitter: float = 0.0
 
     def __post_init__(self):
         check_settings(self)
 
 
+OPTIMIZERS = ("step", "adam", "lbfgs")
+
+
+class ConflictingSettings(ValueError):
+    """Two settings that are each valid but cannot work together.
+
+    Attributes:
+        first, second: (field name, value) of the two settings.
+        reason: why they conflict and what to choose instead.
+    """
+
+    def __init__(self, first: tuple[str, object], second: tuple[str, object], reason: str):
+        self.first, self.second, self.reason = first, second, reason
+        flags = " with ".join(f"--{name.replace('_', '-')} {value}" for name, value in (first, second))
+        super().__init__(f"{flags}: {reason}")
+
+
 def check_settings(s: DreamSettings) -> None:
-    """Raise ValueError naming the flag for any out-of-range dream setting."""
+    """Raise ValueError naming the flag for any out-of-range dream setting or conflicting pair."""
     rules = {
         "octaves": (s.octaves, 1, 12),
         "octave_scale": (s.octave_scale, 1.05, 4.0),
@@ -96,6 +131,9 @@ def check_settings(s: DreamSettings) -> None:
         "tile": (s.tile, 64, 8192),
         "tile_batch": (s.tile_batch, 1, 256),
         "seed": (s.seed, 0, 2**63 - 1),
+        "gain": (s.gain, 0.1, 10.0),
+        "scale_jitter": (s.scale_jitter, 0.0, 0.5),
+        "rotate_jitter": (s.rotate_jitter, 0.0, 180.0),
     }
     if s.tile is None:
         del rules["tile"]
@@ -106,8 +144,21 @@ def check_settings(s: DreamSettings) -> None:
             raise TypeError(f"{flag}: expected a number, got {value!r}")
         if not lo <= value <= hi:
             raise ValueError(f"{flag} {value}: expected a value from {lo} to {hi}")
-    if not isinstance(s.objective, str):
-        raise TypeError(f"--objective: expected a string, got {s.objective!r}")
+    for name, choices in (("objective", None), ("optimizer", OPTIMIZERS), ("param", param_mod.PARAMS)):
+        value = getattr(s, name)
+        if not isinstance(value, str):
+            raise TypeError(f"--{name}: expected a string, got {value!r}")
+        if choices and value not in choices:
+            raise ValueError(f"--{name} {value!r}: expected one of {', '.join(choices)}")
+    if s.optimizer == "step":
+        # the normalised step is a rule for pixels, and its captured step rolls only
+        if s.param != "pixel":
+            raise ConflictingSettings(("param", s.param), ("optimizer", s.optimizer),
+                                      "the normalised step works on pixels only; choose optimizer adam or lbfgs")
+        for name in ("scale_jitter", "rotate_jitter"):
+            if getattr(s, name):
+                raise ConflictingSettings((name, getattr(s, name)), ("optimizer", s.optimizer),
+                                          "random scale and rotation need optimizer adam or lbfgs (the normalised step only rolls)")
 
 
 def settings_from_dict(values: dict, base: DreamSettings | None = None) -> DreamSettings:
@@ -228,6 +279,8 @@ def objective_gradient(
     autocast_dtype: torch.dtype | None,
     tile_batch: int = 1,
     autocast_cache: bool = True,
+    reference: torch.Tensor | None = None,
+    gain: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient of the objective with respect to the picture, tile by tile.
 
@@ -245,6 +298,10 @@ def objective_gradient(
         autocast_dtype: bf16/fp16 autocast, or None for fp32.
         tile_batch: tiles per forward pass.
         autocast_cache: autocast's weight-cast cache; CUDA graph capture needs it off.
+        reference: (B, 3, H, W) start pictures, placed like ``x``, for
+            objectives with targets (``enhance:LAYER``): their activations
+            times ``gain`` are the targets, tile by tile. None: ``x`` itself.
+        gain: see ``reference``.
 
     Returns:
         (gradient (B, 3, H, W) float32, score (B,) float32 detached).
@@ -255,12 +312,17 @@ def objective_gradient(
     score = torch.zeros(b, device=x.device)
     amp = torch.autocast(x.device.type, dtype=autocast_dtype, cache_enabled=autocast_cache) if autocast_dtype else nullcontext()
     loss_scale = FP16_LOSS_SCALE if autocast_dtype == torch.float16 else 1.0
+    references = tile_batches(x if reference is None else reference, tile, tile_batch) if objective.targets else None
     for part, corners in tile_batches(x.detach(), tile, tile_batch):
         th, tw = part.shape[-2:]
         area = th * tw / (h * w)
         part = part.contiguous(memory_format=model.input_format).requires_grad_(True)
         with amp:
             acts = model(part, objective.layers)
+            if references is not None:
+                start = next(references)[0].contiguous(memory_format=model.input_format)
+                with torch.no_grad():
+                    acts |= {target_key(name): gain * a for name, a in model(start, objective.targets).items()}
         s = objective(acts).float()
         (g,) = torch.autograd.grad(s.sum() * loss_scale, part)
         for k, (y0, x0) in enumerate(corners):
@@ -346,6 +408,7 @@ def ascent_update(
     autocast_dtype: torch.dtype | None,
     anchor: tuple[torch.Tensor, torch.Tensor, float | torch.Tensor] | None = None,
     autocast_cache: bool = True,
+    reference: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One normalised gradient-ascent step (B, 3, H, W) → (B, 3, H, W), and the score (B,).
 
@@ -360,10 +423,12 @@ def ascent_update(
         step: one size, or (B, 1, 1, 1) sizes on ``x``'s device.
         anchor: (anchor picture (B, 3, H, W), weight (B, 1, H, W), strength)
             for :func:`temporal_pull`, or None.
+        reference: (B, 3, H, W) start pictures for ``enhance:`` objectives, rolled like ``x``.
     """
     grad, score = objective_gradient(
         model, roll(x, shifts), objective, tile=settings.tile, autocast_dtype=autocast_dtype,
         tile_batch=settings.tile_batch, autocast_cache=autocast_cache,
+        reference=None if reference is None else roll(reference, shifts), gain=settings.gain,
     )  # fmt: skip
     grad = gaussian_blur(roll(grad, shifts, sign=-1), settings.smooth)
     grad = grad / (grad.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-8)
@@ -415,20 +480,24 @@ class CapturedStep:
 
     A Python-launched step costs thousands of kernel launches, which on a
     fast GPU take longer than the kernels; a replay launches them all at once.
-    Inputs that change between steps (picture, rolls, step sizes, anchor) live
-    in static buffers that :meth:`run` fills; the graph writes the new picture
-    back into its input buffer, so replays follow each other with no copies.
+    Inputs that change between steps (picture, rolls, step sizes, anchor,
+    reference) live in static buffers that :meth:`run` fills; the graph writes
+    the new picture back into its input buffer, so replays follow each other
+    with no copies.
     """
 
-    def __init__(self, model, objective, settings, autocast_dtype, x, shifts, step, anchor):
+    def __init__(self, model, objective, settings, autocast_dtype, x, shifts, step, anchor, reference=None):
         self.objective = objective  # kept alive: the cache is keyed by its id
         self.x = x.clone()
         self.shifts = shifts.clone()
         self.step = step.clone()
         self.anchor = tuple(t.clone() for t in anchor) if anchor is not None else None
+        self.reference = reference.clone() if reference is not None else None
 
         def run_once():
-            return ascent_update(model, self.x, objective, self.shifts, self.step, settings, autocast_dtype, self.anchor, False)
+            return ascent_update(
+                model, self.x, objective, self.shifts, self.step, settings, autocast_dtype, self.anchor, False, self.reference
+            )  # fmt: skip
 
         side = torch.cuda.Stream(x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
@@ -443,13 +512,15 @@ class CapturedStep:
             new_x, self.score = run_once()
             self.x.copy_(new_x)
 
-    def run(self, x, shifts, step, anchor, on_step) -> torch.Tensor:
+    def run(self, x, shifts, step, anchor, on_step, reference=None) -> torch.Tensor:
         """``len(shifts)`` steps from ``x`` with rolls ``shifts`` (steps, B, 2); returns a new tensor."""
         self.x.copy_(x)
         self.step.copy_(step)
         if anchor is not None:
             for buffer, value in zip(self.anchor, anchor):
                 buffer.copy_(value)
+        if reference is not None:
+            self.reference.copy_(reference)
         for rolls in shifts:
             self.shifts.copy_(rolls)
             self.graph.replay()
@@ -459,7 +530,7 @@ class CapturedStep:
 
 
 def _octave_ascent(
-    model, x, objective, settings, generators, autocast_dtype, step, n_iter, anchor, on_step, graphs
+    model, x, objective, settings, generators, autocast_dtype, step, n_iter, anchor, on_step, graphs, reference=None
 ) -> torch.Tensor:
     """``n_iter`` ascent steps at one octave: replayed from a CUDA graph where ``graphs`` allows, else eager."""
     shifts = _on_device(jitter_shifts(generators, n_iter, jitter_limit(settings, *x.shape[-2:])), x.device)
@@ -469,14 +540,107 @@ def _octave_ascent(
         b = x.shape[0]
         step = step.expand(b, 1, 1, 1) if torch.is_tensor(step) else torch.full((b, 1, 1, 1), step, device=x.device)
         anchor_t = None if anchor is None else (*anchor[:2], torch.full((), anchor[2], device=x.device))
-        captured = graphs.get(model, objective, settings, autocast_dtype, x, shifts[0], step, anchor_t)
+        captured = graphs.get(model, objective, settings, autocast_dtype, x, shifts[0], step, anchor_t, reference)
         if captured is not None:
-            return captured.run(x, shifts, step, anchor_t, on_step)
+            return captured.run(x, shifts, step, anchor_t, on_step, reference)
     for rolls in shifts:
-        x, score = ascent_update(model, x, objective, rolls, step, settings, autocast_dtype, anchor)
+        x, score = ascent_update(model, x, objective, rolls, step, settings, autocast_dtype, anchor, reference=reference)
         if on_step is not None:
             on_step(score)
     return x
+
+
+# L-BFGS models the one function it minimises; a new random view (roll,
+# rescaling, rotation) or a temporal pull makes another function, so where
+# there are any it starts afresh after every this many iterations.
+LBFGS_ROUND = 10
+# Curvature pairs L-BFGS keeps: torch's default of 100 would hold 200 copies of the parameters.
+LBFGS_HISTORY = 10
+
+
+def _octave_optimize(
+    model, x, objective, settings, generators, autocast_dtype, step, n_iter, anchor, on_step, reference
+) -> torch.Tensor:
+    """``n_iter`` Adam or L-BFGS iterations at one octave, on the picture's parameters (pixels or spectrum).
+
+    Each evaluation decodes the parameters (:func:`param.decode`), rolls the
+    picture and, with ``scale_jitter`` or ``rotate_jitter``, rotates and
+    rescales it (the reference too), takes the objective's gradient there
+    with :func:`objective_gradient` (tiles and precision as in the normalised
+    step) and carries it back to the parameters through autograd. Adam draws a
+    new view every iteration; L-BFGS keeps one view for a round of
+    ``LBFGS_ROUND`` iterations. After every Adam iteration and every L-BFGS
+    round the picture is projected back: pulled towards ``anchor`` where there
+    is one, and encoded afresh, which clamps pixels to [0, 1] and holds a
+    spectrum's pixels within half an 8-bit level of black and white
+    (``param.EDGE``), where the sigmoid has not gone flat.
+
+    Every image has its own parameters and Adam its own learning rate (its
+    ``step``), so under Adam a batch dreams as its images alone; L-BFGS's line
+    search and history are shared by the batch.
+    """
+    b, _, h, w = x.shape
+    lbfgs = settings.optimizer == "lbfgs"
+    limit = jitter_limit(settings, h, w)
+    shifts = _on_device(jitter_shifts(generators, n_iter, limit), x.device)
+    scaled = settings.scale_jitter > 0 or settings.rotate_jitter > 0
+    views = _on_device(param_mod.random_views(generators, n_iter, settings.scale_jitter, settings.rotate_jitter), x.device)
+    restarts = lbfgs and (limit > 0 or scaled or anchor is not None)
+    round_length = LBFGS_ROUND if restarts else max(n_iter, 1)
+    rates = settings.step if step is None else step
+    rates = list(rates) if isinstance(rates, Sequence) else [rates] * b
+    params = [param_mod.encode(x[k : k + 1], settings.param).requires_grad_(True) for k in range(b)]
+
+    def picture() -> torch.Tensor:
+        return param_mod.decode(torch.cat(params), settings.param, (h, w))
+
+    def seen(pictures: torch.Tensor, i: int) -> torch.Tensor:
+        pictures = roll(pictures, shifts[i])
+        return param_mod.rotate_scale(pictures, views[i]) if scaled else pictures
+
+    def evaluate(i: int) -> torch.Tensor:
+        """The (B,) score in view ``i``; minus its gradient lands in the parameters' ``grad`` (optimisers minimise)."""
+        for p in params:
+            p.grad = None
+        view = seen(picture(), i)
+        grad, score = objective_gradient(
+            model, view.detach(), objective, tile=settings.tile, autocast_dtype=autocast_dtype,
+            tile_batch=settings.tile_batch, reference=None if reference is None else seen(reference, i), gain=settings.gain,
+        )  # fmt: skip
+        view.backward(-grad)
+        return score
+
+    for i in range(n_iter):
+        if i % round_length == 0:
+            first = i
+            optimizer = (
+                torch.optim.LBFGS(params, lr=1, max_iter=1, history_size=LBFGS_HISTORY, line_search_fn="strong_wolfe",
+                                  tolerance_grad=0, tolerance_change=0) if lbfgs
+                else torch.optim.Adam([{"params": [p], "lr": rate} for p, rate in zip(params, rates)])
+            )  # fmt: skip
+        if lbfgs:
+            scores = []
+
+            def closure() -> torch.Tensor:
+                scores.append(evaluate(first))
+                return -scores[-1].sum()
+
+            optimizer.step(closure)
+            score = scores[0]  # at the iteration's start, as the other optimizers report it
+        else:
+            score = evaluate(i)
+            optimizer.step()
+        if not lbfgs or (i + 1) % round_length == 0 or i + 1 == n_iter:
+            with torch.no_grad():
+                projected = picture().clamp(0, 1)
+                if anchor is not None:
+                    projected = temporal_pull(projected, *anchor)
+                for k, p in enumerate(params):
+                    p.copy_(param_mod.encode(projected[k : k + 1], settings.param))
+        if on_step is not None:
+            on_step(score)
+    with torch.no_grad():
+        return picture().clamp(0, 1)
 
 
 class StepGraphs:
@@ -491,12 +655,13 @@ class StepGraphs:
     def __init__(self):
         self._steps: collections.OrderedDict[tuple, CapturedStep | None] = collections.OrderedDict()
 
-    def get(self, model, objective, settings, autocast_dtype, x, shifts, step, anchor) -> CapturedStep | None:
+    def get(self, model, objective, settings, autocast_dtype, x, shifts, step, anchor, reference=None) -> CapturedStep | None:
         """The captured step for this objective, shape and settings; None where capture failed."""
-        key = (id(objective), tuple(x.shape), settings.tile, settings.tile_batch, settings.smooth, shifts.shape[0], anchor is not None)
+        key = (id(objective), tuple(x.shape), settings.tile, settings.tile_batch, settings.smooth, settings.gain, shifts.shape[0],
+               anchor is not None, reference is not None)  # fmt: skip
         if key not in self._steps:
             try:
-                self._steps[key] = CapturedStep(model, objective, settings, autocast_dtype, x, shifts, step, anchor)
+                self._steps[key] = CapturedStep(model, objective, settings, autocast_dtype, x, shifts, step, anchor, reference)
             except RuntimeError:
                 self._steps[key] = None
             if len(self._steps) > MAX_CAPTURED_STEPS:
@@ -520,6 +685,12 @@ def dream(
     graphs: StepGraphs | None = None,
 ) -> torch.Tensor:
     """Dream a batch of pictures.
+
+    ``settings.optimizer`` chooses how each octave climbs: ``step``, the
+    normalised gradient step of :func:`ascent_update` (captured as a CUDA
+    graph on a GPU), or Adam or L-BFGS on the picture's parameters
+    (:func:`_octave_optimize`, eager), which may also be a spectrum
+    (``settings.param``, :mod:`param`).
 
     Args:
         model: the network, on the pictures' device.
@@ -564,8 +735,14 @@ def dream(
         detail = torch.zeros_like(octave_base) if detail is None else resize(detail, size)
         x = (octave_base + detail).clamp(0, 1)
         octave_anchor = None if anchor is None else (resize(anchor[0].float(), size), resize(anchor[1].float(), size), anchor[2])
-        # 2. gradient ascent at this octave
-        x = _octave_ascent(model, x, objective, settings, generators, autocast_dtype, step, n_iter, octave_anchor, on_step, graphs)
+        # 2. gradient ascent at this octave (enhance: objectives aim at this octave's input)
+        reference = octave_base if objective.targets else None
+        if settings.optimizer == "step":
+            x = _octave_ascent(
+                model, x, objective, settings, generators, autocast_dtype, step, n_iter, octave_anchor, on_step, graphs, reference
+            )  # fmt: skip
+        else:
+            x = _octave_optimize(model, x, objective, settings, generators, autocast_dtype, step, n_iter, octave_anchor, on_step, reference)
         # 3. keep only what the dream added, to carry it up
         detail = x - octave_base
     return (base + detail).clamp(0, 1).to(images.dtype)

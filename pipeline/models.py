@@ -38,6 +38,7 @@ from torch import nn
 
 DEFAULT_MODEL = "efficientnet-lite0"
 LOGITS = "logits"  # pseudo-layer: the classifier's pre-softmax output
+PICTURE = "picture"  # pseudo-layer: the input pictures themselves, in [0, 1] (what image priors read)
 OFFLINE_ENV = "DREAMREEL_OFFLINE"  # "1": never download, fail with the expected path
 TIMM_PREFIX = "timm:"  # --model timm:NAME --weights FILE
 # A --model with one of these suffixes, or a folder in it, names a file, not a zoo model.
@@ -236,17 +237,21 @@ class DreamModel(nn.Module):
 
         Args:
             images: (B, 3, H, W) RGB in [0, 1].
-            layers: resolved layer names; ``"logits"`` is the classifier output.
+            layers: resolved layer names; ``"logits"`` is the classifier output,
+                ``"picture"`` the images themselves.
 
         Returns:
             dict name → (B, C, h, w) activations, or (B, classes) for logits.
-            The forward pass stops after the last layer needed (low layers are cheap).
+            The forward pass stops after the last layer needed (low layers are
+            cheap) and does not start when only the picture is asked for.
         """
-        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
         wanted = set(layers)
-        captured: dict[str, torch.Tensor] = {}
+        captured: dict[str, torch.Tensor] = {PICTURE: images} if PICTURE in wanted else {}
+        if wanted <= {PICTURE}:
+            return captured
+        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
         hooks = []
-        for name in wanted - {LOGITS}:
+        for name in wanted - {LOGITS, PICTURE}:
 
             def hook(_module, _inputs, output, name=name):
                 captured[name] = output
@@ -479,27 +484,14 @@ def _timm_preprocessing(net: nn.Module) -> tuple[tuple, tuple, tuple[int, int]]:
 
 def _efficientnet_lite0(state: dict[str, torch.Tensor] | None, source: str) -> nn.Module:
     """The default network: the embedded weights, or ``state`` (a timm ``tf_efficientnet_lite0`` state dict)."""
-    from .efficientnet import EfficientNetLite0
+    from .efficientnet import EfficientNetLite0, load_packaged_weights
 
     what = "timm tf_efficientnet_lite0"
     if state is not None:
         net = EfficientNetLite0(_head_rows(state, ZOO[DEFAULT_MODEL].head, what, source))
         _fit_state(net, state, what, source)
         return net
-    net = EfficientNetLite0()
-    embedded = torch.load(embedded_weights_path(), map_location="cpu", weights_only=True)
-    # The package uses lukemelas-style names (_conv_stem, _blocks...) in the
-    # same order as timm's modules; map by position, checking every shape.
-    target = net.state_dict()
-    if len(embedded) != len(target):
-        raise RuntimeError(f"embedded weights have {len(embedded)} tensors, {what} expects {len(target)}")
-    mapped = {}
-    for (key, ref), (src_key, tensor) in zip(target.items(), embedded.items()):
-        if ref.shape != tensor.shape:
-            raise RuntimeError(f"embedded weight {src_key} {tuple(tensor.shape)} does not fit {key} {tuple(ref.shape)}")
-        mapped[key] = tensor
-    net.load_state_dict(mapped)
-    return net
+    return load_packaged_weights(EfficientNetLite0(), str(embedded_weights_path()), what)
 
 
 def _torchvision(entry: ModelEntry, state: dict[str, torch.Tensor], source: str) -> nn.Module:

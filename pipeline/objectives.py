@@ -16,10 +16,15 @@ The text is a formula of :mod:`expr` (never ``eval``), whose targets are::
     LAYER:CHANNEL           the mean activation of one channel (0 to the layer's channels - 1)
     class:INDEX | class:NAME | class:"quoted name"     a class logit
     guide:LAYER             match a guide image's activations (needs --guide)
+    enhance:LAYER           agree with --gain x the start picture's activations
+    tv | tv:BETA            total variation of the picture (a prior: subtract it)
+    norm | norm:ALPHA       alpha-norm of the picture (a prior: subtract it)
 
 Objectives add and subtract; a product has one objective and any number of
 number factors (``0.5*mid``, ``mid/2``, ``2**-3*high``); a leading minus
-negates.
+negates. The priors read the picture itself (the pseudo-layer
+``models.PICTURE``), so ``mid - 0.5*tv`` is one objective like any other and
+its gradient flows through the same ascent step.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import torch
 from .expr import (
     Expression, ExprError, Negate, Node, Number, Power, Product, Sum, Syntax, Target, Token, parse_formula, walk,
 )
-from .models import LOGITS, DreamModel
+from .models import LOGITS, PICTURE, DreamModel
 
 Activations = Mapping[str, torch.Tensor]
 
@@ -41,6 +46,14 @@ Activations = Mapping[str, torch.Tensor]
 MAX_OBJECTIVE_CHARS = 500
 # Scores are float32: a larger weight overflows to inf, whose gradient is NaN.
 MAX_WEIGHT = float(torch.finfo(torch.float32).max)
+# Mahendran & Vedaldi's exponents (2015): V^2 for the total variation (beta 1,
+# plain TV, leaves spikes), and the 6-norm as the range bound; and the range
+# each may be set in (tv:BETA, norm:ALPHA).
+TV_BETA, TV_BETA_RANGE = 2.0, (1.0, 4.0)
+NORM_ALPHA, NORM_ALPHA_RANGE = 6.0, (1.0, 12.0)
+# Inside V^beta's root, so its gradient stays finite on flat patches.
+TV_EPSILON = 1e-8
+PRIORS = {"tv": (TV_BETA_RANGE, "beta"), "norm": (NORM_ALPHA_RANGE, "alpha")}
 
 
 @dataclass(frozen=True)
@@ -51,11 +64,15 @@ class Objective:
         fn: activations → (B,) scores; higher is more dream.
         layers: the layer names ``fn`` reads.
         name: readable form, e.g. ``"blocks.4 + 0.5*blocks.5:97"``.
+        targets: layers whose target activations ``fn`` reads too, as
+            ``acts[target_key(layer)]``: ``--gain`` times the activations of
+            the start picture, which the dreaming engine supplies.
     """
 
     fn: Callable[[Activations], torch.Tensor]
     layers: frozenset[str]
     name: str
+    targets: frozenset[str] = frozenset()
 
     def __call__(self, acts: Activations) -> torch.Tensor:
         return self.fn(acts)
@@ -63,18 +80,20 @@ class Objective:
     def __add__(self, other: Objective) -> Objective:
         if not isinstance(other, Objective):
             return NotImplemented
-        return Objective(lambda a: self(a) + other(a), self.layers | other.layers, f"{self.name} + {other.name}")
+        return Objective(lambda a: self(a) + other(a), self.layers | other.layers, f"{self.name} + {other.name}",
+                         self.targets | other.targets)
 
     def __sub__(self, other: Objective) -> Objective:
         if not isinstance(other, Objective):
             return NotImplemented
-        return Objective(lambda a: self(a) - other(a), self.layers | other.layers, f"{self.name} - {other.name}")
+        return Objective(lambda a: self(a) - other(a), self.layers | other.layers, f"{self.name} - {other.name}",
+                         self.targets | other.targets)
 
     def __mul__(self, weight: float) -> Objective:
         if not isinstance(weight, (int, float)):
             return NotImplemented
         w = float(weight)
-        return Objective(lambda a: w * self(a), self.layers, f"{w:g}*{_group(self.name)}")
+        return Objective(lambda a: w * self(a), self.layers, f"{w:g}*{_group(self.name)}", self.targets)
 
     __rmul__ = __mul__
 
@@ -144,6 +163,70 @@ def guide(name: str, guide_acts: torch.Tensor) -> Objective:
     return Objective(score, frozenset([name]), f"guide:{name}")
 
 
+def target_key(name: str) -> str:
+    """Where the target activations of layer ``name`` are found in the activations an objective reads."""
+    return f"target:{name}"
+
+
+def enhance(name: str) -> Objective:
+    """Agreement with enhanced activations of the start picture: ``-|a - t|² / |t|²`` per image.
+
+    ``t`` is ``--gain`` times the activations of the picture the dream
+    started from at this layer (supplied as ``acts[target_key(name)]``). The
+    score is 0 when the layer's activations equal ``t`` and falls with the
+    squared relative distance, so the ascent amplifies what the layer sees
+    in the picture up to ``gain`` times and no further: DeepDream posed as the
+    minimisation of ``||phi(x) - enhanced(phi(x0))||^2``, as in the
+    reimplementations that solve it with L-BFGS (``--optimizer lbfgs``).
+    """
+    key = target_key(name)
+
+    def score(acts: Activations) -> torch.Tensor:
+        a, t = acts[name].float().flatten(1), acts[key].float().flatten(1)
+        return -(a - t).pow(2).mean(1) / t.pow(2).mean(1).clamp(min=1e-12)
+
+    return Objective(score, frozenset([name]), f"enhance:{name}", frozenset([name]))
+
+
+def tv(beta: float = TV_BETA) -> Objective:
+    """Total variation V^beta of the picture: subtract it to smooth away pixel noise.
+
+    The mean over pixels and channels of ``(dx² + dy²)^(beta/2)``, with dx
+    and dy the differences to the right and lower neighbour in 8-bit levels
+    (Mahendran & Vedaldi 2015, "Understanding deep image representations by
+    inverting them"): beta 2 spreads a change over its neighbours, beta 1
+    keeps edges sharp. In levels, its gradient is of the size of the layers'
+    and classes' gradients, so weights from 0.01 to 1 matter. The picture
+    is read as the network sees it (rolled, tile by tile), so the wrap-around
+    seam of a roll counts like any other pixel pair.
+    """
+
+    def score(acts: Activations) -> torch.Tensor:
+        x = acts[PICTURE].float() * 255
+        dx = x[..., :-1, 1:] - x[..., :-1, :-1]
+        dy = x[..., 1:, :-1] - x[..., :-1, :-1]
+        squared = dx.pow(2) + dy.pow(2)
+        variation = squared if beta == 2 else (squared + TV_EPSILON).pow(beta / 2)
+        return variation.flatten(1).mean(1)
+
+    return Objective(score, frozenset([PICTURE]), "tv" if beta == TV_BETA else f"tv:{beta:g}")
+
+
+def norm(alpha: float = NORM_ALPHA) -> Objective:
+    """The alpha-norm bound of the picture: subtract it to keep values in range without clamping.
+
+    The mean of ``|2x - 1|^alpha`` (Mahendran & Vedaldi 2015): at most 1 for
+    pixels in [0, 1], steeply more outside, so an optimiser that does not
+    clamp at every step (``--optimizer lbfgs`` on pixels clamps after each
+    round) keeps the picture in range.
+    """
+
+    def score(acts: Activations) -> torch.Tensor:
+        return (2 * acts[PICTURE].float() - 1).abs().pow(alpha).flatten(1).mean(1)
+
+    return Objective(score, frozenset([PICTURE]), "norm" if alpha == NORM_ALPHA else f"norm:{alpha:g}")
+
+
 def per_image(objectives: Sequence[Objective]) -> Objective:
     """Image k of a batch scored by ``objectives[k]``: several looks dreamed as one batch.
 
@@ -163,7 +246,8 @@ def per_image(objectives: Sequence[Objective]) -> Objective:
         ])  # fmt: skip
 
     layers = frozenset().union(*(obj.layers for obj in objectives))
-    return Objective(score, layers, " | ".join(obj.name for obj in objectives))
+    targets = frozenset().union(*(obj.targets for obj in objectives))
+    return Objective(score, layers, " | ".join(obj.name for obj in objectives), targets)
 
 
 # --- reading objectives from text --------------------------------------------
@@ -218,6 +302,10 @@ class _Targets:
     def __call__(self, name: Token, suffix: Token | None) -> Objective:
         if name.text in ("class", "guide") and suffix is not None:
             return self.class_logit(suffix) if name.text == "class" else self.guide(name, suffix)
+        if name.text == "enhance":
+            return self.enhance(name, suffix)
+        if name.text in PRIORS:
+            return self.prior(name, suffix)
         layer_name = self.layer_name(name)
         if suffix is None:
             return layer(layer_name)
@@ -250,6 +338,24 @@ class _Targets:
             raise self.fail(str(exc), label) from None
         names = self.model.class_names
         return class_logit(index, names[index] if names and not wanted.isdigit() else None)
+
+    def enhance(self, keyword: Token, name: Token | None) -> Objective:
+        if name is None or name.kind != "name":
+            found = "nothing" if name is None else name.describe()
+            raise self.fail(f"expected a layer name after 'enhance:' (enhance:mid) but found {found}", name or keyword)
+        return enhance(self.layer_name(name))
+
+    def prior(self, keyword: Token, exponent: Token | None) -> Objective:
+        make = tv if keyword.text == "tv" else norm
+        (lo, hi), what = PRIORS[keyword.text]
+        if exponent is None:
+            return make()
+        if exponent.kind != "number":
+            raise self.fail(f"expected a number ({what}) after '{keyword.text}:' but found {exponent.describe()}", exponent)
+        value = float(exponent.text)
+        if not lo <= value <= hi:
+            raise self.fail(f"{keyword.text}:{exponent.text}: {what} must be from {lo:g} to {hi:g}", exponent)
+        return make(value)
 
     def guide(self, keyword: Token, name: Token) -> Objective:
         if name.kind != "name":

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .dream import DreamSettings
+from .dream import ConflictingSettings, DreamSettings
 from .encode import EncodeSettings
 from .live import LiveSettings
 from .models import TIMM_PREFIX, ZOO
@@ -107,6 +107,8 @@ def check_section(section: str, values: dict, source: str) -> dict:
     Each value is checked by building the dataclass with it alone (the
     dataclass's own rules), and a refusal is reported as the file's key:
     ``FILE: [section] key = value: what was expected``, not as a CLI flag.
+    Settings that conflict (``param = "fft"`` with the default optimizer) are
+    judged with the rest of the section, which may set the partner.
     """
     cls = SECTIONS[section]
     hints = typing.get_type_hints(cls)
@@ -124,8 +126,15 @@ def check_section(section: str, values: dict, source: str) -> dict:
             )
         try:
             cls(**{key: value})
+        except ConflictingSettings:
+            pass  # with a default: the section may set the other one
         except ValueError as exc:
             raise ValueError(f"{source}: [{section}] {key} = {value!r}: {_reason(exc)}") from None
+    try:
+        cls(**values)
+    except ConflictingSettings as exc:
+        pair = " with ".join(f"{name} = {value!r}" for name, value in (exc.first, exc.second))
+        raise ValueError(f"{source}: [{section}] {pair}: {exc.reason}") from None
     return dict(values)
 
 

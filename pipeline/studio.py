@@ -16,7 +16,8 @@ only by :func:`serve`.
 Safety: everything the page sends is data. Models are zoo names, objectives and
 schedules go through their own small parsers (nothing reaches ``eval``), input
 files must be uploads, and every file written (uploads, previews, renders,
-presets) lands inside the output folder.
+presets) lands inside the output folder. The page serves back only the files
+the studio wrote there and Gradio's own uploads, never the rest of the folder.
 
 One render at a time: renders run on the main thread, one after another
 (:class:`RenderWorker`), so Cancel is the command line's Ctrl-C: a zoom or a
@@ -41,7 +42,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,6 +56,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_OUTPUT_DIR = "studio-output"
 JOBS = ("image", "video", "zoom")
+# Each job starts from the preset its command uses by default.
+DEFAULT_PRESETS = {"image": "mid-creatures", "video": "video-flow", "zoom": "zoom-drift"}
 # Previews: the longest side in pixels, and the frames of a zoom preview.
 # Measured on the 2-core development CPU (README "Studio"): a picture preview
 # at 192 px with the default look takes a few seconds, most of it loading the model.
@@ -63,6 +66,7 @@ PREVIEW_ZOOM_FRAMES = 8
 MAX_SIDE = 4096  # largest render side the page accepts, in pixels
 MAX_FRAMES = 100_000  # longest zoom the page accepts
 MAX_PLOT_POINTS = 2000  # schedule plots sample at most this many frames
+SCHEDULE_PLOT_HEIGHT = 160  # px: one small plot per schedule box
 # Cancel waits this long for the frames in hand to finish before answering.
 CANCEL_WAIT_S = 120.0
 POLL_S = 1.0  # how often a waiting render request updates the page's progress bar
@@ -168,12 +172,35 @@ class Job:
 
 # Page controls → settings. Names are the dataclass fields (= preset keys = CLI flags).
 DREAM_CONTROLS = ("objective", "octaves", "iterations", "step", "jitter", "seed")
-ZOOM_CONTROLS = ("zoom", "angle", "translate_x", "translate_y", "iterations_next", "fps")
+ZOOM_CONTROLS = ("zoom", "angle", "translate_x", "translate_y", "step", "iterations_next", "fps")
 VIDEO_CONTROLS = ("blend", "flow")
 CONTROLS = (
     "kind", "source", "preset", "model", *DREAM_CONTROLS, "side", "frames",
     *(f"zoom_{name}" for name in ZOOM_CONTROLS), *(f"video_{name}" for name in VIDEO_CONTROLS), "audio", "bpm",
 )  # fmt: skip
+# Each control's label on the page. The page's error lines name these instead of
+# the command line's flags, which the page does not show.
+LABELS = {
+    "kind": "Job", "source": "Picture or clip", "preset": "Preset", "model": "Model", "objective": "Objective",
+    "octaves": "Octaves", "iterations": "Steps per octave", "step": "Step size", "jitter": "Jitter", "seed": "Seed",
+    "side": "Longest side", "frames": "Frames", "zoom_zoom": "zoom", "zoom_angle": "angle",
+    "zoom_translate_x": "translate-x", "zoom_translate_y": "translate-y", "zoom_step": "step",
+    "zoom_iterations_next": "iterations-next", "zoom_fps": "fps", "video_blend": "blend", "video_flow": "flow",
+    "audio": "Song", "bpm": "bpm",
+}  # fmt: skip
+# What library messages name (flags, the CLI's INPUT) → the control that sets it.
+# A zoom schedule's messages name the setting itself (``translate-x: column 3``), as its label does.
+FLAG_CONTROLS = {
+    "INPUT": "source", "--preset": "preset", "--model": "model", **{f"--{name}": name for name in DREAM_CONTROLS},
+    "--max-side": "side", "--frames": "frames",
+    **{f"--{name.replace('_', '-')}": f"zoom_{name}" for name in ZOOM_CONTROLS if name != "step"},
+    "--blend": "video_blend", "--flow": "video_flow", "--audio": "audio", "--bpm": "bpm",
+}  # fmt: skip
+# The zoom schedules the page has a box for, each plotted beside it ([zoom] blend is left to presets).
+SCHEDULE_BOXES = tuple(name for name in ZOOM_CONTROLS if name != "fps")
+# A schedule left empty (None) takes the [dream] setting of this name.
+DREAM_FALLBACKS = {"step": "step", "iterations_next": "iterations"}
+FLAG = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, FLAG_CONTROLS)) + r")(?![\w-])")
 
 
 def _whole(value, name: str, lo: int | None = None, hi: int | None = None):
@@ -252,8 +279,14 @@ def job_from_page(values: dict, folders: Folders) -> Job:
         dream_values["objective"] = dream_values["objective"].strip() or None
     dream = build("dream", preset, dream_values)
     # the zoom and video boxes count only for their own job: a half-typed schedule never blocks a picture
-    zoom_values = {name: _schedule_value(values.get(f"zoom_{name}")) for name in ZOOM_CONTROLS if name != "fps"}
-    zoom = build("zoom", preset, {**zoom_values, "fps": values.get("zoom_fps")} if kind == "zoom" else {})
+    zoom = build("zoom", preset, {})
+    if kind == "zoom":
+        boxes = {name: values.get(f"zoom_{name}") for name in ZOOM_CONTROLS}
+        zoom_values = {name: _schedule_value(text) for name, text in boxes.items() if name != "fps"}
+        zoom = build("zoom", preset, {**zoom_values, "fps": boxes["fps"]})
+        # an emptied step or iterations-next box is the field's None: the [dream] value
+        emptied = {name: None for name in ("step", "iterations_next") if isinstance(boxes[name], str) and not boxes[name].strip()}
+        zoom = replace(zoom, **emptied)
     video = build("video", preset, {name: values.get(f"video_{name}") for name in VIDEO_CONTROLS} if kind == "video" else {})
     encode = build("encode", preset, {})
     side = _whole(values.get("side"), "max-side", 16, MAX_SIDE)
@@ -341,7 +374,8 @@ def render(job: Job, out: Path) -> Outcome:
             out, job.dream, job.compute, job.zoom, job.encode, frames=job.frames, size=job.size(),
             init=job.source, audio=job.audio, bpm=job.bpm,
         )  # fmt: skip
-    return Outcome(out, f"wrote {out.name}: {result.frames} frames at {result.fps:g} fps in {result.seconds:.1f} s")
+    resumed = f" ({result.resumed_from} of them kept from before)" if result.resumed_from else ""
+    return Outcome(out, f"wrote {out.name}: {result.frames} frames at {result.fps:g} fps in {result.seconds:.1f} s{resumed}")
 
 
 def cancelled_line(out: Path) -> str:
@@ -350,7 +384,7 @@ def cancelled_line(out: Path) -> str:
 
     if out.suffix == ".png":
         return f"cancelled: {out.name} was not written"
-    return f"cancelled: {out.name} was not written; its finished frames are kept in {work_folder(out).name}"
+    return f"cancelled: {out.name} was not written; its finished frames are kept in {work_folder(out).name}, and Render with the same settings resumes from them"
 
 
 # --- presets and the command line ------------------------------------------------------
@@ -411,12 +445,18 @@ def save_preset(job: Job, name: str, folders: Folders) -> Path:
     if name in builtin_names():
         raise ValueError(f"preset name {name!r} is a built-in preset; choose another name")
     path = folders.presets / f"{name}.toml"
-    write_atomically(path, preset_text(job, f"Saved from dreamreel studio ({job.kind})").encode("utf-8"))
+    description = f"Saved from dreamreel studio ({job.kind}, longest side {job.side} px)"
+    write_atomically(path, preset_text(job, description).encode("utf-8"))
     return path
 
 
-def command_line(job: Job, preset_file: Path, output: str) -> str:
-    """The ``dreamreel`` command that renders ``job`` from the saved preset, as the page would."""
+def command_line(job: Job, preset_file: Path, output: str, threads: int) -> str:
+    """The ``dreamreel`` command that renders ``job`` from the saved preset, as the page would.
+
+    ``threads`` is the studio's torch thread count: the command sets it
+    (``OMP_NUM_THREADS=N``) because it changes how torch splits its sums, so
+    pictures dreamed on a CPU differ with the thread count (docs/studio.md).
+    """
     source = job.source.name if job.source else "noise"
     if job.kind == "image":
         args = ["image", source, output, "--preset", str(preset_file), "--max-side", str(job.side)]
@@ -431,7 +471,7 @@ def command_line(job: Job, preset_file: Path, output: str) -> str:
         args += ["--frames", str(job.frames)] if job.frames else []
         args += ["--audio", job.audio.name] if job.audio else []
         args += ["--bpm", f"{job.bpm:g}"] if job.bpm else []
-    return "dreamreel " + shlex.join(args)
+    return f"OMP_NUM_THREADS={threads} dreamreel " + shlex.join(args)
 
 
 # --- schedule plots --------------------------------------------------------------------
@@ -444,31 +484,44 @@ def schedule_curves(job: Job) -> tuple[dict[str, list[float]], dict[str, list[fl
         (schedules, audio): each maps a name to its value per frame for frames
         0..N-1 (``"frame"`` holds the frame numbers); N is the job's frame
         count (the song's length, else 5 seconds), at most :data:`MAX_PLOT_POINTS`.
-        Scheduled fields that never change are left out, except ``zoom``.
+        ``schedules`` holds every schedule of :data:`SCHEDULE_BOXES`; one left
+        empty holds the [dream] value it takes (:data:`DREAM_FALLBACKS`).
         ``audio`` is empty without a song.
 
     Raises:
         ExprError: a schedule is malformed or needs an input the job lacks
             (``b`` without a tempo, ``bass`` without a song), as the render would.
     """
-    from .audio import FEATURE_NAMES, audio_features
+    from .audio import FEATURE_NAMES
     from .schedule import check_inputs, frame_env
 
     fps = job.zoom.fps
     schedules = job.zoom.schedules()
-    features = audio_features(job.audio, fps=fps, bpm=job.bpm) if job.audio else None
+    features = song_features(job.audio, fps, job.bpm) if job.audio else None
     have_bpm = job.bpm is not None or (features is not None and features.bpm is not None)
     check_inputs(schedules.values(), have_audio=features is not None, have_bpm=have_bpm)
     frames = job.frames or (features.n_frames if features is not None else round(5 * fps))
     frames = min(frames, MAX_PLOT_POINTS)
-    bpm = job.bpm
-    envs = [frame_env(t, fps, bpm, features) for t in range(frames)]
+    envs = [frame_env(t, fps, job.bpm, features) for t in range(frames)]
     curves = {"frame": list(range(frames))}
-    for name, schedule in schedules.items():
-        if name == "zoom" or not schedule.is_constant:
-            curves[name] = [schedule(t, env) for t, env in enumerate(envs)]
+    for name in SCHEDULE_BOXES:
+        if name in schedules:
+            curves[name] = [schedules[name](t, env) for t, env in enumerate(envs)]
+        else:
+            curves[name] = [float(getattr(job.dream, DREAM_FALLBACKS[name]))] * frames
     audio = {"frame": list(range(frames)), **{n: [env[n] for env in envs] for n in FEATURE_NAMES}} if features else {}
     return curves, audio
+
+
+@functools.lru_cache(maxsize=4)
+def song_features(song: Path, fps: float, bpm: float | None):
+    """:func:`audio.audio_features` of an uploaded song, kept for the last few: every schedule edit replots them.
+
+    An upload never changes (Gradio stores each in a folder of its own), so its path is its identity.
+    """
+    from .audio import audio_features
+
+    return audio_features(song, fps=fps, bpm=bpm)
 
 
 # --- models ----------------------------------------------------------------------------
@@ -621,6 +674,19 @@ def error_line(exc: BaseException) -> str:
     return cli_error_line(exc)[0]
 
 
+def page_line(exc: BaseException, folders: Folders) -> str:
+    """:func:`error_line` in the page's words: the controls' labels for flags, an upload's name for its path.
+
+    Example: ``--max-side 8: expected a whole number from 16 to 4096`` reads
+    ``Longest side 8: expected a whole number from 16 to 4096``.
+    """
+    line = error_line(exc)
+    for uploads in {str(folders.uploads), str(folders.uploads.resolve())}:
+        # an upload lives in a folder of its own: uploads/HASH/NAME
+        line = re.sub(re.escape(uploads + os.sep) + r"[^/\\\s'\"]+[/\\]", "", line)
+    return FLAG.sub(lambda match: LABELS[FLAG_CONTROLS[match[1]]], line)
+
+
 # --- the page --------------------------------------------------------------------------
 
 
@@ -661,145 +727,222 @@ def build_page(folders: Folders, worker: RenderWorker):
     from .files import IMAGE_SUFFIXES
     from .models import ZOO
     from .presets import build, load_preset
-    from .video import VideoSettings
-    from .zoom import ZoomSettings
+    from .render import work_folder
 
-    default_preset = load_preset("mid-creatures")
+    default_preset = load_preset(DEFAULT_PRESETS["image"])
     default_dream = build("dream", default_preset, {})
-    zoom_defaults = ZoomSettings()
+    zoom_defaults = build("zoom", None, {})
+    schedule_info = {
+        "zoom": "scale per frame: 1.02 = 2% closer", "angle": "degrees per frame, counter-clockwise",
+        "translate_x": "px per frame", "translate_y": "px per frame", "step": "dream step per frame; empty: Step size",
+        "iterations_next": "steps per octave after frame 0; empty: Steps per octave",
+    }  # fmt: skip
+    video_defaults = build("video", None, {})
+    unfinished: dict[Job, Path] = {}  # outputs of video and zoom renders that stopped with frames to resume
 
     def page_values(data: dict) -> dict:
         """{component: value} (Gradio's form of a set of inputs) → {control name: value}."""
         return {names[component]: value for component, value in data.items() if component in names}
 
     def fail(exc: BaseException) -> str:
-        return error_line(exc)
+        return page_line(exc, folders)
+
+    def shown(path: Path) -> str:
+        """``path`` for the page to show. Gradio serves files from its upload folder and the
+        allowed paths only; the studio allows the files it wrote, one by one."""
+        if str(path) not in page.allowed_paths:
+            page.allowed_paths.append(str(path))
+        return str(path)
+
+    def text(value) -> str:
+        """A schedule box's text for a setting's value (None: empty)."""
+        return "" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
+
+    def schedule_frame(curves: dict, name: str):
+        """One schedule's plot data."""
+        return pd.DataFrame({"frame": curves["frame"], "value": curves[name]})
+
+    initial_curves, _ = schedule_curves(job_from_page({"kind": "zoom", "side": 512}, folders))  # the boxes' defaults
 
     def on_preset(name, source):
-        """Fill the controls from a preset: defaults < preset."""
+        """Fill the controls from a preset: defaults < preset; the job follows the preset."""
         try:
-            preset = load_page_preset(name, folders)
+            chosen = load_page_preset(name, folders)
         except ValueError as exc:
-            return [gr.skip()] * 14 + [fail(exc)]
-        if preset is None:
-            return [gr.skip()] * 15
-        dream = build("dream", preset, {})
-        zoom = build("zoom", preset, {})
-        video = build("video", preset, {})
+            return {status: fail(exc)}
+        if chosen is None:
+            return {status: gr.skip()}
+        dream, zoom, video = (build(section, chosen, {}) for section in ("dream", "zoom", "video"))
         is_clip = source is not None and Path(source).suffix.lower() not in IMAGE_SUFFIXES
-        kind = "video" if is_clip else ("zoom" if preset.kind == "zoom" else "image")
-        text = lambda v: "" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))  # noqa: E731
-        return [
-            kind, preset.model or ComputeSettings.model, dream.objective, dream.octaves,
-            dream.iterations, dream.step, dream.jitter, text(zoom.zoom), text(zoom.angle), text(zoom.translate_x),
-            text(zoom.translate_y), text(zoom.iterations_next), zoom.fps, video.blend,
-            f"preset {preset.name}: {preset.description}",
-        ]  # fmt: skip
+        return {
+            kind: "video" if is_clip else chosen.kind, model: chosen.model or ComputeSettings.model,
+            objective: dream.objective, octaves: dream.octaves, iterations: dream.iterations, step: dream.step,
+            jitter: dream.jitter, seed: dream.seed, zoom_zoom: text(zoom.zoom), zoom_angle: text(zoom.angle),
+            zoom_translate_x: text(zoom.translate_x), zoom_translate_y: text(zoom.translate_y),
+            zoom_step: text(zoom.step), zoom_iterations_next: text(zoom.iterations_next), zoom_fps: zoom.fps,
+            video_blend: video.blend, video_flow: video.flow, preview_view: None,
+            status: f"preset {chosen.name}: {chosen.description}",
+        }  # fmt: skip
+
+    def on_kind(job_kind, name):
+        """Show the job's own sections; a preset made for another job gives way to the job's default preset."""
+        try:
+            current = load_page_preset(name, folders)
+        except ValueError:
+            current = None
+        updates = {
+            zoom_section: gr.Accordion(visible=job_kind == "zoom"), video_section: gr.Accordion(visible=job_kind == "video"),
+            frames: gr.Number(visible=job_kind != "image"), result_view: gr.Image(visible=job_kind == "image"),
+            result_video: gr.Video(visible=job_kind != "image"), preview_view: None,
+        }  # fmt: skip
+        if current is None or current.kind != job_kind:
+            updates[preset] = DEFAULT_PRESETS[job_kind]
+        return updates
 
     def on_model(name):
         try:
-            choices, text = model_layers(name)
+            choices, layer_text = model_layers(name)
         except ValueError as exc:
             return gr.skip(), fail(exc)
-        return gr.Dropdown(choices=choices), text
+        return gr.Dropdown(choices=choices), layer_text
 
-    def on_source(source, kind):
+    def on_source(source, job_kind):
         if not source:
             return gr.skip()
         is_clip = Path(source).suffix.lower() not in IMAGE_SUFFIXES
-        return "video" if is_clip else ("image" if kind == "video" else kind)
+        return "video" if is_clip else ("image" if job_kind == "video" else job_kind)
+
+    def on_song(data):
+        """A dropped song fills in bpm with its estimated tempo, which the user can correct."""
+        values = page_values(data)
+        if values["kind"] != "zoom" or not values["audio"]:
+            return gr.skip(), gr.skip()
+        try:
+            job = job_from_page({**values, "bpm": None}, folders)
+            tempo = song_features(job.audio, job.zoom.fps, None).bpm
+        except ValueError as exc:
+            return gr.skip(), fail(exc)
+        if tempo is None:
+            return gr.skip(), f"no steady beat found in {job.audio.name}: type its tempo in bpm for schedules of b"
+        return round(tempo, 2), f"{job.audio.name}: {tempo:.2f} bpm, estimated; correct it in bpm if it is off"
 
     def on_schedules(data):
         values = page_values(data)
         if values["kind"] != "zoom":
-            return gr.skip(), gr.skip(), gr.skip()
+            return {status: gr.skip()}
         try:
-            curves, audio = schedule_curves(job_from_page(values, folders))
+            curves, audio_curves = schedule_curves(job_from_page(values, folders))
         except ValueError as exc:
-            return gr.skip(), gr.skip(), fail(exc)
-        long = pd.DataFrame(curves).melt(id_vars="frame", var_name="setting", value_name="value")
-        audio_long = pd.DataFrame(audio).melt(id_vars="frame", var_name="feature", value_name="value") if audio else None
-        plotted = ", ".join(n for n in curves if n != "frame")
-        return long, audio_long, f"schedules plotted over {len(curves['frame'])} frames: {plotted}"
+            return {status: fail(exc)}
+        # data only: a Gradio plot that redraws for new settings loses data sent meanwhile (Gradio 6.31)
+        updates = {plots[name]: schedule_frame(curves, name) for name in SCHEDULE_BOXES}
+        updates[audio_plot] = pd.DataFrame(audio_curves).melt(id_vars="frame", var_name="feature", value_name="value") if audio_curves else None
+        changing = ", ".join(name for name in SCHEDULE_BOXES if min(curves[name]) != max(curves[name])) or "none"
+        return {**updates, status: f"schedules plotted over {len(curves['frame'])} frames; changing: {changing}"}
 
     def on_preview(data, progress=gr.Progress(track_tqdm=True)):
         try:
             outcome = preview(job_from_page(page_values(data), folders), folders)
         except Exception as exc:  # noqa: BLE001 - one line on the page
-            return gr.skip(), fail(exc)
-        return str(outcome.path), outcome.message
+            return None, fail(exc)
+        return shown(outcome.path), outcome.message
+
+    def no_result() -> dict:
+        return {result_view: None, result_video: None, result_file: None}
 
     def on_render(data, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+        job = out = None
         try:
             job = job_from_page(page_values(data), folders)
-            out = output_path(job, folders)
+            out = unfinished.pop(job, None) or output_path(job, folders)
             outcome = worker.submit(
                 lambda: render(job, out), owner=request.session_hash, label=str(out), poll=lambda: relay_tqdm(progress)
             )
-        except Cancelled:
-            return gr.skip(), gr.skip(), cancelled_line(out)
-        except Exception as exc:  # noqa: BLE001 - one line on the page
-            return gr.skip(), gr.skip(), fail(exc)
-        picture = str(outcome.path) if outcome.path.suffix == ".png" else None
-        return picture, str(outcome.path), outcome.message
+        except Exception as exc:  # noqa: BLE001 - one line on the page (Cancelled too)
+            if out is not None and work_folder(out).is_dir():
+                unfinished[job] = out  # the same settings resume from its frames
+            return {**no_result(), status: cancelled_line(out) if isinstance(exc, Cancelled) else fail(exc)}
+        path = shown(outcome.path)
+        view = result_view if job.kind == "image" else result_video
+        return {**no_result(), view: path, result_file: path, status: outcome.message}
 
     def on_cancel(request: gr.Request):
-        # Gradio drops the cancelled render's own answer, so this one reports how it ended
+        # Gradio may drop the cancelled render's own answer, so this one reports how it ended
         stopped = worker.cancel(request.session_hash, wait_s=CANCEL_WAIT_S)
         if stopped:
-            return cancelled_line(Path(stopped))
-        return "nothing of yours is rendering; a queued render of yours was taken off the queue"
+            return {**no_result(), status: cancelled_line(Path(stopped))}
+        return {status: "nothing of yours is rendering; a queued render of yours was taken off the queue"}
 
     def on_save(data):
+        import torch
+
         try:
             job = job_from_page(page_values(data), folders)
             path = save_preset(job, data[preset_name], folders)
         except Exception as exc:  # noqa: BLE001 - one line on the page
-            return gr.skip(), gr.skip(), gr.skip(), fail(exc)
+            return {status: fail(exc)}
         output = "out.png" if job.kind == "image" else "out.mp4"
-        return str(path), command_line(job, path, output), gr.Dropdown(choices=page_presets(folders)), f"saved preset {path.name}"
+        return {
+            preset_file: shown(path), command: command_line(job, path, output, torch.get_num_threads()),
+            preset: gr.Dropdown(choices=page_presets(folders)), status: f"saved preset {path.name}",
+        }  # fmt: skip
 
     with gr.Blocks(title="dreamreel studio", analytics_enabled=False) as page:
         gr.Markdown("## dreamreel studio\nDrop a picture or a clip (or none: start from noise), preview, then render.")
         with gr.Row():
             with gr.Column(scale=1):
-                source = gr.File(label="Picture or clip (empty: noise)", file_types=["image", "video"], elem_id="source")
-                kind = gr.Radio(list(JOBS), value="image", label="Job", elem_id="kind")
-                preset = gr.Dropdown(page_presets(folders), value=default_preset.name, label="Preset", elem_id="preset")
-                model = gr.Dropdown(list(ZOO), value=default_preset.model, label="Model", elem_id="model")
+                source = gr.File(label=f"{LABELS['source']} (empty: noise)", file_types=["image", "video"], elem_id="source")
+                kind = gr.Radio(list(JOBS), value="image", label=LABELS["kind"], elem_id="kind")
+                preset = gr.Dropdown(page_presets(folders), value=default_preset.name, label=LABELS["preset"], elem_id="preset")
+                model = gr.Dropdown(list(ZOO), value=default_preset.model, label=LABELS["model"], elem_id="model")
                 objective = gr.Dropdown(
-                    ["low", "mid", "high"], value=default_dream.objective, allow_custom_value=True,
-                    label="Objective (layer, alias, LAYER:CHANNEL, class:NAME, sums)", elem_id="objective",
+                    ["low", "mid", "high"], value=default_dream.objective, allow_custom_value=True, label=LABELS["objective"],
+                    info="layer, alias, LAYER:CHANNEL, class:NAME, or sums such as low + 0.5*high", elem_id="objective",
                 )  # fmt: skip
                 layers = gr.Markdown(elem_id="layers")
+                # Numbers, not sliders: a slider pulls a typed value into its range without
+                # a word; every value here reaches the settings' own check and its one line.
                 with gr.Row():
-                    octaves = gr.Slider(1, 12, value=default_dream.octaves, step=1, label="Octaves", elem_id="octaves")
-                    iterations = gr.Slider(0, 100, value=default_dream.iterations, step=1, label="Steps per octave", elem_id="iterations")
+                    octaves = gr.Number(default_dream.octaves, label=LABELS["octaves"], info="1 to 12", elem_id="octaves")
+                    iterations = gr.Number(default_dream.iterations, label=LABELS["iterations"], info="0 to 1000", elem_id="iterations")
+                    step = gr.Number(default_dream.step, label=LABELS["step"], info="0 to 1", elem_id="step")
                 with gr.Row():
-                    step = gr.Number(value=default_dream.step, label="Step size", minimum=0, maximum=1, elem_id="step")
-                    jitter = gr.Slider(0, 128, value=default_dream.jitter, step=1, label="Jitter, px", elem_id="jitter")
-                    seed = gr.Number(value=default_dream.seed, precision=0, label="Seed", elem_id="seed")
-                with gr.Row():
-                    side = gr.Number(value=512, precision=0, label="Longest side, px", elem_id="side")
-                    frames = gr.Number(value=None, precision=0, label="Frames (zoom length; video: at most)", elem_id="frames")
-                with gr.Accordion("Zoom schedules", open=False, elem_id="zoom_accordion"):
-                    zoom_zoom = gr.Textbox(str(zoom_defaults.zoom), label="zoom (scale per frame)", elem_id="zoom_zoom")
-                    zoom_angle = gr.Textbox(str(zoom_defaults.angle), label="angle (degrees per frame)")
+                    jitter = gr.Number(default_dream.jitter, label=LABELS["jitter"], info="px, 0 to 1024", elem_id="jitter")
+                    seed = gr.Number(default_dream.seed, label=LABELS["seed"], info="same seed, same picture", elem_id="seed")
+                    side = gr.Number(512, label=LABELS["side"], info=f"px, 16 to {MAX_SIDE}", elem_id="side")
+                frames = gr.Number(
+                    None, label=LABELS["frames"], info="zoom: length (0: the song's, else 5 s); video: at most (0: all)",
+                    visible=False, elem_id="frames",
+                )  # fmt: skip
+                with gr.Accordion("Zoom schedules", open=False, visible=False, elem_id="zoom_section") as zoom_section:
+                    gr.Markdown("Each box: a number, keyframes such as `0:(1.0), 48:(1.05)`, or a formula of "
+                                "`t` (frame), `s` (seconds), `b` (beats) and the song's `bass`, `mid`, `treble`, `rms`, `onset`.")  # fmt: skip
+                    # each schedule box above a plot of its own: one series per plot, so each has its own
+                    # scale (a zoom of 1.005-1.04 beside an angle of ±0.6) and no colour to keep apart
+                    boxes, plots = {}, {}
+                    for row in (("zoom", "angle"), ("translate_x", "translate_y"), ("step", "iterations_next")):
+                        with gr.Row():
+                            for name in row:
+                                with gr.Column(min_width=240):
+                                    boxes[name] = gr.Textbox(
+                                        text(getattr(zoom_defaults, name)), label=LABELS[f"zoom_{name}"],
+                                        info=schedule_info[name], elem_id=f"zoom_{name}",
+                                    )  # fmt: skip
+                                    plots[name] = gr.LinePlot(
+                                        schedule_frame(initial_curves, name), x="frame", y="value", y_title=LABELS[f"zoom_{name}"],
+                                        show_label=False, height=SCHEDULE_PLOT_HEIGHT, elem_id=f"plot_{name}",
+                                    )  # fmt: skip
+                    zoom_zoom, zoom_angle, zoom_translate_x, zoom_translate_y, zoom_step, zoom_iterations_next = boxes.values()
                     with gr.Row():
-                        zoom_translate_x = gr.Textbox(str(zoom_defaults.translate_x), label="translate_x (px)")
-                        zoom_translate_y = gr.Textbox(str(zoom_defaults.translate_y), label="translate_y (px)")
+                        audio = gr.File(label=f"{LABELS['audio']} (drives bass, mid, treble, rms, onset)", file_types=["audio"], elem_id="audio", scale=2)
+                        with gr.Column(scale=1):
+                            bpm = gr.Number(None, label=LABELS["bpm"], info="tempo for b; a dropped song fills it in; 0: none", elem_id="bpm")
+                            zoom_fps = gr.Number(zoom_defaults.fps, label=LABELS["zoom_fps"], info="frames per second", elem_id="zoom_fps")
+                    audio_plot = gr.LinePlot(x="frame", y="value", color="feature", label="Song features over frames", elem_id="audio_plot")
+                with gr.Accordion("Video", visible=False, elem_id="video_section") as video_section:
                     with gr.Row():
-                        zoom_iterations_next = gr.Textbox(str(zoom_defaults.iterations_next), label="steps per octave after frame 0")
-                        zoom_fps = gr.Number(zoom_defaults.fps, label="fps", minimum=1, maximum=240)
-                    with gr.Row():
-                        audio = gr.File(label="Song (drives bass, mid, treble, rms, onset)", file_types=["audio"])
-                        bpm = gr.Number(None, label="bpm (empty: from the song)", elem_id="bpm")
-                    schedule_plot = gr.LinePlot(x="frame", y="value", color="setting", label="Schedules over frames", height=220, elem_id="schedule_plot")
-                    audio_plot = gr.LinePlot(x="frame", y="value", color="feature", label="Song features over frames", height=220)
-                with gr.Accordion("Video", open=False):
-                    with gr.Row():
-                        video_blend = gr.Slider(0, 1, value=VideoSettings.blend, label="blend (previous dream carried)")
-                        video_flow = gr.Dropdown(["dis", "farneback", "none"], value=VideoSettings.flow, label="flow")
+                        video_blend = gr.Number(video_defaults.blend, label=LABELS["video_blend"], info="previous dream carried, 0 to 1", elem_id="video_blend")
+                        video_flow = gr.Dropdown(["dis", "farneback", "none"], value=video_defaults.flow, label=LABELS["video_flow"], elem_id="video_flow")
             with gr.Column(scale=1):
                 with gr.Row():
                     preview_button = gr.Button("Preview", variant="primary", elem_id="preview")
@@ -808,6 +951,7 @@ def build_page(folders: Folders, worker: RenderWorker):
                 status = gr.Textbox(label="Status", interactive=False, elem_id="status")
                 preview_view = gr.Image(label="Preview", type="filepath", interactive=False, elem_id="preview_view")
                 result_view = gr.Image(label="Render", type="filepath", interactive=False, elem_id="result_view")
+                result_video = gr.Video(label="Render", interactive=False, visible=False, elem_id="result_video")
                 result_file = gr.File(label="Download", interactive=False, height=80, elem_id="result_file")
                 with gr.Row():
                     preset_name = gr.Textbox(label="Save as preset named", placeholder="my-look", elem_id="preset_name", scale=2)
@@ -815,30 +959,33 @@ def build_page(folders: Folders, worker: RenderWorker):
                 preset_file = gr.File(label="Preset file", interactive=False, height=80, elem_id="preset_file")
                 command = gr.Textbox(label="The same with the command line", interactive=False, elem_id="command")
 
-        inputs = [
+        controls = [
             kind, source, preset, model, objective, octaves, iterations, step, jitter, seed, side, frames,
-            zoom_zoom, zoom_angle, zoom_translate_x, zoom_translate_y, zoom_iterations_next, zoom_fps,
+            zoom_zoom, zoom_angle, zoom_translate_x, zoom_translate_y, zoom_step, zoom_iterations_next, zoom_fps,
             video_blend, video_flow, audio, bpm,
         ]  # fmt: skip
-        names = dict(zip(inputs, CONTROLS))
-        inputs = set(inputs)  # handlers get {component: value}
-        preset.change(
-            on_preset, [preset, source],
-            [kind, model, objective, octaves, iterations, step, jitter, zoom_zoom, zoom_angle, zoom_translate_x,
-             zoom_translate_y, zoom_iterations_next, zoom_fps, video_blend, status],
-        )  # fmt: skip
+        names = dict(zip(controls, CONTROLS))
+        inputs = set(controls)  # handlers get {component: value}
+        filled = {kind, model, objective, octaves, iterations, step, jitter, seed, zoom_zoom, zoom_angle, zoom_translate_x,
+                  zoom_translate_y, zoom_step, zoom_iterations_next, zoom_fps, video_blend, video_flow, preview_view, status}  # fmt: skip
+        preset.change(on_preset, [preset, source], filled)
+        kind.change(on_kind, [kind, preset], {zoom_section, video_section, frames, result_view, result_video, preview_view, preset})
         model.change(on_model, model, [objective, layers])
         page.load(on_model, model, [objective, layers])
+        # the saved presets as they are now, not as they were when the studio started
+        page.load(lambda: gr.Dropdown(choices=page_presets(folders)), None, preset)
         source.change(on_source, [source, kind], kind)
+        audio.change(on_song, inputs, [bpm, status])
         gr.on(
             [kind.change, zoom_zoom.change, zoom_angle.change, zoom_translate_x.change, zoom_translate_y.change,
-             zoom_iterations_next.change, zoom_fps.change, frames.change, audio.change, bpm.change],
-            on_schedules, inputs, [schedule_plot, audio_plot, status],
+             zoom_step.change, zoom_iterations_next.change, zoom_fps.change, frames.change, audio.change, bpm.change],
+            on_schedules, inputs, {*plots.values(), audio_plot, status},
         )  # fmt: skip
         preview_button.click(on_preview, inputs, [preview_view, status], concurrency_limit=1, concurrency_id="preview")
-        render_event = render_button.click(on_render, inputs, [result_view, result_file, status], concurrency_limit=1, concurrency_id="render")
-        cancel_button.click(on_cancel, None, status, cancels=[render_event], queue=False)
-        save_button.click(on_save, inputs | {preset_name}, [preset_file, command, preset, status])
+        results = {result_view, result_video, result_file, status}
+        render_event = render_button.click(on_render, inputs, results, concurrency_limit=1, concurrency_id="render")
+        cancel_button.click(on_cancel, None, results, cancels=[render_event], queue=False)
+        save_button.click(on_save, inputs | {preset_name}, {preset_file, command, preset, status})
     return page
 
 
@@ -861,9 +1008,10 @@ def serve(*, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, output_dir: str
     worker = RenderWorker()
     page = build_page(folders, worker)
     page.queue(default_concurrency_limit=1)
+    # No allowed_paths: the page allows each file it writes as it shows it (build_page),
+    # so the rest of the output folder (which may be a home folder) stays unreachable.
     page.launch(
-        server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, show_error=False,
-        allowed_paths=[str(folders.output)], max_file_size="2gb",
+        server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, show_error=False, max_file_size="2gb",
     )  # fmt: skip
     print(f"dreamreel studio on http://{host}:{port} (output folder {folders.output}); Ctrl-C stops it", flush=True)
     try:

@@ -121,6 +121,18 @@ CASES = [
     (["image", "noise", "{tmp}/o.png", "--preset", "{tmp}/model-file.toml"], "model = 'ts.pt': a preset names a zoo model"),
     (["image", "noise", "{tmp}/guide.png", "--objective", "guide:mid", "--guide", "{tmp}/guide.png"],
      "OUTPUT {tmp}/guide.png is the --guide file; choose another name so the --guide file is kept"),
+    (["image", "noise", "{tmp}/o.png", "--optimizer", "newton"], "argument --optimizer: invalid choice: 'newton'"),
+    (["image", "noise", "{tmp}/o.png", "--param", "wavelet"], "argument --param: invalid choice: 'wavelet'"),
+    (["image", "noise", "{tmp}/o.png", "--gain", "0"], "--gain 0.0: expected a value from 0.1 to 10"),
+    (["image", "noise", "{tmp}/o.png", "--gain", "lots"], "argument --gain: invalid float value: 'lots'"),
+    (["image", "noise", "{tmp}/o.png", "--scale-jitter", "0.8"], "--scale-jitter 0.8: expected a value from 0.0 to 0.5"),
+    (["image", "noise", "{tmp}/o.png", "--scale-jitter", "nan"], "--scale-jitter nan: expected a value from 0.0 to 0.5"),
+    (["image", "noise", "{tmp}/o.png", "--rotate-jitter", "-10"], "--rotate-jitter -10.0: expected a value from 0.0 to 180"),
+    (["image", "noise", "{tmp}/o.png", "--param", "fft"], "--param fft with --optimizer step: the normalised step works on pixels"),
+    (["image", "noise", "{tmp}/o.png", "--rotate-jitter", "10"], "--rotate-jitter 10.0 with --optimizer step"),
+    (["zoom", "{tmp}/o.mp4", "--preset", "class-natural", "--optimizer", "step"], "--param fft with --optimizer step"),
+    (["image", "noise", "{tmp}/o.png", "--objective", "mid - tv:9"], "tv:9: beta must be from 1 to 4"),
+    (["image", "noise", "{tmp}/o.png", "--objective", "enhance"], "expected a layer name after 'enhance:'"),
 ]
 
 

@@ -3,7 +3,8 @@ import torch
 
 from dreamreel.pipeline import dream as D
 from dreamreel.pipeline import objectives
-from dreamreel.pipeline.dream import DreamSettings
+from dreamreel.pipeline.dream import ConflictingSettings, DreamSettings
+from dreamreel.pipeline.models import PICTURE
 from dreamreel.pipeline.objectives import parse_objective
 
 
@@ -88,11 +89,28 @@ def test_octave_sizes_end_at_full_size_and_skip_tiny_levels():
 @pytest.mark.parametrize(
     "field, value, message",
     [("iterations", -1, "--iterations -1"), ("octave_scale", 0.5, "--octave-scale"), ("tile", 8, "--tile 8"),
-     ("step", "big", "--step: expected a number"), ("octaves", 2.5, "--octaves: expected a number")],
+     ("step", "big", "--step: expected a number"), ("octaves", 2.5, "--octaves: expected a number"),
+     ("optimizer", "newton", "--optimizer 'newton': expected one of step, adam, lbfgs"),
+     ("param", "wavelet", "--param 'wavelet': expected one of pixel, fft"), ("param", 1, "--param: expected a string"),
+     ("gain", 0.0, "--gain 0.0: expected a value from 0.1 to 10"), ("gain", float("nan"), "--gain nan"),
+     ("gain", "2", "--gain: expected a number"), ("scale_jitter", 0.9, "--scale-jitter 0.9: expected a value from 0.0 to 0.5"),
+     ("rotate_jitter", -5.0, "--rotate-jitter -5.0: expected a value from 0.0 to 180")],
 )
 def test_settings_errors_name_the_flag(field, value, message):
     with pytest.raises((ValueError, TypeError), match=message):
         DreamSettings(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [({"param": "fft"}, "--param fft with --optimizer step: the normalised step works on pixels only"),
+     ({"scale_jitter": 0.1}, "--scale-jitter 0.1 with --optimizer step: random scale and rotation need"),
+     ({"rotate_jitter": 5.0, "param": "fft", "optimizer": "step"}, "--param fft with --optimizer step")],
+)
+def test_settings_that_cannot_work_together_name_both_flags(values, message):
+    with pytest.raises(ConflictingSettings, match=message):
+        DreamSettings(**values)
+    DreamSettings(**{**values, "optimizer": "adam"})  # each is fine with an optimizer that can follow it
 
 
 def test_uint8_round_trip():
@@ -266,3 +284,103 @@ def test_a_dream_whose_score_overflows_stops_saying_why_instead_of_saving_black(
                                          r"lower the objective's weights, or dream in --precision fp32$"):
         D.Download(dreamed).wait()
     assert D.to_uint8(dreamer(textured)).shape == (1, 48, 64, 3)  # a finite dream downloads as ever
+
+
+# --- priors, enhance and the other optimizers -----------------------------------
+
+
+def noisy(textured):
+    """The texture with pixel noise on top: something for a smoothing prior to remove."""
+    return (textured + 0.1 * torch.rand(textured.shape, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
+
+
+@pytest.mark.parametrize(
+    "prior, optimizer, weights",
+    [("tv", "step", (0, 1e-5, 1e-4, 1e-3)), ("tv", "adam", (0, 1e-5, 1e-4, 1e-3)), ("norm", "adam", (0, 0.01, 0.1, 1))],
+)
+def test_a_prior_lowers_its_own_measure_as_its_weight_grows(tiny_model, textured, prior, optimizer, weights):
+    x = noisy(textured)
+    measure = parse_objective(prior, tiny_model)
+    measured = []
+    for weight in weights:
+        settings = DreamSettings(objective=f"mid - {weight}*{prior}", octaves=1, iterations=8, jitter=4, optimizer=optimizer, step=0.02)
+        out = D.dream(tiny_model, x, parse_objective(settings.objective, tiny_model), settings)
+        measured.append(float(measure({PICTURE: out})))
+    assert all(later < earlier for earlier, later in zip(measured, measured[1:])), measured
+    assert measured[-1] < 0.5 * measured[0], measured
+
+
+def test_lbfgs_reduces_the_enhance_loss_monotonically_on_a_fixed_picture(tiny_model, textured):
+    settings = DreamSettings(objective="enhance:mid", octaves=1, iterations=8, jitter=0, optimizer="lbfgs", gain=2.0)
+    scores = []
+    D.dream(tiny_model, textured, parse_objective(settings.objective, tiny_model), settings, on_step=lambda s: scores.append(float(s)))
+    # the score when each iteration starts: minus the relative squared distance to 2x the start's activations
+    assert scores[0] == pytest.approx(-0.25, abs=1e-4)
+    assert all(later >= earlier for earlier, later in zip(scores, scores[1:])), scores
+    assert scores[-1] > 0.2 * scores[0], scores
+
+
+def test_enhance_aims_at_the_start_picture_rolled_and_tiled_like_the_dream(tiny_model):
+    """At gain 1 the start picture is the target itself: every roll and tile of it scores 0 and moves nothing."""
+    x = D.gaussian_blur(torch.rand(1, 3, 80, 96, generator=torch.Generator().manual_seed(0)), 1.0)
+    for optimizer in ("step", "adam"):
+        settings = DreamSettings(objective="enhance:mid", octaves=2, iterations=3, jitter=7, tile=64, optimizer=optimizer, gain=1.0)
+        scores = []
+        out = D.dream(tiny_model, x, parse_objective(settings.objective, tiny_model), settings, on_step=lambda s: scores.append(float(s)))
+        assert max(abs(s) for s in scores) < 1e-9 and (out - x).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("param, optimizer", [("pixel", "adam"), ("fft", "adam"), ("pixel", "lbfgs"), ("fft", "lbfgs")])
+def test_adam_and_lbfgs_dream_on_pixels_and_on_the_spectrum(tiny_model, textured, param, optimizer):
+    settings = DreamSettings(objective="enhance:mid" if optimizer == "lbfgs" else "mid", octaves=2, iterations=6, jitter=4,
+                             optimizer=optimizer, param=param, step=0.05, scale_jitter=0.1, rotate_jitter=10.0)  # fmt: skip
+    scores = []
+    x = textured.contiguous(memory_format=torch.channels_last)  # as a video frame arrives: L-BFGS flattens a copy of it
+    out = D.dream(tiny_model, x, parse_objective(settings.objective, tiny_model), settings, on_step=lambda s: scores.append(float(s)))
+    assert out.shape == textured.shape and 0 <= out.min() and out.max() <= 1
+    assert len(scores) == 12 and scores[5] > scores[0] and scores[11] > scores[6]  # each octave climbs
+    assert (out - textured).abs().mean() > 0.005
+
+
+def test_a_picture_goes_through_the_spectrum_unchanged_without_steps(tiny_model, textured):
+    settings = DreamSettings(objective="mid", octaves=3, iterations=0, optimizer="adam", param="fft")
+    out = D.dream(tiny_model, textured, parse_objective("mid", tiny_model), settings)
+    assert (out - textured).abs().max() < 1 / 255
+
+
+def test_adam_dreams_a_batch_as_its_images_alone(tiny_model, textured):
+    settings = DreamSettings(objective="mid", octaves=2, iterations=3, jitter=6, optimizer="adam", param="fft",
+                             step=0.05, scale_jitter=0.1, rotate_jitter=10.0)  # fmt: skip
+    obj = parse_objective("mid", tiny_model)
+    other = torch.rand_like(textured)
+    batch = D.dream(tiny_model, torch.cat([textured, other]), obj, settings,
+                    generator=[D.frame_generator(0, 1), D.frame_generator(0, 2)], step=[0.05, 0.02])
+    alone = D.dream(tiny_model, other, obj, settings, generator=[D.frame_generator(0, 2)], step=[0.02])
+    assert (batch[1:] - alone).abs().max() < 1 / 255
+    first = D.dream(tiny_model, textured, obj, settings, generator=[D.frame_generator(0, 1)], step=[0.05])
+    assert (batch[:1] - first).abs().max() < 1 / 255
+
+
+def test_temporal_anchor_pulls_adam_on_the_spectrum_too(tiny_model, textured):
+    settings = DreamSettings(objective="mid", octaves=1, iterations=6, jitter=2, optimizer="adam", param="fft", step=0.05)
+    weight = torch.zeros_like(textured[:, :1])
+    weight[..., :, :32] = 1
+    run = lambda a: D.dream(tiny_model, textured, parse_objective("mid", tiny_model), settings,  # noqa: E731
+                            generator=[D.frame_generator(0, 0)], anchor=a)
+    free, pulled = run(None), run((torch.zeros_like(textured), weight, 0.5))
+    assert pulled[..., :32].mean() < 0.5 * free[..., :32].mean()
+    assert (pulled[..., 40:] - free[..., 40:]).abs().mean() < 0.5 * (pulled[..., :32] - free[..., :32]).abs().mean()
+
+
+@pytest.mark.parametrize("objective", ["mid - 0.0001*tv - 0.01*norm", "enhance:mid"])
+def test_priors_and_enhance_dream_alike_on_each_device(tiny_model, textured, device, objective):
+    """On CUDA the prior terms and enhance's target run inside the captured step, with the CPU's result."""
+    settings = DreamSettings(objective=objective, octaves=2, iterations=4, jitter=4, tile=64)
+    on_cpu = D.dream(tiny_model, textured, parse_objective(objective, tiny_model), settings, generator=[D.frame_generator(0, 0)])
+    model = tiny_model.to(device)
+    graphs = D.StepGraphs()
+    out = D.dream(model, textured.to(device), parse_objective(objective, model), settings, generator=[D.frame_generator(0, 0)],
+                  graphs=graphs)
+    assert (out.cpu() - on_cpu).abs().max() < 2 / 255 and (on_cpu - textured).abs().mean() > 0.005
+    if device != "cpu":
+        assert all(step is not None for step in graphs._steps.values())  # captured, not run eagerly

@@ -127,3 +127,18 @@ def test_default_network_dreams_on_each_device_as_on_the_cpu(device):
                                   generator=[D.frame_generator(0, 0)], graphs=D.StepGraphs(), on_step=scores.append).cpu()
         assert len(scores) == 6 and scores[-1] > scores[-3]  # it rises over the last octave's steps
     assert (pictures[device] - pictures["cpu"]).abs().max() < 4 / 255
+
+
+def test_lite1_has_timms_lite1_layout_and_packaged_weights_must_fit(tmp_path):
+    """The measuring network: Lite0's stages with ceil(1.1x) the inner stages' blocks, as timm builds tf_efficientnet_lite1."""
+    import timm
+
+    from dreamreel.pipeline.efficientnet import LITE1_DEPTH, load_packaged_weights
+
+    ours = EfficientNetLite0(depth=LITE1_DEPTH)
+    theirs = timm.create_model("tf_efficientnet_lite1", pretrained=False)
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in theirs.state_dict().items()]
+    assert [len(stage) for stage in ours.blocks] == [1, 3, 3, 4, 4, 5, 1]
+    torch.save(EfficientNetLite0().state_dict(), tmp_path / "lite0.pth")
+    with pytest.raises(RuntimeError, match="packaged weights have 296 tensors, lite1 expects 386"):
+        load_packaged_weights(ours, str(tmp_path / "lite0.pth"), "lite1")

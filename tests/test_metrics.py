@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import textured_frame
-from dreamreel.pipeline.metrics import CoherenceReport, dream_strength, measure, warping_error
+from dreamreel.pipeline.metrics import CoherenceReport, dream_strength, measure, spectrum_slope, warping_error
 
 HEIGHT, WIDTH, FRAMES = 48, 64, 6
 NOISE_SIGMA = 8.0  # grey levels
@@ -216,3 +216,28 @@ def test_measure_files_measures_what_video_wrote_from_an_odd_sized_clip(tmp_path
     assert report.frames == len(frames) == 6 and report.dream_strength < 0.05
     with pytest.raises(ValueError, match="OUTPUT frames are 64x48 but INPUT frames are 32x24; pass the --max-side"):
         measure_files(clip, tmp_path / "out.mp4", max_side=32)
+
+
+def power_law_noise(exponent: float, size: int = 256, seed: int = 0) -> np.ndarray:
+    """Grey noise whose power spectrum falls as 1/f**exponent, as RGB uint8."""
+    rng = np.random.default_rng(seed)
+    f = np.hypot(np.fft.fftfreq(size)[:, None], np.fft.fftfreq(size)[None, :])
+    spectrum = np.fft.fft2(rng.normal(size=(size, size))) / np.maximum(f, 1 / size) ** (exponent / 2)
+    grey = np.real(np.fft.ifft2(spectrum))
+    grey = (grey - grey.min()) / (grey.max() - grey.min()) * 255
+    return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+
+
+@pytest.mark.parametrize("exponent", [0.0, 2.0, 3.0])
+def test_spectrum_slope_finds_the_power_law_of_noise(exponent):
+    assert spectrum_slope(power_law_noise(exponent)) == pytest.approx(-exponent, abs=0.25)
+
+
+def test_spectrum_slope_of_a_photo_is_photographic_and_small_frames_are_refused():
+    import cv2
+    from pathlib import Path
+
+    photo = cv2.cvtColor(cv2.imread(str(Path(__file__).parent / "data" / "chelsea.jpg")), cv2.COLOR_BGR2RGB)
+    assert -3.2 < spectrum_slope(photo) < -2.6
+    with pytest.raises(ValueError, match="frame: 80x40 is too small for a spectrum slope"):
+        spectrum_slope(photo[:40, :80])

@@ -6,8 +6,10 @@ import torch
 from conftest import make_tiny_model
 from dreamreel.pipeline import objectives
 from dreamreel.pipeline.expr import MAX_NESTING, ExprError
-from dreamreel.pipeline.models import LOGITS
-from dreamreel.pipeline.objectives import MAX_OBJECTIVE_CHARS, channel, class_logit, layer, parse_objective
+from dreamreel.pipeline.models import LOGITS, PICTURE
+from dreamreel.pipeline.objectives import (
+    MAX_OBJECTIVE_CHARS, channel, class_logit, enhance, layer, norm, parse_objective, target_key, tv,
+)
 
 
 def acts_of(model, x):
@@ -61,6 +63,12 @@ def test_arithmetic_builds_readable_names_and_adds_scores(tiny_model, textured):
         ("2*mid*3", "6*conv2"),
         ("2**-1*high + sqrt(4)*low", "0.5*conv3 + 2*conv1"),
         ("+mid", "conv2"),
+        # priors and enhance
+        ("mid - 0.5*tv", "conv2 - 0.5*tv"),
+        ("mid - tv:1 - 0.1*norm", "conv2 - tv:1 - 0.1*norm"),
+        ("tv:2", "tv"),
+        ("-norm:2.5", "-1*norm:2.5"),
+        ("enhance:mid - 0.2*tv:1.5", "enhance:conv2 - 0.2*tv:1.5"),
     ],
 )
 def test_parse_reads_the_grammar(tiny_model, text, name):
@@ -98,6 +106,16 @@ def test_parse_reads_the_grammar(tiny_model, text, name):
         # a weight must stay finite in float32, where scores are computed (1e39 used to make inf, then a black picture)
         ("1e39*mid", r"column 1: the weight 1e\+39 is beyond float32's range \(3\.4e\+38\); use a smaller weight"),
         ("mid - 2e38*2*high", r"column 7: the weight 4e\+38 is beyond float32's range"),
+        ("mid - tv:9", "column 10: tv:9: beta must be from 1 to 4"),
+        ("mid - tv:0.5", "tv:0.5: beta must be from 1 to 4"),
+        ("norm:20", "column 6: norm:20: alpha must be from 1 to 12"),
+        ("tv:x", r"column 4: expected a number \(beta\) after 'tv:' but found 'x'"),
+        ("norm:", "expected a number \\(alpha\\) after 'norm:' but found the end"),
+        ("tv * norm", "cannot multiply two objectives"),
+        ("mid + 2*tv**2", "a power takes numbers, not objectives"),
+        ("enhance", r"column 1: expected a layer name after 'enhance:' \(enhance:mid\) but found nothing"),
+        ("enhance:3", "column 9: expected a layer name after 'enhance:'"),
+        ("enhance:conv9", "column 9: unknown layer 'conv9'"),
     ],
 )
 def test_parse_errors_name_the_column_and_the_fix(tiny_model, text, message):
@@ -106,6 +124,39 @@ def test_parse_errors_name_the_column_and_the_fix(tiny_model, text, message):
     assert str(caught.value).count("\n") == 0
     if len(text) <= MAX_OBJECTIVE_CHARS:
         assert str(caught.value).startswith(f"--objective {text!r}: ")
+
+
+def test_priors_read_only_the_picture_and_enhance_its_targets(tiny_model):
+    assert parse_objective("tv - norm:3", tiny_model).layers == {PICTURE}
+    combo = parse_objective("mid - 0.5*tv + enhance:high", tiny_model)
+    assert combo.layers == {"conv2", PICTURE, "conv3"} and combo.targets == {"conv3"}
+    assert objectives.per_image([combo, layer("conv1")]).targets == {"conv3"}
+
+
+def test_tv_is_the_mean_neighbour_variation_in_8_bit_levels():
+    x = torch.zeros(1, 3, 4, 5)
+    x[..., 2:] = 1.0  # a vertical edge between columns 1 and 2
+    acts = {PICTURE: x}
+    # pixel pairs over the first 3 rows and 4 columns: one column of 4 crosses the edge, by 255 levels
+    assert torch.allclose(tv()(acts), torch.tensor([255.0**2 / 4]))
+    assert torch.allclose(tv(1.0)(acts), torch.tensor([255.0 / 4]), atol=1e-3)  # flat pairs: the root of epsilon
+    assert tv()({PICTURE: torch.full((2, 3, 6, 6), 0.4)}).eq(0).all()
+
+
+def test_norm_is_at_most_one_in_range_and_grows_fast_outside():
+    inside = norm()({PICTURE: torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))})
+    assert 0 < inside < 1
+    assert torch.allclose(norm()({PICTURE: torch.full((1, 3, 2, 2), 1.5)}), torch.tensor([2.0**6]))
+    assert torch.allclose(norm(2.0)({PICTURE: torch.full((1, 3, 2, 2), 0.0)}), torch.tensor([1.0]))
+
+
+def test_enhance_scores_the_relative_distance_to_its_target(tiny_model, textured):
+    acts = tiny_model(textured, ["conv2"])
+    a = acts["conv2"]
+    score = enhance("conv2")
+    assert score({**acts, target_key("conv2"): a}).abs().max() < 1e-6  # at the target: 0
+    # the start picture's own activations against gain 2 times them: -|a - 2a|^2 / |2a|^2 = -1/4
+    assert torch.allclose(score({**acts, target_key("conv2"): 2 * a}), torch.tensor([-0.25]))
 
 
 def test_non_text_objective_is_a_type_error(tiny_model):
@@ -162,7 +213,7 @@ def test_guide_pulls_towards_the_guide_features(tiny_model, textured):
 
 
 FUZZ_MODEL = make_tiny_model()
-OBJECTIVE_ALPHABET = st.sampled_from(list("conv123midlowhigh class guide:*+-().0123456789'\"_ eE;[]{}\\\n"))
+OBJECTIVE_ALPHABET = st.sampled_from(list("conv123midlowhigh class guide:*+-().0123456789'\"_ eE;[]{}\\\ntrn"))
 
 
 @settings(max_examples=300, deadline=1000)
@@ -173,4 +224,4 @@ def test_any_objective_text_parses_or_raises_expr_error(text):
     except ExprError as error:
         assert "\n" not in str(error)
         return
-    assert objective.layers <= {"conv1", "conv2", "conv3", LOGITS}
+    assert objective.layers <= {"conv1", "conv2", "conv3", LOGITS, PICTURE}

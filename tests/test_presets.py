@@ -51,12 +51,23 @@ def write(tmp_path, text):
         ("[zoom]\niterations = 3\n", r"\[zoom\] unknown key 'iterations' \(did you mean 'iterations_next'\?\)"),
         ("[encode]\nspeed = \"fastest\"\n", r"mine.toml: \[encode\] speed = 'fastest': expected one of ultrafast, "),
         ("[encode]\npreset = \"fast\"\n", r"\[encode\] unknown key 'preset'"),
+        ("[dream]\nparam = \"fft\"\n",
+         r"mine.toml: \[dream\] param = 'fft' with optimizer = 'step': the normalised step works on pixels only"),
+        ("[dream]\noptimizer = \"adam\"\nparam = \"fft\"\nrotate_jitter = 400\n",
+         r"mine.toml: \[dream\] rotate_jitter = 400: expected a value from 0.0 to 180.0$"),
+        ("[dream]\noptimizer = \"lbfgs \"\n", r"\[dream\] optimizer = 'lbfgs ': expected one of step, adam, lbfgs$"),
     ],
 )
 def test_bad_presets_name_the_file_the_key_and_what_was_expected(tmp_path, text, message):
     with pytest.raises(ValueError, match=message) as error:
         presets.load_preset(write(tmp_path, text))  # refused on loading, before any flag is applied
     assert "--" not in str(error.value)  # the file's key, not a command-line flag
+
+
+def test_settings_that_need_each_other_may_come_in_either_order(tmp_path):
+    for text in ('[dream]\nparam = "fft"\noptimizer = "adam"\n', '[dream]\nscale_jitter = 0.1\noptimizer = "lbfgs"\n'):
+        preset = presets.load_preset(write(tmp_path, text))
+        assert presets.build("dream", preset, {}).optimizer in ("adam", "lbfgs")
 
 
 def test_sections_are_the_stages_settings_classes():

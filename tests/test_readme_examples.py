@@ -59,7 +59,6 @@ NOT_RUNNABLE = {
     "dreamreel studio": "serves a web page until stopped; tests/test_studio.py drives it in a browser",
     "dreamreel studio --port 8000 --output-dir looks/": "serves a web page until stopped; tests/test_studio.py drives it",
     "dreamreel video film.mp4 dreamed.mp4 --ray auto --verbose": "joins a running Ray cluster; there is none here",
-    "dreamreel video film.mp4 dreamed.mp4 --ray ray://head:10001": "connects to a remote Ray cluster over the network",
     "pip install 'dreamreel[live]'": "installs from the package index (the network)",
     "dreamreel live --camera 0 --window --osc-port 9000": "needs a camera and a screen",
     "dreamreel live --camera 0 --window --midi nanoKONTROL2 --controls nanokontrol2":
