@@ -45,6 +45,10 @@ SCHEDULED = ("zoom", "angle", "translate_x", "translate_y", "step", "iterations_
 # A zoom of 0 has no inverse; beyond 10x per frame (or 1/10) a loop shows
 # nothing of its previous frame.
 SCHEDULE_BOUNDS = {"zoom": (0.1, 10.0), "step": (0.0, 1.0), "iterations_next": (0, 1000), "blend": (0.0, 1.0)}
+# Messages name a schedule by its flag (--zoom); [zoom] step and blend have
+# none (--step and --blend set the dream's step and video's blend), so they
+# are named by their preset keys.
+PRESET_ONLY = ("step", "blend")
 MAX_VARIATIONS = 16  # looks side by side in one video
 
 
@@ -95,9 +99,9 @@ class ZoomSettings:
         self.schedules()  # parse all now: a malformed schedule fails before any work
 
     def schedules(self) -> dict[str, Schedule]:
-        """The scheduled fields parsed, named by their flags in messages; None fields are left out."""
+        """The scheduled fields parsed, named in messages as :data:`PRESET_ONLY` says; None fields are left out."""
         return {
-            name: parse_schedule(getattr(self, name), setting="--" + name.replace("_", "-"),
+            name: parse_schedule(getattr(self, name), setting=name if name in PRESET_ONLY else "--" + name.replace("_", "-"),
                                  interpolation=self.interpolation, bounds=SCHEDULE_BOUNDS.get(name))
             for name in SCHEDULED
             if getattr(self, name) is not None

@@ -297,9 +297,9 @@ def test_scheduled_dream_settings_keep_the_ranges_of_fixed_ones(tmp_path, capsys
     # iterations_next = "1e9" used to be accepted, and the render hung at frame 1.
     with pytest.raises(ValueError, match=r"^--iterations-next: 1e\+09 is out of range on every frame: expected a value from 0 to 1000$"):
         ZoomSettings(iterations_next="1e9")
-    with pytest.raises(ValueError, match=r"^--step: frame 100: 2 is out of range: expected a value from 0 to 1$"):
+    with pytest.raises(ValueError, match=r"^step: frame 100: 2 is out of range: expected a value from 0 to 1$"):
         ZoomSettings(step="0:(0.01), 100:(2)")
-    with pytest.raises(ValueError, match=r"^--blend: -0.5 is out of range"):
+    with pytest.raises(ValueError, match=r"^blend: -0.5 is out of range"):
         ZoomSettings(blend=-0.5)
     # Formulas are checked on every frame they are evaluated.
     loud = ZoomSettings(iterations_next="3 + 2000*bass").schedules()["iterations_next"]
