@@ -416,7 +416,14 @@ def imagenet_classes() -> list[str]:
 
 def _fit_state(net: nn.Module, state: dict[str, torch.Tensor], what: str, source: str) -> None:
     """Load ``state`` into ``net``; a file of another architecture is one short line saying how far off it is."""
-    expected = net.state_dict()
+    try:
+        net.load_state_dict(state)  # first: it also takes old files it can complete (batch norms' step counts)
+    except RuntimeError as exc:
+        raise ValueError(f"{source}: the file does not fit {what}: {_misfit(net.state_dict(), state, exc)}") from None
+
+
+def _misfit(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], exc: RuntimeError) -> str:
+    """How a state dict differs from the one a network expects, in a few words (torch's message lists every key)."""
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
     reshaped = [key for key in expected if key in state and state[key].shape != expected[key].shape]
@@ -431,9 +438,7 @@ def _fit_state(net: nn.Module, state: dict[str, torch.Tensor], what: str, source
             f"{len(reshaped)} tensor{'s have' if len(reshaped) > 1 else ' has'} another shape ({key!r}: "
             f"{tuple(state[key].shape)} in the file, {tuple(expected[key].shape)} in the model{', ...' if len(reshaped) > 1 else ''})"
         )
-    if problems:
-        raise ValueError(f"{source}: the file does not fit {what}: {', '.join(problems)}")
-    net.load_state_dict(state)
+    return ", ".join(problems) if problems else str(exc).splitlines()[-1].strip()[:300]
 
 
 def _some(keys: list[str], shown: int = 3) -> str:
