@@ -4,17 +4,20 @@ Heavy modules (torch, OpenCV) are imported inside the command functions so
 `dreamreel --help` answers at once.
 
 Exit codes: 0 done, 1 unexpected failure, 2 bad usage or bad input (one line
-on stderr), 130 interrupted.
+on stderr), 130 interrupted by Ctrl-C, 143 stopped by SIGTERM (128 + the
+signal's number, as shells report a process a signal ended).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
+import threading
 import warnings
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 class Parser(argparse.ArgumentParser):
@@ -184,14 +187,22 @@ def encode_settings(args, preset):
     return build("encode", preset, {"crf": args.crf, "codec": args.codec, "speed": args.speed, "keep_audio": args.keep_audio})
 
 
-def resume_hint(output) -> None:
+def interrupted(stop: KeyboardInterrupt, output=None) -> int:
+    """Say what an interrupted command kept (the work folder of ``output``, if one is left); return its exit code.
+
+    The code is 128 + the signal (130 for Ctrl-C, 143 for SIGTERM).
+    """
     from dreamreel.pipeline.render import work_folder
 
-    print(
-        f"dreamreel: interrupted; finished frames are kept in {work_folder(output)}. "
-        "Run the same command again to continue.",
-        file=sys.stderr,
-    )
+    folder = work_folder(output) if output is not None else None
+    if folder is not None and folder.is_dir():
+        print(f"dreamreel: interrupted; finished frames are kept in {folder}. Run the same command again to continue.",
+              file=sys.stderr)  # fmt: skip
+    elif folder is not None:
+        print("dreamreel: interrupted before the first frame was finished; nothing was kept", file=sys.stderr)
+    else:
+        print("dreamreel: interrupted", file=sys.stderr)
+    return 128 + getattr(stop, "signum", signal.SIGINT)
 
 
 def cmd_video(args) -> int:
@@ -217,9 +228,8 @@ def cmd_video(args) -> int:
             flags = {"workers": args.workers, "threads": args.threads, "segment_frames": args.segment_frames}
             distributed = RaySettings(address=args.ray or None, **{k: v for k, v in flags.items() if v is not None})
             result = dream_video_ray(args.input, args.output, settings, compute, video, encode, distributed, verbose=args.verbose, **options)
-    except KeyboardInterrupt:
-        resume_hint(args.output)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as stop:
+        return interrupted(stop, args.output)
     lanes = f", {result.lanes} lanes" if result.lanes > 1 else ""
     if args.ray is not None:
         lanes = f" on {result.lanes} Ray workers"
@@ -265,9 +275,8 @@ def cmd_zoom(args) -> int:
             encode_settings(args, preset), frames=frames, size=args.size, init=args.init, audio=args.audio,
             bpm=args.bpm, variations=variations, progress=not args.quiet,
         )
-    except KeyboardInterrupt:
-        resume_hint(args.output)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as stop:
+        return interrupted(stop, args.output)
     print(f"wrote {result.output}: {result.frames} frames at {result.fps:g} fps in {result.seconds:.1f} s")
     return EXIT_OK
 
@@ -524,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--seconds", type=positive_number, help="length in seconds")
     z.add_argument("--fps", type=float, help="frames per second")
     z.add_argument("--size", type=size_arg, default=(512, 512), help="WxH of the animation")
-    z.add_argument("--zoom", help="scale per frame (1.02 = 2%% closer)")
+    z.add_argument("--zoom", help="scale per frame, 0.1 to 10 (1.02 = 2%% closer)")
     z.add_argument("--angle", help="rotation per frame, degrees")
     z.add_argument("--translate-x", help="shift per frame, pixels")
     z.add_argument("--translate-y", help="shift per frame, pixels")
@@ -678,17 +687,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    from dreamreel.pipeline.render import Interrupted
+
+    def terminate(signum, frame):  # SIGTERM stops a command as Ctrl-C does: work in hand is kept
+        raise Interrupted(signum)
+
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
     try:
         return args.run(args)
-    except KeyboardInterrupt:
-        print("dreamreel: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as stop:
+        return interrupted(stop)
     except Exception as exc:
         if args.debug:
             raise
         line, code = error_line(exc)
         print(line, file=sys.stderr)
         return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def error_line(exc: Exception) -> tuple[str, int]:

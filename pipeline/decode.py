@@ -134,6 +134,30 @@ def probe_video(path: str | Path) -> VideoInfo:
     )
 
 
+def check_clip_options(
+    *, start_s: float = 0.0, end_s: float | None = None, max_frames: int | None = None, max_side: int | None = None
+) -> None:
+    """Raise ValueError naming the flag for a bad ``--start``, ``--end``, ``--max-frames`` or ``--max-side``.
+
+    The checks :func:`read_frames` makes before it opens the file; callers
+    make them too before work that would be wasted on a refusal.
+    """
+    if not (math.isfinite(start_s) and start_s >= 0):  # also refuses NaN
+        raise ValueError(f"--start {start_s}: expected a finite number of seconds >= 0")
+    if end_s is not None and not (math.isfinite(end_s) and end_s > start_s):
+        raise ValueError(
+            f"--end {end_s}: expected a finite number of seconds after --start ({start_s}); leave --end out to read to the end"
+        )
+    if max_frames is not None and not (isinstance(max_frames, numbers.Integral) and max_frames >= 1):
+        raise ValueError(f"--max-frames {max_frames}: expected a whole number >= 1")
+    _check_max_side(max_side)
+
+
+def _check_max_side(max_side: int | None) -> None:
+    if max_side is not None and not (isinstance(max_side, numbers.Integral) and max_side >= MIN_MAX_SIDE):
+        raise ValueError(f"--max-side {max_side}: expected a whole number of pixels >= {MIN_MAX_SIDE}")
+
+
 def output_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
     """Frame size (width, height) that :func:`read_frames` yields for ``max_side``.
 
@@ -145,7 +169,11 @@ def output_size(width: int, height: int, max_side: int | None) -> tuple[int, int
     Example:
         >>> output_size(1920, 1080, 500)
         (500, 282)
+
+    Raises:
+        ValueError: ``max_side`` below ``MIN_MAX_SIDE`` (naming ``--max-side``).
     """
+    _check_max_side(max_side)
     longest = max(width, height)
     if max_side is None or longest <= max_side:
         return width, height
@@ -203,14 +231,7 @@ def read_frames(
             rejects, or ``--start`` at or past the end of the video (raised
             by the iterator when the real frame count falls short).
     """
-    if not start_s >= 0:  # also refuses NaN
-        raise ValueError(f"--start {start_s}: expected seconds >= 0")
-    if end_s is not None and not end_s > start_s:
-        raise ValueError(f"--end {end_s}: expected seconds after --start ({start_s})")
-    if max_frames is not None and not (isinstance(max_frames, numbers.Integral) and max_frames >= 1):
-        raise ValueError(f"--max-frames {max_frames}: expected a whole number >= 1")
-    if max_side is not None and not (isinstance(max_side, numbers.Integral) and max_side >= MIN_MAX_SIDE):
-        raise ValueError(f"--max-side {max_side}: expected a whole number of pixels >= {MIN_MAX_SIDE}")
+    check_clip_options(start_s=start_s, end_s=end_s, max_frames=max_frames, max_side=max_side)
     if not (isinstance(skip, numbers.Integral) and skip >= 0):
         raise ValueError(f"skip {skip}: expected a whole number of frames >= 0")
     info = probe_video(path)

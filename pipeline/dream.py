@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -770,6 +771,16 @@ class ComputeSettings:
     precision: str = "auto"
     guide: str | None = None
 
+    def input_files(self) -> dict[str, str]:
+        """The files these settings read, by flag (``--model`` only for a model file).
+
+        An output must not be one of them, and a render job stamps them
+        (:func:`~dreamreel.pipeline.render.job_record`).
+        """
+        files = {"--model": self.model if Path(self.model).is_file() else None, "--weights": self.weights,
+                 "--labels": self.labels, "--guide": self.guide}  # fmt: skip
+        return {flag: path for flag, path in files.items() if path is not None}
+
 
 class Dreamer:
     """A model loaded once, with its objective, ready to dream batches.
@@ -994,6 +1005,12 @@ class Download:
     :meth:`wait` has copied the pictures out, so a loop that downloads every
     frame keeps a few buffers rather than leaving one behind per frame.
 
+    Every picture that reaches the host comes through here, so here a dream
+    gone non-finite is stopped: a score that overflows float32 (a huge
+    objective weight, fp16 activations) makes NaN gradients and NaN pixels,
+    which would be saved as black. The check travels with the copy: on a GPU
+    it costs no wait of its own.
+
     Example:
         >>> pending = Download(dreamed)  # doctest: +SKIP
         >>> ...                          # queue more GPU work
@@ -1002,21 +1019,33 @@ class Download:
 
     def __init__(self, images: torch.Tensor, buffers: HostBuffers | None = None):
         pixels = images.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        finite = torch.isfinite(images.detach()).all()
         self._event = None
         self._buffers = buffers
         if pixels.device.type == "cuda":
             self._host = (buffers if buffers is not None else HostBuffers(pixels.device)).take(pixels.shape, torch.uint8)
             self._host.copy_(pixels, non_blocking=True)
+            self._finite = torch.empty((), dtype=torch.bool, pin_memory=True).copy_(finite, non_blocking=True)
             self._event = torch.cuda.Event()
             self._event.record(torch.cuda.current_stream(pixels.device))
         else:
-            self._host = pixels.cpu()
+            self._host, self._finite = pixels.cpu(), finite.cpu()
 
     def wait(self):
-        """The pictures as a (B, H, W, 3) uint8 numpy array, once the copy has landed."""
+        """The pictures as a (B, H, W, 3) uint8 numpy array, once the copy has landed.
+
+        Raises:
+            ValueError: a picture holds inf or NaN (the dream's score overflowed).
+        """
+        if self._event is not None:
+            self._event.synchronize()
+        if not self._finite:
+            raise ValueError(
+                "the dream's score overflowed (inf or NaN), which would save a black picture: "
+                "lower the objective's weights, or dream in --precision fp32"
+            )
         if self._event is None:
             return self._host.numpy()
-        self._event.synchronize()
         if self._buffers is None:
             return self._host.numpy()
         rgb = self._host.numpy().copy()  # the buffer goes back for the next download

@@ -100,6 +100,12 @@ def output_kind(path: str | Path) -> OutputKind:
     )
 
 
+def padded_size(size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of the frames a video file holds for frames of ``size``: odd sides padded by one (yuv420p)."""
+    width, height = size
+    return width + width % 2, height + height % 2
+
+
 def clear_frames_folder(folder: str | Path) -> None:
     """Remove the ``frame_*.png`` files an interrupted run left in a frames-folder output."""
     for path in Path(folder).glob(FRAME_GLOB):
@@ -280,7 +286,7 @@ class FrameWriter:
             output_args = self._video_args(suffix, final=self._audio is None)
             self._encoded = self._temp_path(f".partial{suffix}")
             width, height = self.size
-            self._padded_size = (width + width % 2, height + height % 2)
+            self._padded_size = padded_size(self.size)
             if self._padded_size != self.size:
                 warnings.warn(
                     f"{self.path}: padded {width}x{height} to "

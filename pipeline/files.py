@@ -18,7 +18,9 @@ index counting from 0, the same ``t`` as in schedules and progress.
 from __future__ import annotations
 
 import os
+import re
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
@@ -77,6 +79,18 @@ def check_output_folder(folder: Path) -> None:
         raise ValueError(f"{folder}: output folder is not writable; choose another folder or fix its permissions")
 
 
+def check_not_an_input(output: Path, inputs: Mapping[str, str | Path | None]) -> None:
+    """Raise ValueError if writing ``output`` would overwrite one of ``inputs``.
+
+    Args:
+        output: the output path.
+        inputs: what each input is called in messages (``"input"``, ``"--audio"``) → its path, or None.
+    """
+    for name, source in inputs.items():
+        if source is not None and output.exists() and Path(source).exists() and os.path.samefile(output, source):
+            raise ValueError(f"OUTPUT {output} is the {name} file; choose another name so the {name} file is kept")
+
+
 # --- atomic writes -------------------------------------------------------------------
 
 
@@ -95,6 +109,20 @@ def temp_path(beside: Path, suffix: str) -> Path:
             return path
         except FileExistsError:
             continue
+
+
+def remove_temps(folder: Path, name: str | None = None) -> None:
+    """Delete the temporary files :func:`temp_path` made in ``folder`` (beside ``name`` only, if given).
+
+    A process killed outright (SIGKILL, a power cut) cannot remove its
+    temporary files; whoever owns the folder or the output next (a resumed
+    render, holding the job's lock) removes them with this.
+    """
+    pattern = re.compile(rf"\.{re.escape(name) if name else '.+'}\.[0-9a-f]{{8}}(\..*)?")  # temp_path's names
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if pattern.fullmatch(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from tqdm import tqdm
 
 from .decode import output_size
 from .dream import ComputeSettings, Dreamer, DreamSettings, noise_image, to_tensor, to_uint8, resize
-from .files import IMAGE_SUFFIXES, load_image, save_image
+from .files import IMAGE_SUFFIXES, check_not_an_input, load_image, save_image
 
 NOISE = "noise"  # INPUT word: dream from seeded noise
 
@@ -27,8 +28,8 @@ class ImageResult:
     score_end: float
 
 
-def check_output(output: str | Path, *, inputs: tuple[str | Path, ...] = (), suffixes=IMAGE_SUFFIXES) -> Path:
-    """Validate an output file path before any work starts.
+def check_output(output: str | Path, *, inputs: Mapping[str, str | Path | None] = {}, suffixes=IMAGE_SUFFIXES) -> Path:
+    """Validate an output file path before any work starts; ``inputs`` name → path, as :func:`check_not_an_input` takes them.
 
     Raises:
         ValueError: wrong suffix, missing or unwritable folder, or the output
@@ -42,9 +43,7 @@ def check_output(output: str | Path, *, inputs: tuple[str | Path, ...] = (), suf
         raise ValueError(f"OUTPUT {output}: folder {folder} does not exist; create it first")
     if not os.access(folder, os.W_OK):
         raise ValueError(f"OUTPUT {output}: folder {folder} is not writable")
-    for source in inputs:
-        if Path(source).exists() and path.exists() and path.resolve() == Path(source).resolve():
-            raise ValueError(f"OUTPUT {output} is the input file; choose another name so the input is kept")
+    check_not_an_input(path, inputs)
     return path
 
 
@@ -69,7 +68,7 @@ def dream_image(
     import time
 
     # 1. check paths, then read the input before loading the model
-    out = check_output(output, inputs=(input,) if str(input) != NOISE else ())
+    out = check_output(output, inputs={"input": input if str(input) != NOISE else None, **compute.input_files()})
     if str(input) == NOISE:
         images = noise_image(*noise_size, seed=settings.seed)
     else:

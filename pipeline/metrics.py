@@ -178,9 +178,10 @@ def seam_scores(changes: Sequence[float | None], borders: Iterable[tuple[int, in
 
     A border ``(first, start)`` is where one lane hands over to the next,
     crossfaded over frames ``first..start-1`` (``first == start``: a hard
-    border). Its score is the largest change over the pairs into frames
-    ``first..start`` divided by the median change of the pairs away from
-    every border. Borders at scene cuts (a None change) have no score.
+    border; ``first == 0``: a warm-up that reaches back to the first frame).
+    Its score is the largest change over the pairs into frames
+    ``first..start`` (from frame 1) divided by the median change of the pairs
+    away from every border. Borders at scene cuts (a None change) have no score.
 
     Args:
         changes: :func:`frame_changes` of the output.
@@ -196,16 +197,16 @@ def seam_scores(changes: Sequence[float | None], borders: Iterable[tuple[int, in
     borders = list(borders)
     near = set()
     for first, start in borders:
-        if not 1 <= first <= start <= len(changes):
+        if not 0 <= first <= start <= len(changes):
             raise ValueError(f"border ({first}, {start}) lies outside a clip of {len(changes) + 1} frames")
-        near.update(range(first - 1, start))  # pairs into frames first..start
+        near.update(range(max(first, 1) - 1, start))  # pairs into frames first..start
     typical = [c for i, c in enumerate(changes) if i not in near and c is not None]
     if not typical:
         raise ValueError("every frame pair touches a border; seam scores need pairs away from the borders")
     median = float(np.median(typical))
     scores = []
     for first, start in borders:
-        window = changes[first - 1 : start]
+        window = changes[max(first, 1) - 1 : start]
         if None not in window:
             scores.append(max(window) / median)
     return scores
@@ -349,10 +350,15 @@ def measure_files(
     (:func:`~dreamreel.pipeline.segments.plan_lanes` with the input's scene
     cuts), whose borders :func:`seam_scores` rates.
 
+    A video file of an odd-sized clip holds its frames padded by a row or a
+    column (:func:`~dreamreel.pipeline.encode.padded_size`); they are
+    measured without it.
+
     Args:
         input: the input video file.
         output: the dreamed video file, or a folder of ``frame_NNNNNN.png``.
         batch: lanes the output was dreamed in (``--batch``); 1 = no borders.
+        warmup: its ``--warmup``.
 
     Returns:
         (the report, one seam score per lane border away from scene cuts).
@@ -362,10 +368,11 @@ def measure_files(
             differ in frame count or size (the message says which option to pass).
     """
     from . import decode, segments
+    from .encode import padded_size
     from .files import FRAME_GLOB, load_image
+    from .video import VideoSettings
 
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"--batch {batch!r}: expected a whole number of at least 1")
+    VideoSettings(batch=batch, warmup=warmup)  # their checks, as `video` made them
     output = Path(output)
     if output.is_dir():
         paths = sorted(output.glob(FRAME_GLOB))
@@ -377,8 +384,11 @@ def measure_files(
         outputs = lambda: decode.read_frames(output)  # noqa: E731
     inputs = lambda: decode.read_frames(input, start_s=start_s, end_s=end_s, max_frames=max_frames, max_side=max_side)  # noqa: E731
     first_output, first_input = next(outputs()), next(inputs())
-    if first_output.shape != first_input.shape:
-        (oh, ow), (ih, iw) = first_output.shape[:2], first_input.shape[:2]
+    (oh, ow), (ih, iw) = first_output.shape[:2], first_input.shape[:2]
+    if (ow, oh) != (iw, ih) and (ow, oh) == padded_size((iw, ih)) and not output.is_dir():
+        padded = outputs
+        outputs = lambda: (np.ascontiguousarray(frame[:ih, :iw]) for frame in padded())  # noqa: E731
+    elif (ow, oh) != (iw, ih):
         raise ValueError(
             f"OUTPUT frames are {ow}x{oh} but INPUT frames are {iw}x{ih}; pass the --max-side the output was dreamed with"
         )

@@ -41,6 +41,8 @@ LOGITS = "logits"  # pseudo-layer: the classifier's pre-softmax output
 PICTURE = "picture"  # pseudo-layer: the input pictures themselves, in [0, 1] (what image priors read)
 OFFLINE_ENV = "DREAMREEL_OFFLINE"  # "1": never download, fail with the expected path
 TIMM_PREFIX = "timm:"  # --model timm:NAME --weights FILE
+# A --model with one of these suffixes, or a folder in it, names a file, not a zoo model.
+MODEL_FILE_SUFFIXES = (".onnx", ".pt", ".pth", ".ts", ".jit")
 IMAGENET_CLASSES = 1000  # a model with this many outputs gets ImageNet's names unless --labels says otherwise
 # Input normalisation: ImageNet's statistics for ONNX and TorchScript files
 # (torchvision and timm models bring their own), and [-1, 1] for the
@@ -173,6 +175,7 @@ class DreamModel(nn.Module):
         # Layout of the pictures fed to the network, set by prepare(): inputs
         # in the weights' layout spare a conversion at every convolution.
         self.input_format = torch.contiguous_format
+        self._channels: dict[str, int] | None = None
 
     def resolve_layer(self, name: str) -> str:
         """Map an alias or layer name to a layer name; unknown names raise ValueError."""
@@ -202,8 +205,8 @@ class DreamModel(nn.Module):
             return index
         if not self.class_names:
             raise ValueError(f"model {self.name} has no class names: use class:N (0..{count - 1}) or pass --labels FILE")
-        wanted = label.replace("_", " ").lower()
-        folded = [c.lower() for c in self.class_names]
+        wanted = _class_key(label)
+        folded = [_class_key(c) for c in self.class_names]
         if wanted in folded:
             return folded.index(wanted)
         near = difflib.get_close_matches(wanted, folded, n=3, cutoff=0.6)
@@ -268,10 +271,23 @@ class DreamModel(nn.Module):
         return captured
 
     def layer_channels(self) -> dict[str, int]:
-        """Channel count of every dreamable layer (one small forward pass)."""
-        with torch.no_grad():
-            acts = self(torch.zeros(1, 3, *self.probe_size, device=self.mean.device), [*self.layer_names, LOGITS])
-        return {name: int(acts[name].shape[1]) for name in [*self.layer_names, LOGITS]}
+        """Channel count of every dreamable layer and of ``logits`` (one small forward pass, made once).
+
+        Raises:
+            ValueError: a layer's activations are not pictures (B, C, H, W),
+                such as a vision transformer's tokens (B, N, C).
+        """
+        if self._channels is None:
+            with torch.no_grad():
+                acts = self(torch.zeros(1, 3, *self.probe_size, device=self.mean.device), [*self.layer_names, LOGITS])
+            for name in self.layer_names:
+                if acts[name].ndim != 4:
+                    raise ValueError(
+                        f"--model {self.name}: layer {name} gives {tuple(acts[name].shape)} activations, not pictures "
+                        f"(batch, channels, height, width); dreamreel dreams convolutional networks (such as timm:convnext_atto)"
+                    )
+            self._channels = {name: int(acts[name].shape[1]) for name in [*self.layer_names, LOGITS]}
+        return dict(self._channels)
 
 
 # --- weights ---------------------------------------------------------------
@@ -354,13 +370,40 @@ def _torchvision_state(name: str, *, offline: bool, progress: bool) -> dict[str,
 
 
 def read_labels(path: Path) -> list[str]:
-    """Class names, one per line (blank lines ignored)."""
+    """Class names, one per line: UTF-8 (a byte-order mark is not part of the first), blank lines ignored.
+
+    Raises:
+        ValueError: no such file, not UTF-8, no names, or a name given twice
+            (as :meth:`DreamModel.resolve_class` compares them: case and
+            ``_`` against space ignored).
+    """
     if not Path(path).is_file():
         raise ValueError(f"--labels {path}: no such file (expected one class name per line)")
-    labels = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not labels:
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ValueError(f"--labels {path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8") from None
+    numbered = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not numbered:
         raise ValueError(f"--labels {path}: the file has no class names")
-    return labels
+    first: dict[str, tuple[int, str]] = {}
+    for number, name in numbered:
+        key = _class_key(name)
+        if key in first:
+            line, earlier = first[key]
+            raise ValueError(
+                f"--labels {path}: {name!r} (line {number}) repeats {earlier!r} (line {line}); "
+                f"class:NAME would only reach the first: give each class its own name"
+            )
+        first[key] = (number, name)
+    return [name for _, name in numbered]
+
+
+def _class_key(name: str) -> str:
+    """A class name as class:NAME matches it: case and '_' against ' ' ignored."""
+    return name.replace("_", " ").lower()
 
 
 def imagenet_classes() -> list[str]:
@@ -372,19 +415,43 @@ def imagenet_classes() -> list[str]:
 
 
 def _fit_state(net: nn.Module, state: dict[str, torch.Tensor], what: str, source: str) -> None:
-    """Load ``state`` into ``net``; a file of another architecture is one line naming it."""
+    """Load ``state`` into ``net``; a file of another architecture is one short line saying how far off it is."""
     try:
-        net.load_state_dict(state)
+        net.load_state_dict(state)  # first: it also takes old files it can complete (batch norms' step counts)
     except RuntimeError as exc:
-        lines = str(exc).splitlines()
-        first = lines[1].strip() if len(lines) > 1 else str(exc)
-        raise ValueError(f"{source}: the file does not fit {what}: {first}") from None
+        raise ValueError(f"{source}: the file does not fit {what}: {_misfit(net.state_dict(), state, exc)}") from None
+
+
+def _misfit(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], exc: RuntimeError) -> str:
+    """How a state dict differs from the one a network expects, in a few words (torch's message lists every key)."""
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    reshaped = [key for key in expected if key in state and state[key].shape != expected[key].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} of its {len(expected)} tensors are missing ({_some(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} are unexpected ({_some(unexpected)})")
+    if reshaped:
+        key = reshaped[0]
+        problems.append(
+            f"{len(reshaped)} tensor{'s have' if len(reshaped) > 1 else ' has'} another shape ({key!r}: "
+            f"{tuple(state[key].shape)} in the file, {tuple(expected[key].shape)} in the model{', ...' if len(reshaped) > 1 else ''})"
+        )
+    return ", ".join(problems) if problems else str(exc).splitlines()[-1].strip()[:300]
+
+
+def _some(keys: list[str], shown: int = 3) -> str:
+    """The first few keys, quoted, and ``...`` if there are more."""
+    return ", ".join([repr(key) for key in keys[:shown]] + ["..."] * (len(keys) > shown))
 
 
 def _head_rows(state: dict[str, torch.Tensor], head: str, what: str, source: str) -> int:
-    """Class count of a state dict: the rows of its classifier weight ``head``."""
+    """Class count of a state dict: the rows of its classifier weight ``head``, a (classes, features) matrix."""
     if head not in state:
         raise ValueError(f"{source}: not a {what} state dict (no {head!r} key)")
+    if state[head].ndim != 2:
+        raise ValueError(f"{source}: {head!r} has shape {tuple(state[head].shape)}, expected (classes, features): not a {what} state dict")
     return int(state[head].shape[0])
 
 
@@ -392,7 +459,17 @@ def _timm_net(arch: str, state: dict[str, torch.Tensor], source: str) -> nn.Modu
     """timm's ``arch`` with ``state`` loaded, its class count read from the head."""
     import timm
 
-    net = timm.create_model(arch, pretrained=False)
+    try:
+        net = timm.create_model(arch, pretrained=False)
+    except RuntimeError as exc:  # "Invalid pretrained tag (a1_in1k) for resnet10t."
+        name, _, tag = arch.partition(".")
+        if not tag:
+            raise
+        tags = [known.partition(".")[2] for known in timm.list_pretrained(f"{name}.*")]
+        raise ValueError(
+            f"--model {TIMM_PREFIX}{arch}: timm has no pretrained tag {tag!r} for {name} (its tags: {', '.join(tags) or 'none'}); "
+            f"name the architecture alone: {TIMM_PREFIX}{name}"
+        ) from exc
     classifier = net.pretrained_cfg["classifier"]
     head = (classifier[0] if isinstance(classifier, (tuple, list)) else classifier) + ".weight"
     classes = _head_rows(state, head, f"timm {arch}", source)
@@ -481,6 +558,8 @@ def load_model(
             raise ValueError(f"--weights {weights}: the model file {name} carries its own weights; drop --weights")
         path = Path(name)
         model, classes = _load_onnx(path) if path.suffix.lower() == ".onnx" else _load_torchscript(path)
+    elif Path(name).suffix.lower() in MODEL_FILE_SUFFIXES or any(sep in name for sep in ("/", os.sep)):
+        raise ValueError(f"--model {name}: no such file (a model file is an .onnx or TorchScript file)")
     else:
         near = difflib.get_close_matches(name, list(ZOO), n=2, cutoff=0.5)
         hint = f"did you mean {' or '.join(near)}? " if near else ""
@@ -554,6 +633,7 @@ def _load_timm(arch: str, state, source: str) -> tuple[DreamModel, int]:
     model = DreamModel(
         net, mean=mean, std=std, layer_names=layer_names, aliases=aliases, name=TIMM_PREFIX + arch, probe_size=probe_size
     )
+    model.layer_channels()  # timm's stages may be tokens (ViT), not pictures: refused now, not at the first frame
     return model, int(net.num_classes)
 
 
@@ -561,6 +641,10 @@ def _load_timm(arch: str, state, source: str) -> tuple[DreamModel, int]:
 # are the 4-D layers at these fractions of the graph's order, a start that
 # `dreamreel layers FILE.onnx` lets the user refine.
 ONNX_ALIAS_DEPTHS = {"low": 0.35, "mid": 0.6, "high": 0.85}
+# Largest declared input height and width: a model is run once at its
+# declared size to count its layers' channels, and a file's numbers are
+# allocated as they stand (100000x100000 would ask for 120 GB).
+MAX_ONNX_INPUT_SIDE = 2048
 ONNX_EXTRA = "pip install 'dreamreel[onnx]'"
 
 
@@ -583,6 +667,7 @@ def _load_onnx(path: Path) -> tuple[DreamModel, int]:
     except Exception as exc:
         raise ValueError(f"--model {path}: not an ONNX file ({type(exc).__name__})") from None
     probe_size = _onnx_input_size(proto, path)
+    _check_copy_nodes(proto, path)
     _constants_as_weights(proto)
     unsupported = _unconvertible_ops(proto, get_converter)
     if unsupported:
@@ -622,7 +707,26 @@ def _onnx_input_size(proto, path: Path) -> tuple[int, int]:
         )
     if len(dims) != 4 or dims[1] not in (3, None):
         raise ValueError(f"--model {path}: the input has shape {shape}; dreamreel feeds (batch, 3, height, width) RGB pictures")
-    return dims[2] or 224, dims[3] or 224
+    height, width = dims[2] or 224, dims[3] or 224
+    if not (0 < height <= MAX_ONNX_INPUT_SIDE and 0 < width <= MAX_ONNX_INPUT_SIDE):
+        raise ValueError(
+            f"--model {path}: the input is declared {height}x{width} pixels; dreamreel runs a model at its declared size, "
+            f"up to {MAX_ONNX_INPUT_SIDE}x{MAX_ONNX_INPUT_SIDE}: export it with a smaller or free (dynamic) height and width"
+        )
+    return height, width
+
+
+def _check_copy_nodes(proto, path: Path) -> None:
+    """Refuse ``Constant`` and ``Identity`` nodes without their one output (and Identity's one input): a malformed file."""
+    for node in proto.graph.node:
+        expected = {"Constant": (0, 1), "Identity": (1, 1)}.get(node.op_type)
+        inputs, outputs = len(node.input), len(node.output)
+        if expected is not None and (inputs, outputs) != expected:
+            which = f"node {node.name!r} ({node.op_type})" if node.name else f"{'an' if node.op_type[0] in 'AEIOU' else 'a'} {node.op_type} node"
+            raise ValueError(
+                f"--model {path}: {which} has {inputs} input{'s' * (inputs != 1)} and {outputs} output{'s' * (outputs != 1)}, "
+                f"expected {expected[0]} and {expected[1]}: the file is malformed; export the model again"
+            )
 
 
 def _constants_as_weights(proto) -> None:
@@ -756,7 +860,9 @@ def pick_device(requested: str = "auto") -> torch.device:
     try:
         device = torch.device(requested)
     except RuntimeError:
-        raise ValueError(f"--device {requested!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps") or (device.type != "cuda" and device.index is not None):
+        raise ValueError(f"--device {requested!r}: expected auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {requested}: CUDA is not available here; use --device cpu")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):

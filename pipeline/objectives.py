@@ -13,7 +13,7 @@ and :func:`parse_objective` reads the same thing from the command line::
 The text is a formula of :mod:`expr` (never ``eval``), whose targets are::
 
     LAYER                   a layer or alias: mean of its squared activations
-    LAYER:CHANNEL           the mean activation of one channel
+    LAYER:CHANNEL           the mean activation of one channel (0 to the layer's channels - 1)
     class:INDEX | class:NAME | class:"quoted name"     a class logit
     guide:LAYER             match a guide image's activations (needs --guide)
     enhance:LAYER           agree with --gain x the start picture's activations
@@ -44,6 +44,8 @@ Activations = Mapping[str, torch.Tensor]
 # Objective strings come from presets written by strangers: bound their size
 # (nesting is bounded by expr.MAX_NESTING, as for schedules).
 MAX_OBJECTIVE_CHARS = 500
+# Scores are float32: a larger weight overflows to inf, whose gradient is NaN.
+MAX_WEIGHT = float(torch.finfo(torch.float32).max)
 # Mahendran & Vedaldi's exponents (2015): V^2 for the total variation (beta 1,
 # plain TV, leaves spikes), and the 6-norm as the range bound; and the range
 # each may be set in (tv:BETA, norm:ALPHA).
@@ -309,7 +311,13 @@ class _Targets:
             return layer(layer_name)
         if suffix.kind != "number" or not suffix.text.isdigit():
             raise self.fail(f"expected a channel number after '{name.text}:' but found {suffix.describe()}", suffix)
-        return channel(layer_name, int(suffix.text))
+        index, count = int(suffix.text), self.model.layer_channels()[layer_name]
+        if index >= count:
+            raise self.fail(
+                f"channel {index} is out of range: layer {layer_name} has {count} channels (0..{count - 1}); "
+                f"`dreamreel layers {self.model.name}` lists them", suffix,
+            )  # fmt: skip
+        return channel(layer_name, index)
 
     def fail(self, problem: str, token: Token) -> ExprError:
         return ExprError(self.setting, problem, column=token.column)
@@ -413,4 +421,7 @@ def _combine_product(node: Product, setting: str) -> Objective:
     first = numbers[0][1] if numbers[0][0] == "*" else Number(1.0)
     rest = tuple(numbers[1:] if numbers[0][0] == "*" else numbers)
     weight = Expression(Product(first, rest) if rest else first, setting=setting).evaluate_at({}, None)
+    if not abs(weight) <= MAX_WEIGHT:
+        raise ExprError(setting, f"the weight {weight:g} is beyond float32's range ({MAX_WEIGHT:.2g}); use a smaller weight",
+                        column=node.column)  # fmt: skip
     return weight * _combine(factor, setting)

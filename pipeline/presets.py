@@ -14,7 +14,9 @@ Sections map onto the settings dataclasses of the stages (``[dream]`` →
 ``[live]``, ``[encode]``). Values are checked against the dataclass: an unknown key or a
 wrong type is an error naming the file, the key and what was expected. A
 preset is data only: nothing in it is executed (schedule expressions and
-objectives are read by :mod:`expr`'s own small parser).
+objectives are read by :mod:`expr`'s own small parser), and its ``model`` is a
+zoo name or ``timm:NAME``, never a file: a TorchScript file is code, so a
+model file comes from the command line only.
 
 Precedence: dataclass defaults < preset < command-line flags.
 """
@@ -32,6 +34,7 @@ from pathlib import Path
 from .dream import ConflictingSettings, DreamSettings
 from .encode import EncodeSettings
 from .live import LiveSettings
+from .models import TIMM_PREFIX, ZOO
 from .video import VideoSettings
 from .zoom import ZoomSettings
 
@@ -59,7 +62,7 @@ class Preset:
     Attributes:
         name: file stem (``mid-creatures``).
         description: the one line shown by ``dreamreel presets``.
-        model: model name, or None to keep the default.
+        model: zoo model name or ``timm:NAME``, or None to keep the default.
         sections: section name → {key: value}, already type-checked.
         source: where it came from, for messages.
     """
@@ -160,6 +163,11 @@ def parse_preset(text: str, *, name: str, source: str) -> Preset:
         elif key in TOP_LEVEL:
             if not isinstance(value, TOP_LEVEL[key]):
                 raise ValueError(f"{source}: {key} = {value!r}: expected a string")
+            if key == "model" and value not in ZOO and not value.startswith(TIMM_PREFIX):
+                raise ValueError(
+                    f"{source}: model = {value!r}: a preset names a zoo model ({', '.join(ZOO)}) or {TIMM_PREFIX}NAME; "
+                    f"a model file comes from the command line only: --model FILE"
+                )
         else:
             known = [*TOP_LEVEL, *SECTIONS]
             near = difflib.get_close_matches(key, known, n=1)

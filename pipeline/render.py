@@ -12,6 +12,13 @@ beside it:
   killed run never blocks the next and a reused process id means nothing;
   ``owner.json`` names the holder's pid for the error message only.
 
+A folder that holds no finished picture holds nothing to lose: a run that
+fails or is stopped before its first frame removes it, and a job with other
+settings replaces one that was killed before its first frame, so the
+corrected rerun of a refused command is never refused for the mistake.
+Whoever takes the lock also removes the hidden temporary files a killed run
+left beside the output and in the folder (its ``.OUTPUT.*.partial.mp4``).
+
 Finished frames are the whole state: a video lane or a zoom loop restarts
 from the last frame it wrote (the carried picture is always the 8-bit frame
 that was saved, and each frame's random source depends only on its index),
@@ -25,10 +32,10 @@ Using a job, in four steps::
         ...                                     # load the model; job.done, job.load_frame() to resume
         with job.running(desc="zooming", progress=True):
             for t in frames_to_do:              # any order
-                if job.stop_requested:          # first Ctrl-C
+                if job.stop_requested:          # first Ctrl-C or SIGTERM
                     break
                 job.put(t, rgb)                 # or job.add_saved(t): a worker wrote it
-        return job.finish()                     # RenderResult; KeyboardInterrupt after a Ctrl-C
+        return job.finish()                     # RenderResult; Interrupted after a Ctrl-C or SIGTERM
 
 Leaving the ``with`` block by an exception aborts: the writer is killed, the
 lock released, the finished frames kept for a rerun. While running, two
@@ -57,7 +64,7 @@ from pathlib import Path
 import numpy as np
 
 from .encode import FrameWriter, clear_frames_folder, output_kind
-from .files import frame_indices, frame_path, load_image, save_image, write_atomically
+from .files import frame_indices, frame_path, load_image, remove_temps, save_image, write_atomically
 
 SUFFIX = ".dreamreel"
 QUEUE_FRAMES = 8  # frames in flight between the loop and the savers
@@ -65,6 +72,9 @@ QUEUE_FRAMES = 8  # frames in flight between the loop and the savers
 # the 16-core GPU host while flow ran beside it, so 3 savers capped a GPU
 # video at about 25 frames/s; savers share the queue.
 SAVER_THREADS = 6
+# Signals that stop a render after the frames in hand: Ctrl-C, and the polite
+# kill of process managers and schedulers (`kill PID`, `timeout`, systemd).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class JobLocked(ValueError):
@@ -73,6 +83,18 @@ class JobLocked(ValueError):
 
 class DiskError(OSError):
     """Writing to the work folder failed (disk full, permissions)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A render was stopped by a signal (Ctrl-C's SIGINT or SIGTERM); finished frames are kept.
+
+    Attributes:
+        signum: the signal; a command line exits with 128 + signum (130, 143).
+    """
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -107,10 +129,15 @@ def job_record(kind: str, compute, **parts) -> dict:
 
     ``compute`` is a :class:`~dreamreel.pipeline.dream.ComputeSettings`; the
     device is left out because it changes only float rounding, so a render
-    begun on one device may be finished on another. Parts hold the job's
-    settings and :func:`file_stamp` of its input files.
+    begun on one device may be finished on another. Its files (a model file,
+    ``weights``, ``labels``, ``guide``: its ``input_files()``) are recorded as
+    their :func:`file_stamp`, so a file changed between two runs is a changed
+    job, not a mixed look. Parts hold the job's settings and
+    :func:`file_stamp` of its input files.
     """
     settings = {name: value for name, value in asdict(compute).items() if name != "device"}
+    for flag, path in compute.input_files().items():
+        settings[flag.removeprefix("--")] = file_stamp(path)
     return json.loads(json.dumps({"kind": kind, "compute": settings, **parts}, default=str))
 
 
@@ -153,7 +180,7 @@ class RenderJob:
         self._encoder: threading.Thread | None = None
         self._savers_running = 0
         self._bar = None
-        self._stop_requested = False
+        self._stop_signal: int | None = None
         self._start_time = 0.0
 
     # -- open ---------------------------------------------------------------------
@@ -161,6 +188,10 @@ class RenderJob:
     @classmethod
     def open(cls, output: str | Path, job: dict, total: int, *, writer: Callable[[], FrameWriter]) -> RenderJob:
         """Create or reopen the work folder of ``output``, take its lock, check the job, then make the writer.
+
+        Call it once everything the job needs has been checked (model,
+        objective, schedules, input and output): a refusal before this leaves
+        nothing on disk.
 
         Args:
             output: the output path.
@@ -172,8 +203,9 @@ class RenderJob:
 
         Raises:
             JobLocked: a live run holds the lock (a ValueError: exit code 2).
-            ValueError: the folder cannot be made, or belongs to a job with
-                other settings; or ``writer`` refused the output.
+            ValueError: the folder cannot be made, or holds finished frames
+                of a job with other settings; or ``writer`` refused the output.
+                Unless it holds finished frames, the folder is removed again.
         """
         from filelock import FileLock, Timeout
 
@@ -192,15 +224,21 @@ class RenderJob:
                 f"wait for it, or stop it first (its work folder is {folder})"
             ) from None
         try:
+            # the lock is ours: what a killed run of this output left behind goes
+            for temps in (output.parent, folder, folder / "frames", output):
+                remove_temps(temps, output.name if temps == output.parent else None)
+            if _holds_pictures(folder):
+                _check_job(folder / "job.json", job)
+            else:  # nothing to lose: whatever job this was, it becomes this one
+                _empty(folder)
             _write(folder / "owner.json", json.dumps({"pid": os.getpid()}).encode())
-            _check_job(folder / "job.json", job)
             _write(folder / "job.json", json.dumps(job, indent=1, default=str).encode())
             render = cls(output, total, lock, frame_indices(folder / "frames"))
             if render.done and output_kind(output) == "frames":
                 clear_frames_folder(output)
             render.writer = writer()
         except BaseException:
-            lock.release()
+            _release(folder, lock)
             raise
         return render
 
@@ -220,12 +258,12 @@ class RenderJob:
 
     @contextmanager
     def running(self, *, desc: str, progress: bool = True) -> Iterator[RenderJob]:
-        """Start the saver and the encoder and show a progress bar (``desc``); catch Ctrl-C inside the block.
+        """Start the saver and the encoder and show a progress bar (``desc``); catch Ctrl-C and SIGTERM inside the block.
 
-        The first Ctrl-C sets :attr:`stop_requested` (the caller finishes the
-        frames in hand); the second raises KeyboardInterrupt at once.
-        Leaving the block gives Ctrl-C back; the saver and the encoder run on
-        until :meth:`finish` or :meth:`abort`.
+        The first Ctrl-C (or SIGTERM) sets :attr:`stop_requested` (the caller
+        finishes the frames in hand); a second raises :class:`Interrupted`
+        at once. Leaving the block gives both signals back; the saver and the
+        encoder run on until :meth:`finish` or :meth:`abort`.
         """
         from tqdm import tqdm
 
@@ -236,19 +274,19 @@ class RenderJob:
         for thread in [*self._savers, self._encoder]:
             thread.start()
         self._start_time = time.perf_counter()
-        previous = None
+        previous = {}
         if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGINT, self._on_sigint)
+            previous = {signum: signal.signal(signum, self._on_signal) for signum in STOP_SIGNALS}
         try:
             yield self
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     @property
     def stop_requested(self) -> bool:
-        """True after the first Ctrl-C: stop dreaming new frames, then call :meth:`finish`."""
-        return self._stop_requested
+        """True after the first Ctrl-C or SIGTERM: stop dreaming new frames, then call :meth:`finish`."""
+        return self._stop_signal is not None
 
     def put(self, index: int, rgb: np.ndarray) -> None:
         """Hand over finished frame ``index`` (H, W, 3) RGB uint8; blocks while the saver is behind.
@@ -265,19 +303,19 @@ class RenderJob:
     def finish(self, *, lanes: int = 1) -> RenderResult:
         """Wait until every frame is saved and encoded, finalise the output and delete the work folder.
 
-        After a Ctrl-C (:attr:`stop_requested`) the output is not written:
-        :meth:`abort`, then raise KeyboardInterrupt.
+        After a Ctrl-C or SIGTERM (:attr:`stop_requested`) the output is not
+        written: :meth:`abort`, then raise :class:`Interrupted`.
 
         Args:
             lanes: reported in the result (video ``--batch``).
 
         Raises:
             DiskError, FFmpegError: saving or encoding failed; frames are kept.
-            KeyboardInterrupt: Ctrl-C was pressed.
+            Interrupted: Ctrl-C was pressed, or SIGTERM came.
         """
-        if self._stop_requested:
+        if self._stop_signal is not None:
             self.abort()
-            raise KeyboardInterrupt
+            raise Interrupted(self._stop_signal)
         if self._encoder is None:
             raise RuntimeError("RenderJob.finish() called before running(): no frame was rendered")
         self._stop_savers()
@@ -294,7 +332,8 @@ class RenderJob:
     def abort(self) -> None:
         """Stop after saving the frames handed over; write no output, keep the frames, drop the lock.
 
-        Calling it again, or after :meth:`finish`, does nothing.
+        A work folder left without any finished picture is removed. Calling it
+        again, or after :meth:`finish`, does nothing.
         """
         if self._closed:
             return
@@ -310,7 +349,7 @@ class RenderJob:
             if self.writer is not None:
                 self.writer.abort()
         finally:
-            self._lock.release()
+            _release(self.folder, self._lock)
 
     def __enter__(self) -> RenderJob:
         return self
@@ -398,12 +437,12 @@ class RenderJob:
         except OSError as exc:
             raise _disk_error(path, exc) from None
 
-    def _on_sigint(self, signum, frame) -> None:
-        if self._stop_requested:
-            raise KeyboardInterrupt
-        self._stop_requested = True
-        print("\ndreamreel: stopping after the frames in hand (Ctrl-C again to stop now)", flush=True)
-
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None:
+            raise Interrupted(signum)
+        self._stop_signal = signum
+        again = "Ctrl-C again" if signum == signal.SIGINT else f"{signal.Signals(signum).name} again"
+        print(f"\ndreamreel: stopping after the frames in hand ({again} to stop now)", flush=True)
 
 
 def _owner(folder: Path) -> str:
@@ -414,15 +453,48 @@ def _owner(folder: Path) -> str:
         return ""
 
 
+def _holds_pictures(folder: Path) -> bool:
+    """Whether a work folder holds a finished picture: a frame, or a video lane's part."""
+    return any(folder.rglob("*.png"))
+
+
+def _empty(folder: Path) -> None:
+    """Remove all but the lock and the frames folder from a work folder that holds no finished picture."""
+    for entry in folder.iterdir():
+        if entry.name not in ("lock", "frames"):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def _release(folder: Path, lock) -> None:
+    """Release a job's lock, removing its work folder first if it holds no finished picture (as :meth:`RenderJob.finish` does)."""
+    try:
+        if not _holds_pictures(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        lock.release()
+
+
+def _changed(old: dict, new: dict) -> list[str]:
+    """Keys whose values differ, and inside settings dicts their keys: ``["compute.guide", "dream.octaves"]``."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            changed.append(key)
+    return changed
+
+
 def _check_job(job_file: Path, job: dict) -> None:
-    """Raise ValueError if ``job_file`` describes another job than ``job`` (naming the keys that differ)."""
+    """Raise ValueError if ``job_file`` describes another job than ``job`` (naming the settings that differ)."""
     try:
         old = json.loads(job_file.read_text())
     except (OSError, ValueError):
-        return  # a new folder, or a job file cut short: nothing to compare
+        return  # a job file cut short: nothing to compare
     job = json.loads(json.dumps(job, default=str))
     if isinstance(old, dict) and old != job:
-        changed = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
+        changed = _changed(old, job)
         raise ValueError(
             f"{job_file.parent} holds frames of a different job ({', '.join(changed)} changed): "
             f"rerun with the original settings to resume, or delete the folder to start over"

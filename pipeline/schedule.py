@@ -134,9 +134,11 @@ class Schedule:
         return self._check_bounds(self._interpolate(frame, env), frame)
 
     def _check_bounds(self, value: float, frame: int | None) -> float:
+        """``value``, if within the bounds; ``frame`` None: a plain number, the value of every frame."""
         if self.bounds is not None and not self.bounds[0] <= value <= self.bounds[1]:
             lo, hi = self.bounds
-            raise ExprError(self.setting, f"{value:g} is out of range: expected a value from {lo:g} to {hi:g}",
+            when = "" if frame is not None else " on every frame"
+            raise ExprError(self.setting, f"{value:g} is out of range{when}: expected a value from {lo:g} to {hi:g}",
                             frame=frame)
         return value
 

@@ -36,7 +36,7 @@ import os
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -50,7 +50,7 @@ import torch
 from . import decode, flow, segments
 from .dream import ComputeSettings, Download, Dreamer, DreamSettings, HostBuffers, frame_generator, quantize_8bit, to_tensor
 from .encode import EncodeSettings, FrameWriter, output_kind
-from .files import check_output_folder
+from .files import check_not_an_input, check_output_folder
 from .render import RenderJob, RenderResult, file_stamp, job_record
 
 PREFETCH_FRAMES = 4  # decoded + flowed frames waiting per lane
@@ -472,20 +472,25 @@ def open_clip(
     end_s: float | None = None,
     max_frames: int | None = None,
     max_side: int | None = None,
+    other_inputs: Mapping[str, str | Path | None] | None = None,
 ) -> Clip:
     """Check input and output before any work; the clip's frames are not counted yet (:meth:`Clip.counted`).
 
+    ``other_inputs``: more files the job reads, by flag (``--guide``: see
+    :meth:`~dreamreel.pipeline.dream.ComputeSettings.input_files`), which
+    the output must not overwrite either.
+
     Raises:
-        ValueError: an unreadable input, or an output that cannot be written
-            or is the input.
+        ValueError: an unreadable input, bad clip options, or an output that
+            cannot be written or is an input.
     """
+    decode.check_clip_options(start_s=start_s, end_s=end_s, max_frames=max_frames, max_side=max_side)
     input_path = Path(input).resolve()  # Ray workers on other nodes have other working folders
     info = decode.probe_video(input_path)
     out = Path(output).resolve()
     output_kind(out)
     check_output_folder(out.parent)  # before the work folder is made there
-    if out.exists() and out.resolve() == input_path.resolve():
-        raise ValueError(f"OUTPUT {output} is the input file; choose another name so the input is kept")
+    check_not_an_input(out, {"input": input_path, **(other_inputs or {})})
     size = decode.output_size(info.width, info.height, max_side)
     return Clip(input_path, out, info.fps, size, 0, (), start_s, end_s, max_frames, max_side)
 
@@ -511,7 +516,8 @@ def dream_video(
     the frames in hand, saves them and raises KeyboardInterrupt.
     """
     # 1. check input and output before any work
-    clip = open_clip(input, output, start_s=start_s, end_s=end_s, max_frames=max_frames, max_side=max_side)
+    clip = open_clip(input, output, start_s=start_s, end_s=end_s, max_frames=max_frames, max_side=max_side,
+                     other_inputs=compute.input_files())  # fmt: skip
     with one_opencv_thread():
         # 2. the cut pass counts the frames in a thread while the model loads and captures its steps at the clip's size
         with ThreadPoolExecutor(1, thread_name_prefix="dreamreel-cuts") as cut_pass:
@@ -520,10 +526,12 @@ def dream_video(
             try:
                 dreamer = Dreamer(settings, compute)
                 dreamer.warm_up(video.batch, clip.size[1], clip.size[0], anchored=video.temporal > 0)
+                clip = counting.result()
             except BaseException:
-                stop.set()  # a model that fails to load, or Ctrl-C: the pass ends at its next frame, not the clip's last
+                # a model that fails to load, or Ctrl-C while it loads or the pass reads:
+                # the pass ends at its next frame, not the clip's last
+                stop.set()
                 raise
-            clip = counting.result()
 
         # 3. the render job: work folder and lock, frames already done, the writer
         with RenderJob.open(clip.output, clip.record(settings, compute, video), clip.total, writer=clip.writer(encode)) as job:

@@ -35,14 +35,20 @@ from .dream import (
     ComputeSettings, Download, Dreamer, DreamSettings, frame_generator, gaussian_blur, noise_image, quantize_8bit, to_tensor,
 )
 from .encode import EncodeSettings, FrameWriter, output_kind
-from .files import check_output_folder, load_image
+from .files import check_not_an_input, check_output_folder, load_image
 from .render import RenderJob, RenderResult, file_stamp, job_record
 from .schedule import Schedule, check_inputs, frame_env, parse_schedule
 
 SCHEDULED = ("zoom", "angle", "translate_x", "translate_y", "step", "iterations_next", "blend")
 # A scheduled dream setting keeps the range of the fixed one (dream.check_settings,
 # video's --blend), on every frame: iterations_next = "1e9" is refused, not run.
-SCHEDULE_BOUNDS = {"step": (0.0, 1.0), "iterations_next": (0, 1000), "blend": (0.0, 1.0)}
+# A zoom of 0 has no inverse; beyond 10x per frame (or 1/10) a loop shows
+# nothing of its previous frame.
+SCHEDULE_BOUNDS = {"zoom": (0.1, 10.0), "step": (0.0, 1.0), "iterations_next": (0, 1000), "blend": (0.0, 1.0)}
+# Messages name a schedule by its flag (--zoom); [zoom] step and blend have
+# none (--step and --blend set the dream's step and video's blend), so they
+# are named by their preset keys.
+PRESET_ONLY = ("step", "blend")
 MAX_VARIATIONS = 16  # looks side by side in one video
 
 
@@ -51,7 +57,7 @@ class ZoomSettings:
     """The feedback loop. Each scheduled field is a number or a schedule string.
 
     Attributes:
-        zoom: scale per frame (1.02 = 2% closer each frame; < 1 zooms out).
+        zoom: scale per frame (1.02 = 2% closer each frame; < 1 zooms out), 0.1 to 10.
         angle: rotation per frame in degrees, counter-clockwise.
         translate_x, translate_y: shift per frame in pixels.
         step: dream step per frame; None uses the [dream] step.
@@ -90,18 +96,16 @@ class ZoomSettings:
                 raise ValueError(f"--{name.replace('_', '-')} {value!r}: expected a number from {lo:g} to {hi:g}")
         if isinstance(self.cadence, bool) or not isinstance(self.cadence, int) or not 1 <= self.cadence <= 10_000:
             raise ValueError(f"--cadence {self.cadence!r}: expected a whole number from 1 to 10000")
-        zoom = self.schedules()["zoom"]  # parse all now: a malformed schedule fails before any work
-        if zoom.is_constant and not zoom(0, {}) > 0:
-            raise ValueError(f"--zoom {self.zoom!r}: expected a scale factor > 0 (1 = no zoom, 1.02 = 2% closer per frame)")
+        self.schedules()  # parse all now: a malformed schedule fails before any work
 
     def schedules(self) -> dict[str, Schedule]:
-        """The scheduled fields parsed; None fields are left out."""
+        """The scheduled fields parsed, named in messages as :data:`PRESET_ONLY` says; None fields are left out."""
         return {
-            name: parse_schedule(getattr(self, name), setting=name.replace("_", "-"), interpolation=self.interpolation,
-                                 bounds=SCHEDULE_BOUNDS.get(name))
+            name: parse_schedule(getattr(self, name), setting=name if name in PRESET_ONLY else "--" + name.replace("_", "-"),
+                                 interpolation=self.interpolation, bounds=SCHEDULE_BOUNDS.get(name))
             for name in SCHEDULED
             if getattr(self, name) is not None
-        }
+        }  # fmt: skip
 
 
 # --- image operations ------------------------------------------------------------
@@ -302,6 +306,17 @@ def feed_back(previous: torch.Tensor, anchor: torch.Tensor, reference: torch.Ten
         start = value["blend"] * start + (1 - value["blend"]) * anchor
     return match_color(sharpen(start, zoom.sharpen), reference, zoom.color_coherence)
 
+
+def frame_values(schedules: Sequence[dict[str, Schedule]], t: int, fps: float, bpm: float | None, features) -> list[dict[str, float]]:
+    """Each look's scheduled values at frame ``t`` (``features``: the audio's, or None).
+
+    Raises:
+        ExprError: a value fails or is out of range, naming the flag and the frame.
+    """
+    env = frame_env(t, fps, bpm, features)
+    return [{name: schedule(t, env) for name, schedule in each.items()} for each in schedules]
+
+
 def dream_zoom(
     output: str | Path,
     settings: DreamSettings,
@@ -333,16 +348,18 @@ def dream_zoom(
     Resumable like :func:`~dreamreel.pipeline.video.dream_video`.
 
     Longer than most functions here on purpose: its numbered steps (checks,
-    job, model, then per frame schedules → feed back → dream → save) are one
+    model, job, then per frame schedules → feed back → dream → save) are one
     render read top to bottom, and the per-frame steps share a dozen locals.
     """
     from . import audio as audio_mod
     from .objectives import Objective, per_image
 
-    # 1. check everything before any work
+    # 1. check everything before any work: the output, the looks, every
+    # schedule at every frame (cheap next to one dream step), the start picture
     out = Path(output)
     output_kind(out)
     check_output_folder(out.parent)  # before the work folder is made there
+    check_not_an_input(out, {"--init": init, "--audio": audio, **compute.input_files()})
     looks = make_looks(settings, zoom, variations)
     fps_value, cadence = looks[0].zoom.fps, looks[0].zoom.cadence
     schedules = [look.zoom.schedules() for look in looks]
@@ -353,10 +370,22 @@ def dream_zoom(
         frames = features.n_frames if features is not None else round(5 * fps_value)
     if not 1 <= frames <= 1_000_000:
         raise ValueError(f"--frames {frames}: expected 1 to 1000000")
+    for t in range(frames):
+        frame_values(schedules, t, fps_value, bpm, features)
     width, height = size
     init_rgb = load_image(init) if init else None
 
-    # 2. the render job: work folder and lock, frames already done, the writer
+    # 2. the model and each look's objective
+    dreamer = Dreamer(looks[0].dream, compute)
+    parsed = {look.dream.objective: dreamer.parse_objective(look.dream.objective) for look in looks}
+
+    @functools.cache
+    def batch_objective(members: tuple[int, ...]) -> Objective:
+        """One objective for a batch of looks, made once: the GPU keeps a captured step per objective."""
+        objectives = [parsed[looks[k].dream.objective] for k in members]
+        return objectives[0] if len(set(map(id, objectives))) == 1 else per_image(objectives)
+
+    # 3. the render job: work folder and lock, frames already done, the writer
     record = job_record(
         "zoom", compute, looks=[asdict(look) for look in looks], frames=frames, size=[width, height],
         init=file_stamp(init), audio=file_stamp(audio), bpm=bpm,
@@ -367,16 +396,7 @@ def dream_zoom(
         first = 0
         while first in job.done:
             first += 1
-        # 3. the model and each look's objective; the start pictures (frame 0's
-        # input), and the last frame on disk when resuming
-        dreamer = Dreamer(looks[0].dream, compute)
-        parsed = {look.dream.objective: dreamer.parse_objective(look.dream.objective) for look in looks}
-
-        @functools.cache
-        def batch_objective(members: tuple[int, ...]) -> Objective:
-            """One objective for a batch of looks, made once: the GPU keeps a captured step per objective."""
-            objectives = [parsed[looks[k].dream.objective] for k in members]
-            return objectives[0] if len(set(map(id, objectives))) == 1 else per_image(objectives)
+        # 4. the start pictures (frame 0's input), and the last frame on disk when resuming.
         # Every picture lives on the dreamer's device; only the finished 8-bit frame comes back to the host.
         device = dreamer.device
         if init_rgb is not None:
@@ -392,10 +412,9 @@ def dream_zoom(
             for t in range(first, frames):
                 if job.stop_requested:
                     break
-                # 4. this frame's settings, from each look's schedules
-                env = frame_env(t, fps_value, bpm, features)
-                values = [{name: s(t, env) for name, s in each.items()} for each in schedules]
-                # 5. feed back: move each look's last frame, blend, keep its colours
+                # 5. this frame's settings, from each look's schedules
+                values = frame_values(schedules, t, fps_value, bpm, features)
+                # 6. feed back: move each look's last frame, blend, keep its colours
                 if previous is None:
                     start = base
                     steps_per_octave = [look.dream.iterations for look in looks]
@@ -408,7 +427,7 @@ def dream_zoom(
                         look.dream.iterations if "iterations_next" not in value else max(0, round(value["iterations_next"]))
                         for look, value in zip(looks, values)
                     ]  # fmt: skip
-                # 6. dream: one batch per pyramid and step count, one random stream per look and frame;
+                # 7. dream: one batch per pyramid and step count, one random stream per look and frame;
                 # frames between key frames (--cadence) are only fed back
                 dreamed = start.clone()
                 for members in _batches(looks, steps_per_octave) if t % cadence == 0 else []:
@@ -424,7 +443,7 @@ def dream_zoom(
                 rgb = Download(previous, dreamer.host_buffers).wait()
                 if reference is None:
                     reference = lab_stats(previous)
-                # 7. save and encode (side by side)
+                # 8. save and encode (side by side)
                 job.put(t, np.concatenate(list(rgb), axis=1))
         return job.finish()
 

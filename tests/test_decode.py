@@ -236,11 +236,21 @@ def test_full_read_of_an_intact_file_does_not_warn(long_clip, recwarn):
         (dict(max_frames=2.5), "--max-frames"),
         (dict(max_side=15), "--max-side"),
         (dict(skip=-1), "skip"),
+        # infinities used to overflow round() into an OverflowError (exit 1)
+        (dict(end_s=float("inf")), r"^--end inf: expected a finite number of seconds after --start \(0.0\); leave --end out"),
+        (dict(start_s=float("inf")), r"^--start inf: expected a finite number of seconds >= 0$"),
     ],
 )
 def test_bad_options_name_their_flag(counting_clip, options, flag):
     with pytest.raises(ValueError, match=flag):
         read_frames(counting_clip, **options)
+
+
+def test_output_size_refuses_a_max_side_that_leaves_no_pixels():
+    # `image --max-side 1` used to shrink a picture to 0 pixels wide (a RuntimeError, exit 1)
+    with pytest.raises(ValueError, match=r"^--max-side 1: expected a whole number of pixels >= 16$"):
+        output_size(512, 512, 1)
+    assert output_size(512, 256, 16) == (16, 8)
 
 
 # --- starting late: seeking ----------------------------------------------------------

@@ -274,6 +274,18 @@ def test_host_buffers_are_reused_while_the_gpu_queue_stays_full():
     assert len(taken) <= 16, len(taken)  # not one per copy (120)
 
 
+def test_a_dream_whose_score_overflows_stops_saying_why_instead_of_saving_black(tiny_model, textured, device, use_model):
+    """A score beyond float32 makes NaN gradients and a black picture (exit 0, before); the download refuses it."""
+    use_model(tiny_model)
+    dreamer = D.Dreamer(DreamSettings(octaves=1, iterations=2, jitter=0), D.ComputeSettings(device=device, precision="fp32"))
+    overflowing = 1e39 * objectives.layer("conv2")  # as parsing "1e39*conv2" now refuses to build
+    dreamed = dreamer(textured, objective=overflowing)
+    with pytest.raises(ValueError, match=r"^the dream's score overflowed \(inf or NaN\), which would save a black picture: "
+                                         r"lower the objective's weights, or dream in --precision fp32$"):
+        D.Download(dreamed).wait()
+    assert D.to_uint8(dreamer(textured)).shape == (1, 48, 64, 3)  # a finite dream downloads as ever
+
+
 # --- priors, enhance and the other optimizers -----------------------------------
 
 

@@ -113,8 +113,11 @@ def test_seam_scores_compare_the_changes_over_a_border_with_the_median_elsewhere
     changes = [0.02, 0.02, 0.03, 0.02, 0.02, 0.05, 0.02, 0.02, None, 0.02]
     # A hard border into frame 3 (pair 2), a crossfade over frames 4..5 (pairs 3-5), one at a cut (pair 8).
     assert seam_scores(changes, [(3, 3), (4, 6), (9, 9)]) == [pytest.approx(1.5), pytest.approx(2.5)]
+    # A crossfade from frame 0, as `video --batch 4` plans it where the warm-up is longer than a lane
+    # (this used to be refused as "outside the clip", so metrics refused the video's own output): pairs 0-2.
+    assert seam_scores(changes, [(0, 3)]) == [pytest.approx(1.5)]
     with pytest.raises(ValueError, match="outside a clip of 11 frames"):
-        seam_scores(changes, [(0, 3)])
+        seam_scores(changes, [(5, 12)])
 
 
 def test_frame_changes_follow_the_motion_and_skip_cuts():
@@ -187,6 +190,32 @@ def test_measure_files_refuses_other_counts_and_sizes_naming_the_option(tmp_path
         measure_files(path, tmp_path / "missing.mp4")
     with pytest.raises(ValueError, match="--batch 0"):
         measure_files(path, path, batch=0)
+    with pytest.raises(ValueError, match=r"^--warmup -5: expected a whole number from 0 to 10000$"):  # was an internal message
+        measure_files(path, path, warmup=-5)
+
+
+def test_measure_files_measures_what_video_wrote_from_an_odd_sized_clip(tmp_path):
+    """`video` pads a 63x47 clip to 64x48 (yuv420p needs even sizes); metrics measures it against the 63x47 input."""
+    from dreamreel.pipeline.decode import read_frames
+    from dreamreel.pipeline.encode import EncodeSettings, FrameWriter
+    from dreamreel.pipeline.ffmpeg import run_ffmpeg
+    from dreamreel.pipeline.metrics import measure_files
+
+    frames = list(panning_clip())
+    save_frames(tmp_path / "png", [np.ascontiguousarray(frame[:47, :63]) for frame in frames])
+    clip = tmp_path / "odd.mkv"  # lossless
+    run_ffmpeg(["-framerate", "10", "-i", str(tmp_path / "png" / "frame_%06d.png"), "-c:v", "ffv1", str(clip)], what="an odd clip")
+    frames = list(read_frames(clip))
+    with pytest.warns(UserWarning, match="padded 63x47 to 64x48"):
+        with FrameWriter(tmp_path / "out.mp4", fps=10, size=(63, 47), settings=EncodeSettings(crf=0)) as writer:
+            for frame in frames:
+                writer.write(frame)
+    report, _ = measure_files(clip, tmp_path / "out.mp4")
+    # The same pictures but for the encoder's colour conversion: 0.037, as a 62x46 clip's round trip measured;
+    # frames off by one pixel measured 0.084.
+    assert report.frames == len(frames) == 6 and report.dream_strength < 0.05
+    with pytest.raises(ValueError, match="OUTPUT frames are 64x48 but INPUT frames are 32x24; pass the --max-side"):
+        measure_files(clip, tmp_path / "out.mp4", max_side=32)
 
 
 def power_law_noise(exponent: float, size: int = 256, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,5 @@
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -201,6 +202,9 @@ def test_device_and_precision_choices():
         models.pick_precision("fp16", torch.device("cpu"))
     with pytest.raises(ValueError, match="--device 'banana'"):
         models.pick_device("banana")
+    for device in ("meta", "xpu", "cpu:1"):  # torch knows them; dreamreel cannot dream there (exit 1, before)
+        with pytest.raises(ValueError, match=rf"^--device '{device}': expected auto, cpu, cuda, cuda:N or mps$"):
+            models.pick_device(device)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             models.pick_device("cuda")
@@ -497,3 +501,106 @@ def test_onnx_constants_and_omitted_inputs_as_exporters_write_them(tmp_path):
     expected = ((x - model.mean) / model.std).clamp(min=0.25).mean((2, 3))
     assert torch.allclose(model(x, [LOGITS])[LOGITS], expected, atol=1e-6)
     assert model.layer_names == ["Clip", "GlobalAveragePool"]  # the nodes with (B, C, H, W) outputs
+
+
+# --- files that are not what they claim: one line naming the flag, the file and the fix ---------------
+
+
+def test_a_model_file_that_does_not_exist_is_no_such_file_not_an_unknown_model(tmp_path):
+    for name in ("nonexist.onnx", "net.pt", str(tmp_path / "models" / "mine")):
+        with pytest.raises(ValueError, match=rf"^--model {re.escape(name)}: no such file"):
+            load_model(name)
+
+
+def test_labels_files_must_be_utf8_with_unique_names_and_a_bom_is_not_a_name(tmp_path, tiny_model):
+    net = torchvision.models.googlenet(weights=None, num_classes=3, aux_logits=False, init_weights=False)
+    torch.save(net.state_dict(), tmp_path / "mine.pth")
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes("café\nthé\nlait\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"^--labels {re.escape(str(labels))}: not UTF-8 text \(byte 0xe9 on line 1\); save it as UTF-8$"):
+        load_model("googlenet", weights=tmp_path / "mine.pth", labels=labels)
+    labels.write_text("cat\ndog\nfish\n", encoding="utf-8-sig")  # Windows Notepad's UTF-8
+    model = load_model("googlenet", weights=tmp_path / "mine.pth", labels=labels)
+    assert model.class_names == ["cat", "dog", "fish"] and model.resolve_class("cat") == 0
+    labels.write_text("tabby cat\ndog\nTabby_Cat\n")
+    with pytest.raises(ValueError, match=r"^--labels .*labels\.txt: 'Tabby_Cat' \(line 3\) repeats 'tabby cat' \(line 1\); "
+                                         r"class:NAME would only reach the first: give each class its own name$"):
+        load_model("googlenet", weights=tmp_path / "mine.pth", labels=labels)
+
+
+def test_weights_of_another_layout_are_summarised_on_one_short_line(tmp_path):
+    state = {f"features.{k}.weight": torch.zeros(1) for k in range(400)}
+    state["classifier.weight"] = torch.zeros(1000, 1280)
+    torch.save(state, tmp_path / "other.pth")
+    with pytest.raises(ValueError) as refused:
+        load_model("efficientnet-lite0", weights=tmp_path / "other.pth")
+    message = str(refused.value)
+    assert message.startswith(f"--weights {tmp_path / 'other.pth'}: the file does not fit timm tf_efficientnet_lite0: "
+                              "295 of its 296 tensors are missing ('conv_stem.weight', 'bn1.weight', 'bn1.bias', ...), "
+                              "400 are unexpected ('features.0.weight', 'features.1.weight', 'features.2.weight', ...)")
+    assert len(message) < 400 and "\n" not in message
+    state = torchvision.models.googlenet(weights=None, num_classes=3, aux_logits=False, init_weights=False).state_dict()
+    state["conv1.conv.weight"] = torch.zeros(64, 3, 5, 5)
+    torch.save(state, tmp_path / "reshaped.pth")
+    with pytest.raises(ValueError, match=r"does not fit googlenet: 1 tensor has another shape \('conv1\.conv\.weight': "
+                                         r"\(64, 3, 5, 5\) in the file, \(64, 3, 7, 7\) in the model\)$"):
+        load_model("googlenet", weights=tmp_path / "reshaped.pth")
+
+
+def test_a_classifier_head_that_is_not_a_matrix_is_refused(tmp_path):
+    from dreamreel.pipeline.efficientnet import EfficientNetLite0
+
+    torch.save({**EfficientNetLite0().state_dict(), "classifier.weight": torch.tensor(0.0)}, tmp_path / "head.pth")
+    with pytest.raises(ValueError, match=r"^--weights .*head\.pth: 'classifier\.weight' has shape \(\), expected "
+                                         r"\(classes, features\): not a timm tf_efficientnet_lite0 state dict$"):
+        load_model("efficientnet-lite0", weights=tmp_path / "head.pth")
+
+
+def test_timm_names_with_a_pretrained_tag_timm_lacks_and_models_without_picture_layers_are_refused(tmp_path):
+    import timm
+
+    torch.save({"fc.weight": torch.zeros(3, 8)}, tmp_path / "any.pth")
+    with pytest.raises(ValueError, match=r"^--model timm:resnet10t\.a1_in1k: timm has no pretrained tag 'a1_in1k' for "
+                                         r"resnet10t \(its tags: c3_in1k\); name the architecture alone: timm:resnet10t$"):
+        load_model("timm:resnet10t.a1_in1k", weights=tmp_path / "any.pth")
+    torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3).state_dict(), tmp_path / "vit.pth")
+    with pytest.raises(ValueError, match=r"^--model timm:vit_tiny_patch16_224: layer blocks\.0 gives \(1, 197, 192\) "
+                                         r"activations, not pictures \(batch, channels, height, width\); dreamreel dreams "
+                                         r"convolutional networks \(such as timm:convnext_atto\)$"):
+        load_model("timm:vit_tiny_patch16_224", weights=tmp_path / "vit.pth")
+
+
+def malformed_onnx(path: Path, node, input_shape=(1, 3, 32, 32)) -> Path:
+    """A valid pooling classifier with one more, malformed ``node``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [node, helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["y"])]
+    graph = helper.make_graph(
+        [n for n in nodes if n is not None], "bad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(input_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_malformed_onnx_nodes_and_huge_declared_inputs_are_refused_before_any_allocation(tmp_path):
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    identity = malformed_onnx(tmp_path / "identity.onnx", helper.make_node("Identity", [], ["i"], name="copy"))
+    with pytest.raises(ValueError, match=r"^--model .*identity\.onnx: node 'copy' \(Identity\) has 0 inputs and 1 output, "
+                                         r"expected 1 and 1: the file is malformed; export the model again$"):
+        load_model(str(identity))
+    value = numpy_helper.from_array(np.array(1.0, np.float32))
+    constant = malformed_onnx(tmp_path / "constant.onnx", helper.make_node("Constant", [], [], value=value))
+    with pytest.raises(ValueError, match=r"^--model .*constant\.onnx: a Constant node has 0 inputs and 0 outputs, "
+                                         r"expected 0 and 1"):
+        load_model(str(constant))
+    huge = malformed_onnx(tmp_path / "huge.onnx", None, input_shape=(1, 3, 100_000, 100_000))
+    with pytest.raises(ValueError, match=r"^--model .*huge\.onnx: the input is declared 100000x100000 pixels; dreamreel runs "
+                                         r"a model at its declared size, up to 2048x2048: export it with a smaller or free "
+                                         r"\(dynamic\) height and width$"):
+        load_model(str(huge))
+    fixed = malformed_onnx(tmp_path / "fixed.onnx", None, input_shape=(1, 3, 2048, 2048))
+    assert load_model(str(fixed)).probe_size == (2048, 2048)

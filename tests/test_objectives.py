@@ -99,6 +99,13 @@ def test_parse_reads_the_grammar(tiny_model, text, name):
         ("sin(mid)", r"column 1: sin\(...\) takes numbers, not objectives"),
         ("mid/0", "column 5: .*divides by zero"),
         ("9**9**9*mid", "column 1: 9\\*\\*9\\*\\*9 is too large for a float"),
+        # a channel beyond the layer's is refused when parsed, not when the first frame is scored
+        ("mid:16", r"column 5: channel 16 is out of range: layer conv2 has 16 channels \(0\.\.15\); "
+                   r"`dreamreel layers tiny` lists them"),
+        ("low + 0.5*high:99", r"column 16: channel 99 is out of range: layer conv3 has 16 channels"),
+        # a weight must stay finite in float32, where scores are computed (1e39 used to make inf, then a black picture)
+        ("1e39*mid", r"column 1: the weight 1e\+39 is beyond float32's range \(3\.4e\+38\); use a smaller weight"),
+        ("mid - 2e38*2*high", r"column 7: the weight 4e\+38 is beyond float32's range"),
         ("mid - tv:9", "column 10: tv:9: beta must be from 1 to 4"),
         ("mid - tv:0.5", "tv:0.5: beta must be from 1 to 4"),
         ("norm:20", "column 6: norm:20: alpha must be from 1 to 12"),

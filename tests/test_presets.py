@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -91,6 +93,21 @@ def test_a_preset_cannot_run_code(tmp_path):
         preset = presets.load_preset(write(tmp_path, text))
         presets.build("zoom", preset, {})
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_preset_names_a_zoo_or_timm_model_never_a_file(tmp_path, monkeypatch):
+    """A model file is code (TorchScript) or a graph (ONNX): it comes from the command line, not from a preset someone sent."""
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    torch.jit.script(torch.nn.Linear(3, 3)).save("ts.pt")  # a file the preset could reach, relative to the working folder
+    for model in ("ts.pt", str(tmp_path / "ts.pt"), "net.onnx", "googlenet.pt"):
+        with pytest.raises(ValueError, match=rf"mine\.toml: model = '{re.escape(model)}': a preset names a zoo model "
+                                             r"\(efficientnet-lite0, googlenet, .*\) or timm:NAME; a model file comes "
+                                             r"from the command line only: --model FILE"):
+            presets.load_preset(write(tmp_path, f'model = "{model}"\n'))
+    for model in ("googlenet", "timm:convnext_atto"):
+        assert presets.load_preset(write(tmp_path, f'model = "{model}"\n')).model == model
 
 
 def test_huge_preset_is_refused(tmp_path):

@@ -126,6 +126,24 @@ def test_first_ctrl_c_finishes_the_frames_in_hand_then_stops(tmp_path):
         assert again.done == {0, 1}
 
 
+def test_sigterm_stops_like_ctrl_c_and_says_which_signal(tmp_path):
+    from dreamreel.pipeline.render import Interrupted
+
+    before = signal.getsignal(signal.SIGTERM)  # SIG_DFL, or the handler a local Ray left in this process
+    with open_job(tmp_path) as job:
+        with job.running(desc="test", progress=False):
+            job.put(0, frame(0))
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler only sets the flag
+            time.sleep(0.05)
+            assert job.stop_requested
+        assert signal.getsignal(signal.SIGTERM) is before  # given back
+        with pytest.raises(Interrupted) as stopped:
+            job.finish()
+    assert stopped.value.signum == signal.SIGTERM and isinstance(stopped.value, KeyboardInterrupt)
+    with open_job(tmp_path) as again:
+        assert again.done == {0}
+
+
 def test_frames_another_process_wrote_are_encoded_in_turn(tmp_path):
     with open_job(tmp_path, total=3) as job:
         with job.running(desc="test", progress=False):
@@ -149,7 +167,7 @@ def test_other_settings_are_refused_naming_what_changed(tmp_path):
     with open_job(tmp_path) as job:
         render(job, [0])
     changed = {**JOB, "dream": {"octaves": 4, "step": 0.01}, "model": "vgg16"}
-    with pytest.raises(ValueError, match=r"different job \(dream, model changed\).*original settings"):
+    with pytest.raises(ValueError, match=r"different job \(dream.octaves, model changed\).*original settings"):
         open_job(tmp_path, job=changed)
     with open_job(tmp_path) as again:  # nothing lost, and the refusal left the folder unlocked
         assert again.done == {0}
@@ -174,14 +192,68 @@ def test_an_impossible_work_folder_is_a_clear_error(tmp_path):
         RenderJob.open(tmp_path / "file" / "out.mp4", JOB, 4, writer=ListWriter)
 
 
-def test_a_writer_that_refuses_releases_the_lock(tmp_path):
+def test_a_writer_that_refuses_releases_the_lock_and_leaves_no_work_folder(tmp_path):
     def refuse():
         raise ValueError("--codec nope: not an encoder")
 
     with pytest.raises(ValueError, match="--codec nope"):
         RenderJob.open(tmp_path / "out.mp4", JOB, 4, writer=refuse)
-    with open_job(tmp_path):
-        pass
+    assert not work_folder(tmp_path / "out.mp4").exists()  # nothing was done, nothing is left
+    fixed = {**JOB, "dream": {"octaves": 4, "step": 0.01}}  # the corrected rerun may change any setting
+    with open_job(tmp_path, job=fixed) as job:
+        assert json.loads((job.folder / "job.json").read_text()) == fixed
+
+
+def test_a_job_without_finished_frames_is_replaced_by_one_with_other_settings(tmp_path):
+    # A run killed before its first frame leaves its job record (and a lane plan) behind.
+    folder = work_folder(tmp_path / "out.mp4")
+    (folder / "frames").mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps(JOB))
+    (folder / "plan.json").write_text("{}")
+    fixed = {**JOB, "video": {"blend": 0.9}}
+    with open_job(tmp_path, job=fixed) as job:
+        assert json.loads((job.folder / "job.json").read_text()) == fixed
+        assert not (job.folder / "plan.json").exists()  # the old job's plan goes with it
+        render(job, [0])
+    with pytest.raises(ValueError, match=r"different job \(video.blend changed\)"):  # now it holds a frame: kept
+        open_job(tmp_path)
+
+
+def test_an_abort_before_any_frame_removes_the_work_folder(tmp_path):
+    with pytest.raises(RuntimeError, match="the model would not load"):
+        with open_job(tmp_path):
+            raise RuntimeError("the model would not load")
+    assert not work_folder(tmp_path / "out.mp4").exists()
+
+
+def test_files_behind_the_settings_are_stamped_so_a_changed_file_is_a_changed_job(tmp_path):
+    guide, labels = tmp_path / "guide.png", tmp_path / "classes.txt"
+    guide.write_bytes(b"a guide")
+    labels.write_text("me\n")
+    compute = ComputeSettings(model=str(labels), weights=str(labels), labels=str(labels), guide=str(guide))
+    record = job_record("zoom", compute)
+    for name in ("model", "weights", "labels", "guide"):
+        assert record["compute"][name] == file_stamp(guide if name == "guide" else labels)
+    assert job_record("zoom", ComputeSettings())["compute"]["model"] == "efficientnet-lite0"  # a name stays a name
+    with open_job(tmp_path, job=record) as job:
+        render(job, [0])
+    guide.write_bytes(b"another guide")
+    with pytest.raises(ValueError, match=r"different job \(compute\.guide changed\)"):
+        open_job(tmp_path, job=job_record("zoom", compute))
+
+
+def test_a_killed_runs_hidden_partial_files_are_removed_when_the_job_reopens(tmp_path):
+    out = tmp_path / "out.mp4"
+    leftovers = [tmp_path / ".out.mp4.0123abcd.partial.mp4", tmp_path / ".out.mp4.89abcdef.muxed.mp4"]
+    others = [tmp_path / ".other.mp4.0123abcd.partial.mp4", tmp_path / ".out.mp4.notes", tmp_path / "out.mp4.txt"]
+    with open_job(tmp_path) as job:
+        render(job, [0])
+    for path in [*leftovers, *others, job.frames / ".frame_000001.png.0123abcd.partial"]:
+        path.write_bytes(b"left by a killed run")
+    with RenderJob.open(out, JOB, 4, writer=ListWriter) as job:
+        assert job.done == {0}
+        assert [p for p in leftovers if p.exists()] == [] and all(p.exists() for p in others)
+        assert [p.name for p in job.frames.iterdir()] == ["frame_000000.png"]
 
 
 # --- the lock ---------------------------------------------------------------------------------
@@ -272,6 +344,37 @@ def test_cli_refuses_a_second_run_of_the_same_output_with_one_line(tmp_path, sta
                      f"wait for it, or stop it first (its work folder is {work_folder(out)})"]  # fmt: skip
     first.kill()
     first.communicate()
+
+
+@pytest.mark.slow
+def test_cli_stops_on_sigterm_like_ctrl_c_and_a_killed_runs_partial_file_goes(tmp_path, start_cli):
+    from conftest import _wait_for_frames
+
+    out = tmp_path / "out.mp4"
+    frames = work_folder(out) / "frames"
+    args = ["zoom", out, "--frames", "12", "--size", "32x32", "--octaves", "1", "--iterations", "1", "--device", "cpu", "--quiet"]
+    hidden = lambda: sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))  # noqa: E731
+    # 1. killed outright: its encoder's hidden partial file stays beside the output
+    proc = start_cli(*args, pause_s=0.15)
+    _wait_for_frames(proc, frames, 2)
+    proc.kill()
+    proc.communicate()
+    assert [name for name in hidden() if name.startswith(".out.mp4.") and name.endswith(".partial.mp4")], hidden()
+    # 2. SIGTERM: the frames in hand are finished, the work kept, exit code 143; the killed run's file is gone
+    killed_at = len(list(frames.iterdir()))
+    proc = start_cli(*args, pause_s=0.15)
+    _wait_for_frames(proc, frames, killed_at + 2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "stopping after the frames in hand (SIGTERM again to stop now)" in stdout
+    assert f"finished frames are kept in {work_folder(out)}. Run the same command again" in stderr
+    assert hidden() == [] and not out.exists()
+    # 3. the rerun finishes from there
+    proc = start_cli(*args)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert hidden() == [] and not work_folder(out).exists() and out.exists()
 
 
 # --- frames on disk -------------------------------------------------------------------------------

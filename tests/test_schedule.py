@@ -200,7 +200,7 @@ def test_non_numbers_are_refused(bad):
 def test_bounds_are_checked_when_parsed_where_possible_and_on_every_frame():
     bounded = {"setting": "iterations", "bounds": (0, 1000)}
     # Keyframes without variables fail at once, naming their frame and value.
-    with pytest.raises(ExprError, match=r"^iterations: 1e\+09 is out of range: expected a value from 0 to 1000$"):
+    with pytest.raises(ExprError, match=r"^iterations: 1e\+09 is out of range on every frame: expected a value from 0 to 1000$"):
         parse_schedule("1e9", **bounded)
     with pytest.raises(ExprError, match=r"^iterations: frame 50: -1 is out of range"):
         parse_schedule("0:(3), 50:(-1)", **bounded)

@@ -63,7 +63,7 @@ def test_bad_page_values_are_the_cli_one_line_errors():
     with pytest.raises(ValueError) as caught:
         studio.job_from_page({**PAGE, "octaves": 20}, folders)
     assert studio.error_line(caught.value) == "dreamreel: error: --octaves 20: expected a value from 1 to 12"
-    with pytest.raises(ValueError, match="^zoom: column 7"):  # a zoom job parses its schedules at once
+    with pytest.raises(ValueError, match="^--zoom: column 7"):  # a zoom job parses its schedules at once
         studio.job_from_page({**PAGE, "kind": "zoom", "zoom_zoom": "1.02 +"}, folders)
     # the zoom boxes count only for zoom jobs: a half-typed schedule does not block a picture
     assert studio.job_from_page({**PAGE, "zoom_zoom": "1.02 +"}, folders).kind == "image"

@@ -367,6 +367,67 @@ def test_a_stopped_run_leaves_no_reader_behind():
     assert not prefetch.thread.is_alive()
 
 
+# --- refused before any work, and stopped at once before the first frame -------------------------
+
+TINY_VIDEO = ["--octaves", "1", "--iterations", "1", "--iterations-next", "1", "--device", "cpu", "--quiet"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--objective", "mid:99"], "--objective 'mid:99': column 5: channel 99 is out of range: layer conv2 has 16 channels"),
+    (["--end", "inf"], "--end inf: expected a finite number of seconds after --start"),
+    (["--start", "nan"], "--start nan: expected a finite number of seconds >= 0"),
+])  # fmt: skip
+def test_a_refused_video_opens_no_job_and_its_corrected_rerun_runs(tmp_path, pan_clip, tiny_model, use_model, monkeypatch, capsys, bad, message):
+    use_model(tiny_model)
+    out = tmp_path / "out.mp4"
+    with monkeypatch.context() as patched:
+        patched.setattr("dreamreel.pipeline.render.RenderJob.open", lambda *a, **k: pytest.fail("a work folder was opened"))
+        assert main(["video", str(pan_clip), str(out), *bad, *TINY_VIDEO]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"dreamreel: error: {message}"), err
+    assert main(["video", str(pan_clip), str(out), "--objective", "mid:5", "--max-frames", "3", *TINY_VIDEO]) == 0
+    assert len(dream_frames(out)) == 3
+
+
+def test_a_refused_frames_folder_leaves_nothing_and_the_fixed_rerun_may_change_settings(tmp_path, pan_clip, tiny_model, use_model, capsys):
+    use_model(tiny_model)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "frame_000000.png").write_bytes(b"a frame of another run")
+    argv = ["video", str(pan_clip), str(folder), "--max-frames", "3", *TINY_VIDEO]
+    assert main(argv) == 2
+    assert "already holds 1 frame_*.png files from an earlier run" in capsys.readouterr().err
+    assert not work_folder(folder).exists()
+    (folder / "frame_000000.png").unlink()
+    assert main([*argv, "--objective", "low"]) == 0, capsys.readouterr().err
+    assert len(read_png_frames(folder)) == 3
+
+
+def test_ctrl_c_while_the_cut_pass_reads_stops_at_once_and_names_no_missing_folder(tmp_path, pan_clip, tiny_model, use_model, monkeypatch, capsys):
+    """The cut pass reads the clip in a thread while the model loads; a Ctrl-C there used to wait for the whole pass."""
+    import os
+    import signal
+    import threading
+    import time
+
+    use_model(tiny_model)
+    frame = next(read_frames(pan_clip))
+
+    def slow_clip(*args, **kwargs):  # a long clip: 1000 frames, 20 ms each to decode
+        for _ in range(1000):
+            time.sleep(0.02)
+            yield frame
+
+    monkeypatch.setattr(video_module.decode, "read_frames", slow_clip)
+    out = tmp_path / "out.mp4"
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()  # once the tiny model has loaded
+    start = time.monotonic()
+    assert main(["video", str(pan_clip), str(out), *TINY_VIDEO]) == 130
+    assert time.monotonic() - start < 5  # the pass alone would take 20 s
+    assert capsys.readouterr().err.strip() == "dreamreel: interrupted before the first frame was finished; nothing was kept"
+    assert not work_folder(out).exists()
+
+
 # --- --cadence: dream every Nth frame, warp between ------------------------------------
 
 

@@ -295,7 +295,7 @@ def test_killed_and_interrupted_zoom_resumes_to_the_same_frames(tmp_path, check_
 
 def test_scheduled_dream_settings_keep_the_ranges_of_fixed_ones(tmp_path, capsys):
     # iterations_next = "1e9" used to be accepted, and the render hung at frame 1.
-    with pytest.raises(ValueError, match=r"^iterations-next: 1e\+09 is out of range: expected a value from 0 to 1000$"):
+    with pytest.raises(ValueError, match=r"^--iterations-next: 1e\+09 is out of range on every frame: expected a value from 0 to 1000$"):
         ZoomSettings(iterations_next="1e9")
     with pytest.raises(ValueError, match=r"^step: frame 100: 2 is out of range: expected a value from 0 to 1$"):
         ZoomSettings(step="0:(0.01), 100:(2)")
@@ -304,12 +304,12 @@ def test_scheduled_dream_settings_keep_the_ranges_of_fixed_ones(tmp_path, capsys
     # Formulas are checked on every frame they are evaluated.
     loud = ZoomSettings(iterations_next="3 + 2000*bass").schedules()["iterations_next"]
     assert loud(0, {"bass": 0.0}) == 3
-    with pytest.raises(ValueError, match=r"^iterations-next: frame 7: 2003 is out of range"):
+    with pytest.raises(ValueError, match=r"^--iterations-next: frame 7: 2003 is out of range"):
         loud(7, {"bass": 1.0})
     # On the command line: one line, exit code 2, before any work.
     assert main(["zoom", str(tmp_path / "o.mp4"), "--iterations-next", "1e9"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "iterations-next: 1e+09 is out of range" in err and "\n" not in err
+    assert "--iterations-next: 1e+09 is out of range on every frame" in err and "\n" not in err
     assert not (tmp_path / "o.mp4").exists()
 
 
@@ -325,6 +325,59 @@ def test_zoom_on_each_device_matches_the_cpu(tmp_path, tiny_model, use_model, de
     assert len(on_device) == 4
     for a, b in zip(on_cpu, on_device):
         assert np.abs(a.astype(int) - b.astype(int)).mean() < 1.0  # 8-bit levels
+
+
+# --- refused before any work, and the corrected rerun runs ------------------------------------
+
+TINY_ZOOM = ["--frames", "4", "--size", "32x32", "--octaves", "1", "--iterations", "1", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture
+def no_job_opens(monkeypatch):
+    """Fail the test if a render job (a work folder) is opened: the command must be refused before."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a work folder was opened before the settings were checked")
+
+    monkeypatch.setattr("dreamreel.pipeline.render.RenderJob.open", refuse)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--objective", "nosuch"], "--objective 'nosuch': column 1: unknown layer 'nosuch'"),
+    (["--objective", "mid:99"], "--objective 'mid:99': column 5: channel 99 is out of range: layer conv2 has 16 channels (0..15)"),
+    (["--zoom", "1.01 + 0.001/(t-2)"], "--zoom: frame 2: column 15: 0.001/(t - 2) divides by zero"),
+    (["--zoom", "1 - 0.4*t"], "--zoom: frame 3: -0.2 is out of range: expected a value from 0.1 to 10"),
+    (["--zoom", "0.0"], "--zoom: 0 is out of range on every frame: expected a value from 0.1 to 10"),
+    (["--zoom", "0:(1.0), 3:(0.0)"], "--zoom: frame 3: 0 is out of range: expected a value from 0.1 to 10"),
+])  # fmt: skip
+def test_a_refused_zoom_opens_no_job_and_its_corrected_rerun_runs(tmp_path, tiny_model, use_model, no_job_opens, capsys, bad, message):
+    use_model(tiny_model)
+    out = tmp_path / "z.mp4"
+    assert main(["zoom", str(out), *bad, *TINY_ZOOM]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"dreamreel: error: {message}"), err
+    no_job_opens.undo()
+    use_model(tiny_model)
+    assert main(["zoom", str(out), *TINY_ZOOM]) == 0, capsys.readouterr().err
+    assert len(list(read_frames(out))) == 4
+
+
+@pytest.mark.parametrize("flag", ["--audio", "--init", "--guide"])
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(tmp_path, make_panning_clip, tiny_model, use_model, capsys, flag):
+    use_model(tiny_model)
+    if flag == "--audio":
+        out = source = make_panning_clip(tmp_path / "song.mp4", frames=4, size=(32, 32), audio=None)
+    else:  # a GIF is a picture OpenCV reads, and a zoom output
+        out = source = tmp_path / "start.gif"
+        cv2.imwrite(str(source), textured_frame(32, 32, 1)) if cv2.haveImageWriter(".gif") else pytest.skip("no GIF writer")
+    before = source.read_bytes()
+    extra = ["--objective", "guide:mid"] if flag == "--guide" else []
+    assert main(["zoom", str(out), flag, str(source), *extra, *TINY_ZOOM]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dreamreel: error: OUTPUT {out} is the {flag} file; choose another name so the {flag} file is kept"
+    )
+    assert source.read_bytes() == before
 
 
 def test_cadence_dreams_every_nth_frame_and_only_moves_the_frames_between(tmp_path, init_picture, tiny_model, use_model, monkeypatch):
