@@ -87,6 +87,11 @@ def add_device_options(p) -> None:
         "--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
         help="mixed precision; auto = bf16 where faster (default: auto)",
     )
+    p.add_argument(
+        "--compile", default="auto", choices=["auto", "on", "off"],
+        help="compile the ascent step with torch.compile (kernels kept in ~/.cache/dreamreel, or $DREAMREEL_CACHE); "
+        "auto = on a CUDA GPU for video and zoom (default: auto)",
+    )
 
 
 def dream_settings(args, preset):
@@ -102,7 +107,7 @@ def compute_settings(args, preset):
     model = args.model or (preset.model if preset else None) or ComputeSettings.model
     return ComputeSettings(
         model=model, weights=args.weights, labels=args.labels, device=args.device,
-        precision=args.precision, guide=args.guide,
+        precision=args.precision, guide=args.guide, compile=args.compile,
     )
 
 
@@ -230,7 +235,7 @@ def cmd_bench(args) -> int:
 
     result = run_benchmark(
         model=args.model, input=args.input, size=args.size, octaves=args.octaves, iterations=args.iterations,
-        frames=args.frames, batch=args.batch, device=args.device, precision=args.precision, threads=args.threads,
+        frames=args.frames, batch=args.batch, device=args.device, precision=args.precision, compile=args.compile, threads=args.threads,
         repeat=args.repeat, quick=args.quick, log=None if args.quiet else log_to_stderr,
     )  # fmt: skip
     print(format_table(result), file=sys.stderr if args.json else sys.stdout)

@@ -103,14 +103,15 @@ def work_folder(output: str | Path) -> Path:
 
 
 def job_record(kind: str, compute, **parts) -> dict:
-    """What a job is, as ``job.json`` stores it: its ``kind``, ``compute``'s fields but the device, and ``parts``.
+    """What a job is, as ``job.json`` stores it: its ``kind``, ``compute``'s fields but the device and compile, and ``parts``.
 
     ``compute`` is a :class:`~dreamreel.pipeline.dream.ComputeSettings`; the
-    device is left out because it changes only float rounding, so a render
-    begun on one device may be finished on another. Parts hold the job's
-    settings and :func:`file_stamp` of its input files.
+    device and ``compile`` are left out because they change only float
+    rounding, so a render begun on one device, or compiled, may be finished
+    on another, or not. Parts hold the job's settings and :func:`file_stamp`
+    of its input files.
     """
-    settings = {name: value for name, value in asdict(compute).items() if name != "device"}
+    settings = {name: value for name, value in asdict(compute).items() if name not in ("device", "compile")}
     return json.loads(json.dumps({"kind": kind, "compute": settings, **parts}, default=str))
 
 
