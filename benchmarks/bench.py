@@ -379,7 +379,7 @@ def _stage_costs(clip, frames, dreamed, video, fps, folder, device) -> dict:
         detect(frame)
     costs["cuts"] = (time.perf_counter() - start) / len(inputs)
 
-    estimator = flow.FlowEstimator(video.flow)
+    estimator = flow.FlowEstimator(video.flow, scale=video.flow_scale)
     pairs = list(zip(inputs, inputs[1:]))
     flows = []
     start = time.perf_counter()

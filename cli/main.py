@@ -156,7 +156,7 @@ def cmd_video(args) -> int:
 
     preset = load_preset_arg(args, "video-flow")
     video = build("video", preset, {
-        "blend": args.blend, "flow": args.flow, "iterations_next": args.iterations_next, "batch": args.batch,
+        "blend": args.blend, "flow": args.flow, "flow_scale": args.flow_scale, "iterations_next": args.iterations_next, "batch": args.batch,
         "temporal": args.temporal, "warmup": args.warmup,
     })
     options = dict(start_s=args.start, end_s=args.end, max_frames=args.max_frames, max_side=args.max_side, progress=not args.quiet)
@@ -358,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = p.add_argument_group("video")
     v.add_argument("--blend", type=float, help="share of the previous dream carried into the next frame, 0..1")
     v.add_argument("--flow", choices=["dis", "farneback", "none"], help="optical flow method (none = plain blending)")
+    v.add_argument("--flow-scale", type=float,
+                   help="compute the flow at this share of the frame size, 0.125..1 (0.5: a third of the time; default 1)")
     v.add_argument("--iterations-next", type=int, help="ascent steps per octave for frames after the first")
     v.add_argument("--temporal", type=float,
                    help="pull of every ascent step towards the carried dream where the flow is trusted, 0..1 (0 = off)")
