@@ -85,6 +85,11 @@ def dreamreel(*args: str) -> str:
     return proc.stdout
 
 
+def output_name(clip: str, seed: int, run: str) -> str:
+    """A folder name for one run's frames, with no dot (a suffix would make it a file name)."""
+    return f"{clip}-seed{seed}-{run}".replace(" ", "").replace(".", "_")
+
+
 def coherence(clips: Path, work: Path, scales: list[float], seeds: list[int]) -> list[dict]:
     """Each clip at each scale and with --blend 0, per seed: metrics and ratios to the --blend 0 twin."""
     rows = []
@@ -93,7 +98,7 @@ def coherence(clips: Path, work: Path, scales: list[float], seeds: list[int]) ->
             runs = {f"scale {s:g}": ["--flow-scale", str(s)] for s in scales} | {"blend 0": ["--blend", "0"]}
             figures = {}
             for run, extra in runs.items():
-                out = work / f"{name}-seed{seed}-{run.replace(' ', '')}"
+                out = work / output_name(name, seed, run)
                 start, load = time.perf_counter(), load_average()
                 dreamreel("video", str(clips / file), str(out), *options, *extra, "--seed", str(seed), "--quiet")
                 seconds = time.perf_counter() - start
@@ -125,7 +130,7 @@ def contact_sheet(clips: Path, work: Path, scales: list[float], path: Path) -> N
     inputs = list(read_frames(clips / file, start_s=3.08, max_frames=30, max_side=256))[12:17]
     rows = [np.hstack(inputs)]
     for scale in scales:
-        folder = work / f"{name}-seed0-scale{scale:g}"
+        folder = work / output_name(name, 0, f"scale {scale:g}")
         rows.append(np.hstack([cv2.cvtColor(cv2.imread(str(folder / f"frame_{t:06d}.png")), cv2.COLOR_BGR2RGB) for t in range(12, 17)]))
     cv2.imwrite(str(path), cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
 
