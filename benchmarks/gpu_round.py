@@ -13,14 +13,19 @@ Rows (issue 21's table) and the steps that measure them:
 
 - default ``video-flow`` look, 720p, end to end: ``flow720-*`` (compile off,
   then on with an empty kernel cache, then on with the cache warm);
-- ``video-live`` 720p: ``live720-*``, compile off/on, flow scale 1/0.5;
-- ``video-live`` 1080p: ``live1080-*`` (the clip upscaled here);
+- ``video-live`` 720p: ``live720-*``, compile off/on, flow scale 1/0.5
+  (the variants on the clip's first 60 frames);
+- ``video-live`` 1080p: ``live1080-*`` (the clip upscaled here), flow at
+  full and half size;
 - command to first frame on disk, cold and warm: every video step records
   the seconds from its start to the first frame file in the work folder;
   ``flow720-off-1``/``-2`` show a fresh process twice, ``flow720-on-cold``/
   ``-warm`` the compile cache empty and filled;
 - dream only, batch 8 against batch 1, and peak memory 24 against 240 frames
-  (``rss_parts_mb``, ``pinned_host_peak_mb``): ``bench720-*``;
+  (``rss_parts_mb``, ``pinned_host_peak_mb``): ``bench720-*``; where one
+  frame's kernel time goes at batch 1 and 8: ``profile720``; the memory
+  check again with glibc's mmap threshold fixed: ``memory-mmap-threshold``
+  (docs/performance.md says what each checks);
 - pytorch-deepdream's settings (GoogLeNet ``inception4c``, 4 octaves x 1.8,
   10 steps every frame, 720p): ``googlenet-*``, with random weights (the GPU
   machine has no network and torchvision's file does not fit the carry):
@@ -87,9 +92,12 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
         return Step(name, row, dreamreel("video", source, out, *device, *flags, *small), timeout, "video", env or {}, out)
 
     bench_size = ["--quick", "--size", "64x48", "--frames", "4"] if args.quick else ["--size", "1280x720", "--frames", "24"]
+    size720, lanes = ("96x54", "2") if args.quick else ("1280x720", "8")
     googlenet = ["--model", "googlenet", "--weights", work / "googlenet.pth", "--objective", "inception4c", "--octaves", "4",
                  "--octave-scale", "1.8", "--iterations", "10", "--iterations-next", "10", "--no-audio", "--max-frames", "60"]  # fmt: skip
     tests = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests"]
+    live, part = ["--preset", "video-live"], ["--max-frames", "60"]  # variants: 60 frames are enough for a rate
+    memory = [sys.executable, "-c", MEMORY, args.device, size720, "24", lanes]
     return [
         Step("env", "-", [sys.executable, "-c", ENV_PROBE], 60),
         Step("tests-compile", "6", [*tests, "-k", "compile"], 150, env=kernels),
@@ -97,35 +105,95 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
         video("flow720-off-2", "1, 4", clip, "--compile", "off"),
         video("flow720-on-cold", "1, 4", clip, "--compile", "on", env=kernels, timeout=240),
         video("flow720-on-warm", "1, 4", clip, "--compile", "on", env=kernels, timeout=90),
-        video("live720-off", "2", clip, "--preset", "video-live", "--compile", "off"),
-        video("live720-off-flow0.5", "2", clip, "--preset", "video-live", "--compile", "off", "--flow-scale", "0.5"),
-        video("live720-on", "2", clip, "--preset", "video-live", "--compile", "on", env=kernels),
-        video("live720-on-flow0.5", "2", clip, "--preset", "video-live", "--compile", "on", "--flow-scale", "0.5", env=kernels),
-        Step("bench720-off", "5, 6", dreamreel("bench", *bench_size, "--batch", "8", "--device", args.device, "--compile", "off", "--json"),
+        video("live720-off", "2", clip, *live, "--compile", "off"),
+        video("live720-on", "2", clip, *live, "--compile", "on", env=kernels),
+        video("live720-off-flow0.5", "2", clip, *live, *part, "--compile", "off", "--flow-scale", "0.5"),
+        video("live720-on-flow0.5", "2", clip, *live, *part, "--compile", "on", "--flow-scale", "0.5", env=kernels),
+        Step("profile720", "5", [sys.executable, "-c", PROFILE, args.device, size720, lanes], 90),
+        Step("bench720-off", "5, 6", dreamreel("bench", *bench_size, "--batch", lanes, "--device", args.device, "--compile", "off", "--json"),
              150, "bench"),  # fmt: skip
         Step("clip1080", "3", [sys.executable, "-c", UPSCALE, clip, clip1080, "96x54" if args.quick else "1920x1080"], 60),
-        video("live1080-off", "3", clip1080, "--preset", "video-live", "--compile", "off"),
-        video("live1080-on", "3", clip1080, "--preset", "video-live", "--compile", "on", env=kernels, timeout=240),
+        video("live1080-off", "3", clip1080, *live, *part, "--compile", "off"),
+        video("live1080-off-flow0.5", "3", clip1080, *live, *part, "--compile", "off", "--flow-scale", "0.5"),
+        video("live1080-on-flow0.5", "3", clip1080, *live, *part, "--compile", "on", "--flow-scale", "0.5", env=kernels, timeout=240),
+        Step("memory-mmap-threshold", "6", memory, 120, env={"MALLOC_MMAP_THRESHOLD_": "1048576"}),
         Step("googlenet-weights", "7", [sys.executable, "-c", GOOGLENET, work / "googlenet.pth"], 60),
         video("googlenet-off", "7", clip, *googlenet, "--compile", "off", timeout=90),
         video("googlenet-on", "7", clip, *googlenet, "--compile", "on", env=kernels, timeout=240),
-        Step("bench720-on", "5, 6", dreamreel("bench", *bench_size, "--batch", "8", "--device", args.device, "--compile", "on", "--json"),
+        Step("bench720-on", "5, 6", dreamreel("bench", *bench_size, "--batch", lanes, "--device", args.device, "--compile", "on", "--json"),
              240, "bench", kernels),  # fmt: skip
         Step("tests-cuda", "6", tests, 180, env=kernels),
     ]
 
 
 ENV_PROBE = """
-import json, os, torch, cv2
-info = {"torch": torch.__version__, "cv2": cv2.__version__, "cuda": torch.cuda.is_available(), "cpus": os.cpu_count()}
+import json, os, time
+start = time.perf_counter()
+import torch
+info = {"import_torch_s": round(time.perf_counter() - start, 2)}
+import cv2
+info |= {"torch": torch.__version__, "cv2": cv2.__version__, "cuda": torch.cuda.is_available(), "cpus": os.cpu_count()}
 if torch.cuda.is_available():
-    info |= {"gpu": torch.cuda.get_device_name(), "cudnn": torch.backends.cudnn.version()}
+    start = time.perf_counter()
+    torch.zeros(1, device="cuda")
+    info |= {"cuda_init_s": round(time.perf_counter() - start, 2), "gpu": torch.cuda.get_device_name(),
+             "cudnn": torch.backends.cudnn.version()}
 try:
     import triton
     info["triton"] = triton.__version__
 except ImportError:
     info["triton"] = None
 print(json.dumps(info))
+"""
+# Where one uncaptured frame's GPU time goes (every kernel launched, so the
+# profiler sees each), at batch 1 and at the lanes' batch: which kernels
+# dominate, and whether their time per frame shrinks with the batch.
+PROFILE = """
+import json, sys, torch
+from torch.profiler import ProfilerActivity, profile
+from dreamreel.pipeline.dream import ComputeSettings, Dreamer, frame_generator
+from dreamreel.pipeline.presets import build, load_preset
+device, size, lanes = sys.argv[1], sys.argv[2], int(sys.argv[3])
+width, height = map(int, size.split("x"))
+dreamer = Dreamer(build("dream", load_preset("video-live"), {"iterations": 5}), ComputeSettings(device=device, compile="off"))
+dreamer.graphs = None
+cuda = dreamer.device.type == "cuda"
+sync = torch.cuda.synchronize if cuda else (lambda: None)
+report = {}
+for batch in (1, lanes):
+    x = torch.rand(batch, 3, height, width, device=dreamer.device)
+    dreamer(x, iterations=1)
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        dreamer(x, generators=[frame_generator(0, k) for k in range(batch)])
+        sync()
+    ms = lambda e: (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1000 / batch
+    events = sorted((e for e in prof.key_averages() if ms(e) > 0), key=ms, reverse=True)
+    report[batch] = {"ms_per_frame": round(sum(map(ms, events)), 2), "kernels_per_frame": sum(e.count for e in events) / batch,
+                     "top": [[e.key[:100], round(ms(e), 3), e.count] for e in events[:15]]}
+print(json.dumps(report))
+"""
+# The memory check of bench720-off (pipeline children on a 24- and a 240-frame
+# pan, one step an octave, N lanes), here under the environment the step sets:
+# with MALLOC_MMAP_THRESHOLD_ fixed, frame-sized buffers are always mapped and
+# unmapped, so glibc's arenas cannot keep them (docs/performance.md, memory).
+MEMORY = """
+import json, sys, tempfile
+from pathlib import Path
+from dreamreel.benchmarks import bench, pan
+from dreamreel.pipeline.dream import ComputeSettings
+from dreamreel.pipeline.presets import build, load_preset
+device, size, frames, lanes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+width, height = map(int, size.split("x"))
+preset = load_preset("video-live")
+settings = build("dream", preset, {"iterations": bench.MEMORY_ITERATIONS})
+video = build("video", preset, {"batch": lanes, "iterations_next": bench.MEMORY_ITERATIONS})
+folder = Path(tempfile.mkdtemp(prefix="dreamreel-memory-"))
+texture = pan.pan_texture((width, height), frames * bench.LONG_CLIP_FACTOR)
+clips = {name: (pan.write_pan_clip(folder / f"{name}.mp4", texture, (width, height), count), count)
+         for name, count in (("short", frames), ("long", frames * bench.LONG_CLIP_FACTOR))}
+reports = bench.memory_reports(folder, clips, settings, ComputeSettings(device=device, compile="off"), video, at_once=True, log=print)
+print(json.dumps({**reports, "ratio_long_short": reports["long"]["peak_rss_mb"] / reports["short"]["peak_rss_mb"]}))
 """
 UPSCALE = """
 import sys, imageio_ffmpeg, subprocess
@@ -178,8 +246,8 @@ def run_step(step: Step, timeout_s: float, log) -> dict:
     elif step.kind == "bench" and proc.returncode == 0:
         figures = json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
         result |= {"bench": figures, **{key: figures.get(key) for key in BENCH_KEYS}}
-    elif proc.returncode == 0 and text.strip().startswith("{"):
-        result["output"] = json.loads(text.strip().splitlines()[-1])
+    elif proc.returncode == 0 and any(line.startswith("{") for line in text.splitlines()):
+        result["output"] = json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
     else:
         result["tail"] = text.strip().splitlines()[-3:]
     if step.output is not None:  # the outputs and work folders would fill the disk
