@@ -11,7 +11,8 @@
    thread) on the first frames of Big Buck Bunny at 1280x720, each scale in
    turn, ``--rounds`` times: the median per scale and the ratios of each round;
 2. **coherence**: the README's *Temporal coherence* commands (``road``,
-   ``carphone``, ``street``, plus ``street`` at the clip's own 640x272) at
+   ``carphone``, ``street``, plus ``street`` at the clip's own 640x272;
+   ``--clips`` chooses, ``bbb-720`` is Big Buck Bunny at 720p, for a GPU) at
    each scale and with ``--blend 0`` (every frame dreamed alone), for each
    ``--seeds``; then ``dreamreel metrics`` of each output: warping error,
    dream strength and fine detail as ratios to the ``--blend 0`` twin of the
@@ -33,13 +34,15 @@ import tempfile
 import time
 from pathlib import Path
 
-# (name, file, options): the README's coherence commands, and street at the clip's own size.
-CLIPS = (
-    ("road", "bikes.mp4", ["--max-frames", "30", "--max-side", "256"]),
-    ("carphone", "carphone_pristine.mp4", ["--max-frames", "30"]),
-    ("street", "bikes.mp4", ["--start", "3.08", "--max-frames", "30", "--max-side", "256"]),
-    ("street-640", "bikes.mp4", ["--start", "3.08", "--max-frames", "30"]),
-)
+# (name, file, options): the README's coherence commands, street at the clip's
+# own size, and Big Buck Bunny at 720p (for a GPU: slow on a CPU).
+CLIPS = {
+    "road": ("bikes.mp4", ["--max-frames", "30", "--max-side", "256"]),
+    "carphone": ("carphone_pristine.mp4", ["--max-frames", "30"]),
+    "street": ("bikes.mp4", ["--start", "3.08", "--max-frames", "30", "--max-side", "256"]),
+    "street-640": ("bikes.mp4", ["--start", "3.08", "--max-frames", "30"]),
+    "bbb-720": ("bigbuckbunny.mp4", ["--max-frames", "30"]),
+}
 
 
 def load_average() -> float:
@@ -90,10 +93,11 @@ def output_name(clip: str, seed: int, run: str) -> str:
     return f"{clip}-seed{seed}-{run}".replace(" ", "").replace(".", "_")
 
 
-def coherence(clips: Path, work: Path, scales: list[float], seeds: list[int]) -> list[dict]:
-    """Each clip at each scale and with --blend 0, per seed: metrics and ratios to the --blend 0 twin."""
+def coherence(clips: Path, work: Path, names: list[str], scales: list[float], seeds: list[int]) -> list[dict]:
+    """Each clip of ``names`` at each scale and with --blend 0, per seed: metrics and ratios to the --blend 0 twin."""
     rows = []
-    for name, file, options in CLIPS:
+    for name in names:
+        file, options = CLIPS[name]
         for seed in seeds:
             runs = {f"scale {s:g}": ["--flow-scale", str(s)] for s in scales} | {"blend 0": ["--blend", "0"]}
             figures = {}
@@ -126,7 +130,8 @@ def contact_sheet(clips: Path, work: Path, scales: list[float], path: Path) -> N
 
     from dreamreel.pipeline.decode import read_frames
 
-    name, file, options = CLIPS[2]
+    name = "street"
+    file, options = CLIPS[name]
     inputs = list(read_frames(clips / file, start_s=3.08, max_frames=30, max_side=256))[12:17]
     rows = [np.hstack(inputs)]
     for scale in scales:
@@ -137,21 +142,22 @@ def contact_sheet(clips: Path, work: Path, scales: list[float], path: Path) -> N
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("clips", type=Path, help="folder with bikes.mp4, carphone_pristine.mp4 and bigbuckbunny.mp4")
+    parser.add_argument("folder", metavar="CLIPS", type=Path, help="folder with bikes.mp4, carphone_pristine.mp4 and bigbuckbunny.mp4")
     parser.add_argument("--scales", default="1,0.5", help="flow scales, 1 first")
+    parser.add_argument("--clips", default="road,carphone,street,street-640", help=f"some of {', '.join(CLIPS)}")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the flow timing")
     parser.add_argument("--no-coherence", action="store_true", help="time the flow only")
     parser.add_argument("--sheet", type=Path, help="write a contact sheet of street's frames 12-16 here")
     args = parser.parse_args()
     scales = [float(s) for s in args.scales.split(",")]
-    print(json.dumps({"flow_time": flow_times(args.clips / "bigbuckbunny.mp4", scales, args.rounds)}), flush=True)
+    print(json.dumps({"flow_time": flow_times(args.folder / "bigbuckbunny.mp4", scales, args.rounds)}), flush=True)
     if args.no_coherence:
         return 0
     with tempfile.TemporaryDirectory(prefix="dreamreel-flow-scale-") as tmp:
-        rows = coherence(args.clips, Path(tmp), scales, [int(s) for s in args.seeds.split(",")])
+        rows = coherence(args.folder, Path(tmp), args.clips.split(","), scales, [int(s) for s in args.seeds.split(",")])
         if args.sheet:
-            contact_sheet(args.clips, Path(tmp), scales, args.sheet)
+            contact_sheet(args.folder, Path(tmp), scales, args.sheet)
     print(f"\n{'clip':<12}{'seed':>5}{'run':>12}{'warping error':>15}{'ratio':>8}{'strength':>10}{'detail':>8}{'s':>7}  load")
     for r in rows:
         print(f"{r['clip']:<12}{r['seed']:>5}{r['run']:>12}{r['warping_error']:>15.4f}{r['warping_error_ratio']:>8.3f}"

@@ -16,7 +16,10 @@ Rows (issue 21's table) and the steps that measure them:
 - ``video-live`` 720p: ``live720-*``, compile off/on, flow scale 1/0.5
   (the variants on the clip's first 60 frames);
 - ``video-live`` 1080p: ``live1080-*`` (the clip upscaled here), flow at
-  full and half size;
+  full and half size; what half-size flow costs in coherence at 720p
+  (``benchmarks/flow_scale.py``: warping error, strength and detail against
+  frames dreamed alone, and DIS's time per frame on one of this host's
+  cores): ``coherence720``;
 - command to first frame on disk, cold and warm: every video step records
   the seconds from its start to the first frame file in the work folder;
   ``flow720-off-1``/``-2`` show a fresh process twice, ``flow720-on-cold``/
@@ -116,6 +119,8 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
         video("live1080-off", "3", clip1080, *live, *part, "--compile", "off"),
         video("live1080-off-flow0.5", "3", clip1080, *live, *part, "--compile", "off", "--flow-scale", "0.5"),
         video("live1080-on-flow0.5", "3", clip1080, *live, *part, "--compile", "on", "--flow-scale", "0.5", env=kernels, timeout=240),
+        Step("coherence720", "2", [sys.executable, "-m", "dreamreel.benchmarks.flow_scale", clip.parent, "--clips", "bbb-720",
+                                   "--seeds", "0", "--rounds", "2"], 150),  # fmt: skip
         Step("memory-mmap-threshold", "6", memory, 120, env={"MALLOC_MMAP_THRESHOLD_": "1048576"}),
         Step("googlenet-weights", "7", [sys.executable, "-c", GOOGLENET, work / "googlenet.pth"], 60),
         video("googlenet-off", "7", clip, *googlenet, "--compile", "off", timeout=90),
