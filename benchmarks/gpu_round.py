@@ -27,7 +27,7 @@ Rows (issue 21's table) and the steps that measure them:
 - dream only, batch 8 against batch 1, and peak memory 24 against 240 frames
   (``rss_parts_mb``, ``pinned_host_peak_mb``): ``bench720-*``; where one
   frame's kernel time goes at batch 1 and 8: ``profile720``; the memory
-  check again with glibc's mmap threshold fixed: ``memory-mmap-threshold``
+  check at one lane and with glibc's mmap threshold fixed: ``memory-*``
   (docs/performance.md says what each checks);
 - pytorch-deepdream's settings (GoogLeNet ``inception4c``, 4 octaves x 1.8,
   10 steps every frame, 720p): ``googlenet-*``, with random weights (the GPU
@@ -100,7 +100,7 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
                  "--octave-scale", "1.8", "--iterations", "10", "--iterations-next", "10", "--no-audio", "--max-frames", "60"]  # fmt: skip
     tests = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests"]
     live, part = ["--preset", "video-live"], ["--max-frames", "60"]  # variants: 60 frames are enough for a rate
-    memory = [sys.executable, "-c", MEMORY, args.device, size720, "24", lanes]
+    memory = [sys.executable, "-c", MEMORY, args.device, size720, "24"]
     return [
         Step("env", "-", [sys.executable, "-c", ENV_PROBE], 60),
         Step("tests-compile", "6", [*tests, "-k", "compile"], 150, env=kernels),
@@ -121,7 +121,8 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
         video("live1080-on-flow0.5", "3", clip1080, *live, *part, "--compile", "on", "--flow-scale", "0.5", env=kernels, timeout=240),
         Step("coherence720", "2", [sys.executable, "-m", "dreamreel.benchmarks.flow_scale", clip.parent, "--clips", "bbb-720",
                                    "--seeds", "0", "--rounds", "2"], 150),  # fmt: skip
-        Step("memory-mmap-threshold", "6", memory, 120, env={"MALLOC_MMAP_THRESHOLD_": "1048576"}),
+        Step("memory-batch1", "6", [*memory, "1"], 120),
+        Step("memory-mmap-threshold", "6", [*memory, lanes], 120, env={"MALLOC_MMAP_THRESHOLD_": "1048576"}),
         Step("googlenet-weights", "7", [sys.executable, "-c", GOOGLENET, work / "googlenet.pth"], 60),
         video("googlenet-off", "7", clip, *googlenet, "--compile", "off", timeout=90),
         video("googlenet-on", "7", clip, *googlenet, "--compile", "on", env=kernels, timeout=240),
@@ -179,9 +180,10 @@ for batch in (1, lanes):
 print(json.dumps(report))
 """
 # The memory check of bench720-off (pipeline children on a 24- and a 240-frame
-# pan, one step an octave, N lanes), here under the environment the step sets:
-# with MALLOC_MMAP_THRESHOLD_ fixed, frame-sized buffers are always mapped and
-# unmapped, so glibc's arenas cannot keep them (docs/performance.md, memory).
+# pan, one step an octave, N lanes), for the two hypotheses of docs/performance.md:
+# at one lane (is the growth the 8 lanes' queues and flow threads filling, which
+# 24 frames cannot fill?), and with MALLOC_MMAP_THRESHOLD_ fixed, where
+# frame-sized buffers are always mapped and unmapped, so glibc's arenas cannot keep them.
 MEMORY = """
 import json, sys, tempfile
 from pathlib import Path
