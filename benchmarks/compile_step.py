@@ -14,7 +14,7 @@ two fresh processes sharing one empty kernel cache folder:
 Each line printed is one JSON object (wall and CPU milliseconds per step,
 per round; seconds of the first compiled step; the 1-minute load average
 before and after), and a table ends the run. On a machine others use, read
-the ratios, not the milliseconds. ``--device cuda`` measures the GPU the same
+the CPU times and their ratio, not the wall milliseconds. ``--device cuda`` measures the GPU the same
 way (uncaptured steps: the captured graph is measured by ``dreamreel bench``).
 
     python benchmarks/compile_step.py --sizes 640x360,1280x720 --precisions bf16,fp32 --threads 1
@@ -126,15 +126,17 @@ def main() -> int:
                     row = child(args, size, precision, cache, warm)
                     print(json.dumps(row), flush=True)
                     rows.append(row)
-    print(f"\n{'size':<10}{'prec':<6}{'eager ms':>18}{'compiled ms':>20}{'ratio':>20}{'compile s':>11}{'cached s':>10}  load")
+    print(f"\n{'size':<10}{'prec':<6}{'eager ms (CPU)':>20}{'compiled ms (CPU)':>20}{'CPU ratio':>12}{'compile s':>11}{'cached s':>10}  load")
     for cold, warm in zip(rows[::2], rows[1::2]):
         if "error" in cold or "error" in warm:
             print(f"{cold['size']:<10}{cold['precision']:<6}  failed: {cold.get('error') or warm.get('error')}")
             continue
+        ratios = [c / e for c, e in zip(cold["compiled_cpu_ms"], cold["eager_cpu_ms"])]
         print(
-            f"{cold['size']:<10}{cold['precision']:<6}{statistics.median(cold['eager_ms']):>18.1f}"
-            f"{statistics.median(cold['compiled_ms']):>20.1f}"
-            f"{'-'.join(f'{r:.2f}' for r in (min(cold['ratio_compiled_over_eager']), max(cold['ratio_compiled_over_eager']))):>20}"
+            f"{cold['size']:<10}{cold['precision']:<6}"
+            f"{statistics.median(cold['eager_ms']):>10.0f} ({statistics.median(cold['eager_cpu_ms']):>5.0f})"
+            f"{statistics.median(cold['compiled_ms']):>11.0f} ({statistics.median(cold['compiled_cpu_ms']):>5.0f})"
+            f"{f'{min(ratios):.2f}-{max(ratios):.2f}':>12}"
             f"{cold['first_compiled_step_s']:>11.1f}{warm['first_compiled_step_s']:>10.1f}  {cold['load_average']} {warm['load_average']}"
         )
     return 0
