@@ -809,9 +809,10 @@ class Dreamer:
         from . import models, objectives
 
         self.settings = settings
-        if compute.compile != "off":
-            use_kernel_cache()  # before CUDA starts, which reads where its JIT cache is
         self.device = models.pick_device(compute.device)
+        compiling = models.pick_compile(compute.compile, self.device)
+        if compiling:
+            use_kernel_cache()  # before CUDA's first context, which reads where its JIT cache is
         self.autocast_dtype = models.pick_precision(compute.precision, self.device)
         model = models.load_model(compute.model, weights=compute.weights, labels=compute.labels)
         self.model = models.prepare(model, self.device)
@@ -819,8 +820,7 @@ class Dreamer:
         self.objective = objectives.parse_objective(settings.objective, self.model, guide_acts=self._guide_acts)
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.graphs = StepGraphs() if self.device.type == "cuda" else None
-        use_compiled = models.pick_compile(compute.compile, self.device)
-        self.compiled = CompiledSteps(required=compute.compile == "on") if use_compiled else None
+        self.compiled = CompiledSteps(required=compute.compile == "on") if compiling else None
         self.host_buffers = HostBuffers(self.device) if self.device.type == "cuda" else None
         if self.device.type == "cuda":
             torch.set_num_threads(min(torch.get_num_threads(), GPU_HOST_TORCH_THREADS))

@@ -247,7 +247,8 @@ def test_compiled_steps_dream_what_eager_steps_dream(tiny_model, textured, devic
     eager = run(None)
     compiled = D.CompiledSteps(required=True)
     first, again = run(compiled), run(compiled)
-    assert (first - eager).abs().max() < 1e-4 and torch.equal(first, again)
+    # on CUDA both paths convolve in TF32 but may pick other kernels: equal within an 8-bit level there
+    assert (first - eager).abs().max() < (1e-4 if device == "cpu" else 1 / 255) and torch.equal(first, again)
     assert (eager - x).abs().mean() > 0.01  # it dreamed
     line = capsys.readouterr().err
     assert line.count("dreamreel: compiling kernels for 64x48 x 2 (first run only") == 1, line  # once, not per call
