@@ -830,8 +830,8 @@ def pick_compile(requested: str, device: torch.device) -> bool:
     whose elementwise work inductor fuses (the issue this answers measured
     35 ms of kernels a 720p frame, far above the arithmetic), and nowhere
     else: on the 2-core development CPU a compiled step of efficientnet-lite0
-    was slower than the eager one (docs/performance.md: 1.5-2.6x the time at
-    640x360 and 1280x720, bf16 and fp32), and MPS is untested.
+    took 1.6-1.9x the CPU time of the eager one (docs/performance.md: 640x360
+    and 1280x720, bf16 and fp32), and MPS is untested.
     """
     if requested not in COMPILE_CHOICES:
         raise ValueError(f"--compile {requested!r}: expected one of {', '.join(COMPILE_CHOICES)}")
