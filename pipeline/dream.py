@@ -604,7 +604,8 @@ def _own_code(function: Callable) -> Callable:
     shapes than that (octaves x tiles x lane batch sizes), so each compiled
     shape gets a code object of its own.
     """
-    return types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__, function.__defaults__, function.__closure__)
+    code = function.__code__.replace()
+    return types.FunctionType(code, function.__globals__, function.__name__, function.__defaults__, function.__closure__)
 
 
 class CompiledSteps:
@@ -661,9 +662,10 @@ class CompiledSteps:
     def report(self, what: str, seconds: float, compiled_anew: bool) -> None:
         """The one line a compile prints on stderr: compiled now, or loaded from the cache of an earlier run."""
         if compiled_anew:
-            print(f"dreamreel: compiling kernels for {what} (first run only; kept in {self.cache}): {seconds:.1f} s", file=sys.stderr, flush=True)
+            line = f"compiling kernels for {what} (first run only; kept in {self.cache}): {seconds:.1f} s"
         else:
-            print(f"dreamreel: kernels for {what} loaded from {self.cache}: {seconds:.1f} s", file=sys.stderr, flush=True)
+            line = f"kernels for {what} loaded from {self.cache}: {seconds:.1f} s"
+        print(f"dreamreel: {line}", file=sys.stderr, flush=True)
 
     @contextmanager
     def quietly(self, what: str) -> Iterator[None]:
@@ -681,7 +683,8 @@ class CompiledSteps:
         key = ("score", id(objective), autocast_dtype, tuple(part.shape), part.stride(), part.device)
         if key not in self._functions:
             # autocast's cache is off: in a compiled graph the casts are part of the graph
-            self._functions[key] = torch.compile(functools.partial(_own_code(picture_score), model, objective, autocast_dtype, False), dynamic=False)
+            score = functools.partial(_own_code(picture_score), model, objective, autocast_dtype, False)
+            self._functions[key] = torch.compile(score, dynamic=False)
         return self._functions[key](part)
 
     def update(self, x, grad, shifts, step, smooth, anchor) -> torch.Tensor:

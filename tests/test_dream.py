@@ -265,7 +265,8 @@ def test_a_step_that_fails_to_compile_is_an_error_with_compile_on_and_eager_with
     obj = parse_objective("mid", tiny_model)
     settings = DreamSettings(objective="mid", octaves=1, iterations=2, jitter=4)
     run = lambda compiled: D.dream(tiny_model, textured, obj, settings, generator=[D.frame_generator(0, 0)], compiled=compiled)  # noqa: E731
-    with pytest.raises(ValueError, match=r"--compile on: torch.compile failed for a 64x48 step \(RuntimeError: no C\+\+ compiler\); use --compile off"):
+    refused = r"--compile on: torch.compile failed for a 64x48 step \(RuntimeError: no C\+\+ compiler\); use --compile off"
+    with pytest.raises(ValueError, match=refused):
         run(D.CompiledSteps(required=True))
     with pytest.warns(UserWarning, match="compiling the ascent step failed"):
         fallen_back = run(D.CompiledSteps(required=False))
