@@ -611,9 +611,9 @@ def run_benchmark(
 
     Returns:
         A JSON-ready dict: the keys of ``REQUIRED_KEYS``; ``batch_n``;
-        ``compiled`` (whether the steps ran compiled); ``gpu_busy`` (None off CUDA); the per-stage costs in
-        ``stage_ms_per_frame``; the seconds of each part in ``phase_s``; and
-        the settings used in ``settings``.
+        ``compiled`` (whether the steps ran compiled); ``gpu_busy`` (None
+        off CUDA); the per-stage costs in ``stage_ms_per_frame``; the seconds
+        of each part in ``phase_s``; and the settings used in ``settings``.
 
     Raises:
         ValueError: a bad setting or input.
@@ -823,6 +823,7 @@ def _measure(
             "tile_batch": settings.tile_batch,
             "blend": video.blend,
             "flow": video.flow,
+            "flow_scale": video.flow_scale,
             "batch": batch,
             "warmup_frames": video.warmup,
             "matmul_side": step["matmul_side"],
