@@ -827,11 +827,10 @@ def pick_compile(requested: str, device: torch.device) -> bool:
     """Whether ``--compile`` runs the ascent step compiled (``torch.compile``) on ``device``.
 
     ``auto`` compiles on CUDA, where a step is hundreds of small kernels
-    whose elementwise work inductor fuses (the issue this answers measured
-    35 ms of kernels a 720p frame, far above the arithmetic), and nowhere
+    whose elementwise work inductor fuses, and nowhere
     else: on the 2-core development CPU a compiled step of efficientnet-lite0
-    took 1.6-1.9x the CPU time of the eager one (docs/performance.md: 640x360
-    and 1280x720, bf16 and fp32), and MPS is untested.
+    was slower than the eager one at every size and precision measured
+    (docs/performance.md), and MPS is untested.
     """
     if requested not in COMPILE_CHOICES:
         raise ValueError(f"--compile {requested!r}: expected one of {', '.join(COMPILE_CHOICES)}")

@@ -70,9 +70,8 @@ class VideoSettings:
             (0 = every frame dreamed alone, 1 = pure feedback).
         flow: ``dis`` (OpenCV DIS), ``farneback`` or ``none`` (plain blending).
         flow_scale: share of the frame size the flow is computed at (see
-            :class:`~dreamreel.pipeline.flow.FlowEstimator`): 0.5 takes a
-            quarter to a third of the flow's time, and flickers more
-            (docs/performance.md).
+            :class:`~dreamreel.pipeline.flow.FlowEstimator`): below 1 the
+            flow is cheaper and the carry less exact (docs/performance.md).
         iterations_next: ascent steps per octave for frames after a lane's
             first (the carried dream needs fewer); None = ``iterations``.
         batch: lanes dreamed as one batch (1 = strictly sequential, the
