@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--blend", type=float, help="share of the previous dream carried into the next frame, 0..1")
     v.add_argument("--flow", choices=["dis", "farneback", "none"], help="optical flow method (none = plain blending)")
     v.add_argument("--flow-scale", type=float,
-                   help="compute the flow at this share of the frame size, 0.125..1 (0.5: a quarter to a third of the time, "
+                   help="compute the flow at this share of the frame size, 0.125..1 (0.5: about a quarter of the time, "
                         "more flicker; default 1)")
     v.add_argument("--iterations-next", type=int, help="ascent steps per octave for frames after the first")
     v.add_argument("--temporal", type=float,
