@@ -379,7 +379,7 @@ def _stage_costs(clip, frames, dreamed, video, fps, folder, device) -> dict:
         detect(frame)
     costs["cuts"] = (time.perf_counter() - start) / len(inputs)
 
-    estimator = flow.FlowEstimator(video.flow)
+    estimator = flow.FlowEstimator(video.flow, scale=video.flow_scale)
     pairs = list(zip(inputs, inputs[1:]))
     flows = []
     start = time.perf_counter()
@@ -443,7 +443,8 @@ def ascent_figures(dreamer, inputs: list, settings, batch: int, quick: bool, log
     tiled = tiled_settings(dreamer, settings, images)
     log(f"timing one ascent iteration at {images.shape[-1]}x{images.shape[-2]}, batch {batch}, tile {tiled.tile}")
     step_times = _timed(
-        lambda: ascent_step(dreamer.model, images, dreamer.objective, tiled, generators, dtype), dev, *ITERATION_REPEATS[mode]
+        lambda: ascent_step(dreamer.model, images, dreamer.objective, tiled, generators, dtype, compiled=dreamer.compiled),
+        dev, *ITERATION_REPEATS[mode],
     )
     seconds = statistics.median(step_times)
     flops = ascent_flops(dreamer.model, images, dreamer.objective, tiled, dtype)
@@ -575,6 +576,7 @@ def run_benchmark(
     batch: int = 1,
     device: str = "auto",
     precision: str = "auto",
+    compile: str = "auto",
     input: str | Path | None = None,
     threads: int | None = None,
     repeat: int = 1,
@@ -594,7 +596,7 @@ def run_benchmark(
             ``LONG_CLIP_FACTOR`` times more.
         batch: N, frames dreamed in one call for ``dream_fps_batchN`` and the
             pipeline's lanes.
-        device, precision: as ``--device`` and ``--precision``.
+        device, precision, compile: as ``--device``, ``--precision`` and ``--compile``.
         input: a video file to use instead of the generated pan (its first
             frames, at its own size).
         threads: torch CPU threads for this run and its children; None keeps
@@ -609,9 +611,9 @@ def run_benchmark(
 
     Returns:
         A JSON-ready dict: the keys of ``REQUIRED_KEYS``; ``batch_n``;
-        ``gpu_busy`` (None off CUDA); the per-stage costs in
-        ``stage_ms_per_frame``; the seconds of each part in ``phase_s``; and
-        the settings used in ``settings``.
+        ``compiled`` (whether the steps ran compiled); ``gpu_busy`` (None
+        off CUDA); the per-stage costs in ``stage_ms_per_frame``; the seconds
+        of each part in ``phase_s``; and the settings used in ``settings``.
 
     Raises:
         ValueError: a bad setting or input.
@@ -650,7 +652,7 @@ def run_benchmark(
         with tempfile.TemporaryDirectory(prefix="dreamreel-bench-") as tmp:
             result = _measure(
                 Path(tmp), began=began, model=model, size=size, frames=frames, settings=settings, video=video,
-                device=device, precision=precision, input=input, repeat=repeat, quick=quick, log=progress,
+                device=device, precision=precision, compile=compile, input=input, repeat=repeat, quick=quick, log=progress,
             )  # fmt: skip
     finally:
         torch.set_num_threads(default_threads)
@@ -659,6 +661,7 @@ def run_benchmark(
         input=str(input) if input is not None else "generated pan",
         device=device,
         precision=precision,
+        compile=compile,
         repeat=repeat,
         quick=quick,
         torch_threads=threads or default_threads,
@@ -671,7 +674,7 @@ def run_benchmark(
 
 
 def _measure(
-    folder: Path, *, began, model, size, frames, settings, video, device, precision, input, repeat, quick, log
+    folder: Path, *, began, model, size, frames, settings, video, device, precision, compile, input, repeat, quick, log
 ) -> dict:
     """The body of :func:`run_benchmark`, working in ``folder``; ``began`` is its start on the clock.
 
@@ -686,7 +689,7 @@ def _measure(
 
     dev = models.pick_device(device)
     autocast_dtype = models.pick_precision(precision, dev)
-    compute = ComputeSettings(model=model, device=str(dev), precision=precision)
+    compute = ComputeSettings(model=model, device=str(dev), precision=precision, compile=compile)
     phases: dict[str, float] = {}
     mark = time.perf_counter()
 
@@ -707,6 +710,7 @@ def _measure(
             raise ValueError(f"{input}: has no frame; the benchmark needs at least 2")
     log(f"first frame: loading {model} on {dev} ({_precision_name(autocast_dtype)}, {torch.get_num_threads()} threads)")
     dreamer = Dreamer(settings, compute)
+    compiled = dreamer.compiled is not None
     dreamer(to_tensor(first_input), generators=[frame_generator(settings.seed, 0)]).cpu()
     first_frame_s = time.perf_counter() - began
     phase("first_frame")
@@ -772,6 +776,7 @@ def _measure(
     return {
         "device": str(dev),
         "precision": _precision_name(autocast_dtype),
+        "compiled": compiled,
         "first_frame_s": first_frame_s,
         **{key: value for key, value in step.items() if key != "tiled"},
         "dream_fps_batch1": rate[1],
@@ -818,6 +823,7 @@ def _measure(
             "tile_batch": settings.tile_batch,
             "blend": video.blend,
             "flow": video.flow,
+            "flow_scale": video.flow_scale,
             "batch": batch,
             "warmup_frames": video.warmup,
             "matmul_side": step["matmul_side"],
@@ -855,7 +861,7 @@ def format_table(r: dict) -> str:
     ]  # fmt: skip
     head = (
         f"dreamreel bench: {s['model']} {s['size']}, {s['octaves']} octaves x {s['iterations']} iterations, "
-        f"batch {s['batch']}, {r['device']} {r['precision']}, {s['torch_threads']} threads, "
+        f"batch {s['batch']}, {r['device']} {r['precision']}{', compiled' if r['compiled'] else ''}, {s['torch_threads']} threads, "
         f"best of {s['repeat']} ({s['input']}, {s['seconds']:.0f} s, load {s['load_average_1min'][0]} → {s['load_average_1min'][1]})"
     )
     width = max(len(name) for name, _, _ in rows)

@@ -100,6 +100,11 @@ def add_device_options(p) -> None:
         "--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
         help="mixed precision; auto = bf16 where faster (default: auto)",
     )
+    p.add_argument(
+        "--compile", default="auto", choices=["auto", "on", "off"],
+        help="compile the ascent step with torch.compile (kernels kept in ~/.cache/dreamreel, or $DREAMREEL_CACHE); "
+        "auto = on a CUDA GPU for video and zoom (default: auto)",
+    )
 
 
 def dream_settings(args, preset):
@@ -115,7 +120,7 @@ def compute_settings(args, preset):
     model = args.model or (preset.model if preset else None) or ComputeSettings.model
     return ComputeSettings(
         model=model, weights=args.weights, labels=args.labels, device=args.device,
-        precision=args.precision, guide=args.guide,
+        precision=args.precision, guide=args.guide, compile=args.compile,
     )
 
 
@@ -211,8 +216,8 @@ def cmd_video(args) -> int:
 
     preset = load_preset_arg(args, "video-flow")
     video = build("video", preset, {
-        "blend": args.blend, "flow": args.flow, "iterations_next": args.iterations_next, "batch": args.batch,
-        "temporal": args.temporal, "warmup": args.warmup, "cadence": args.cadence,
+        "blend": args.blend, "flow": args.flow, "flow_scale": args.flow_scale, "iterations_next": args.iterations_next,
+        "batch": args.batch, "temporal": args.temporal, "warmup": args.warmup, "cadence": args.cadence,
     })
     options = dict(start_s=args.start, end_s=args.end, max_frames=args.max_frames, max_side=args.max_side, progress=not args.quiet)
     settings, compute, encode = dream_settings(args, preset), compute_settings(args, preset), encode_settings(args, preset)
@@ -377,7 +382,7 @@ def cmd_bench(args) -> int:
 
     result = run_benchmark(
         model=args.model, input=args.input, size=args.size, octaves=args.octaves, iterations=args.iterations,
-        frames=args.frames, batch=args.batch, device=args.device, precision=args.precision, threads=args.threads,
+        frames=args.frames, batch=args.batch, device=args.device, precision=args.precision, compile=args.compile, threads=args.threads,
         repeat=args.repeat, quick=args.quick, log=None if args.quiet else log_to_stderr,
     )  # fmt: skip
     print(format_table(result), file=sys.stderr if args.json else sys.stdout)
@@ -500,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = p.add_argument_group("video")
     v.add_argument("--blend", type=float, help="share of the previous dream carried into the next frame, 0..1")
     v.add_argument("--flow", choices=["dis", "farneback", "none"], help="optical flow method (none = plain blending)")
+    v.add_argument("--flow-scale", type=float,
+                   help="compute the flow at this share of the frame size, 0.125..1 (0.5: about a quarter of the time, "
+                        "more flicker; default 1)")
     v.add_argument("--iterations-next", type=int, help="ascent steps per octave for frames after the first")
     v.add_argument("--temporal", type=float,
                    help="pull of every ascent step towards the carried dream where the flow is trusted, 0..1 (0 = off)")

@@ -17,9 +17,14 @@ from __future__ import annotations
 import collections
 import functools
 import math
+import os
+import sys
 import threading
+import time
+import types
+import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -180,7 +185,8 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     On a CPU it is a weighted sum of shifted views: on the 2-core development
     CPU a (1, 3, 720, 1280) blur at sigma 0.5 took 100 ms as a grouped
     convolution and 12 ms this way. On a GPU each shifted sum is a kernel of
-    its own, so there it is two depthwise convolutions (two kernels).
+    its own, so there it is two depthwise convolutions (two kernels), unless
+    ``torch.compile`` traces it, which fuses the sums into one.
 
     Args:
         x: (B, C, H, W).
@@ -195,12 +201,12 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     radius = min(radius, x.shape[-1] - 1, x.shape[-2] - 1)
     if radius < 1:
         return x
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).tolist()
+    k = [math.exp(-0.5 * (t / sigma) ** 2) for t in range(-radius, radius + 1)]
+    k = [weight / sum(k) for weight in k]
     h, w = x.shape[-2:]
     x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    if x.device.type == "cpu":
+    # torch.compile fuses the shifted sums into one loop on any device
+    if x.device.type == "cpu" or torch.compiler.is_compiling():
         x = sum(weight * x[..., :, i : i + w] for i, weight in enumerate(k))
         return sum(weight * x[..., i : i + h, :] for i, weight in enumerate(k))
     kernel = _blur_kernel(tuple(k), x.shape[1], x.device, x.dtype)
@@ -270,6 +276,29 @@ def tile_batches(x: torch.Tensor, tile: int, tile_batch: int) -> Iterator[tuple[
             yield torch.cat([x[:, :, y0 : y0 + th, x0 : x0 + tw] for y0, x0 in group]), group
 
 
+def picture_score(
+    model: DreamModel,
+    objective: Objective,
+    autocast_dtype: torch.dtype | None,
+    autocast_cache: bool,
+    pictures: torch.Tensor,
+    reference: torch.Tensor | None = None,
+    gain: float = 1.0,
+) -> torch.Tensor:
+    """The objective of (B, 3, H, W) pictures as (B,) float32, in the autocast precision: what a compiled step compiles.
+
+    ``reference`` (B, 3, H, W), placed like ``pictures``, gives the targets of
+    ``enhance:`` objectives: its activations times ``gain``, without gradient.
+    """
+    amp = torch.autocast(pictures.device.type, dtype=autocast_dtype, cache_enabled=autocast_cache) if autocast_dtype else nullcontext()
+    with amp:
+        acts = model(pictures, objective.layers)
+        if reference is not None:
+            with torch.no_grad():
+                acts |= {target_key(name): gain * a for name, a in model(reference, objective.targets).items()}
+    return objective(acts).float()
+
+
 def objective_gradient(
     model: DreamModel,
     x: torch.Tensor,
@@ -281,6 +310,7 @@ def objective_gradient(
     autocast_cache: bool = True,
     reference: torch.Tensor | None = None,
     gain: float = 1.0,
+    compiled: CompiledSteps | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient of the objective with respect to the picture, tile by tile.
 
@@ -302,6 +332,8 @@ def objective_gradient(
             objectives with targets (``enhance:LAYER``): their activations
             times ``gain`` are the targets, tile by tile. None: ``x`` itself.
         gain: see ``reference``.
+        compiled: scores each tile with its compiled :func:`picture_score`
+            (whose backward pass is compiled with it), else eagerly.
 
     Returns:
         (gradient (B, 3, H, W) float32, score (B,) float32 detached).
@@ -310,20 +342,19 @@ def objective_gradient(
     b = x.shape[0]
     grad = torch.zeros_like(x)
     score = torch.zeros(b, device=x.device)
-    amp = torch.autocast(x.device.type, dtype=autocast_dtype, cache_enabled=autocast_cache) if autocast_dtype else nullcontext()
     loss_scale = FP16_LOSS_SCALE if autocast_dtype == torch.float16 else 1.0
     references = tile_batches(x if reference is None else reference, tile, tile_batch) if objective.targets else None
     for part, corners in tile_batches(x.detach(), tile, tile_batch):
         th, tw = part.shape[-2:]
         area = th * tw / (h * w)
         part = part.contiguous(memory_format=model.input_format).requires_grad_(True)
-        with amp:
-            acts = model(part, objective.layers)
-            if references is not None:
-                start = next(references)[0].contiguous(memory_format=model.input_format)
-                with torch.no_grad():
-                    acts |= {target_key(name): gain * a for name, a in model(start, objective.targets).items()}
-        s = objective(acts).float()
+        start = None
+        if references is not None:
+            start = next(references)[0].contiguous(memory_format=model.input_format)
+        if compiled is not None:
+            s = compiled.score(model, objective, autocast_dtype, part, start, gain)
+        else:
+            s = picture_score(model, objective, autocast_dtype, autocast_cache, part, start, gain)
         (g,) = torch.autograd.grad(s.sum() * loss_scale, part)
         for k, (y0, x0) in enumerate(corners):
             grad[:, :, y0 : y0 + th, x0 : x0 + tw] = g[k * b : (k + 1) * b].float() * (area / loss_scale)
@@ -409,6 +440,7 @@ def ascent_update(
     anchor: tuple[torch.Tensor, torch.Tensor, float | torch.Tensor] | None = None,
     autocast_cache: bool = True,
     reference: torch.Tensor | None = None,
+    compiled: CompiledSteps | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One normalised gradient-ascent step (B, 3, H, W) → (B, 3, H, W), and the score (B,).
 
@@ -424,18 +456,38 @@ def ascent_update(
         anchor: (anchor picture (B, 3, H, W), weight (B, 1, H, W), strength)
             for :func:`temporal_pull`, or None.
         reference: (B, 3, H, W) start pictures for ``enhance:`` objectives, rolled like ``x``.
+        compiled: runs the score (forward and backward) and the update
+            compiled (see :class:`CompiledSteps`); step sizes and strength
+            must then be tensors, or each new number would compile anew.
     """
     grad, score = objective_gradient(
         model, roll(x, shifts), objective, tile=settings.tile, autocast_dtype=autocast_dtype,
         tile_batch=settings.tile_batch, autocast_cache=autocast_cache,
-        reference=None if reference is None else roll(reference, shifts), gain=settings.gain,
+        reference=None if reference is None else roll(reference, shifts), gain=settings.gain, compiled=compiled,
     )  # fmt: skip
-    grad = gaussian_blur(roll(grad, shifts, sign=-1), settings.smooth)
+    if compiled is not None:
+        return compiled.update(x, grad, shifts, step, settings.smooth, anchor), score
+    return apply_gradient(x, grad, shifts, step, settings.smooth, anchor), score
+
+
+def apply_gradient(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    shifts: torch.Tensor,
+    step: float | torch.Tensor,
+    smooth: float,
+    anchor: tuple[torch.Tensor, torch.Tensor, float | torch.Tensor] | None,
+) -> torch.Tensor:
+    """The update of :func:`ascent_update` once the rolled picture's gradient ``grad`` is known: (B, 3, H, W).
+
+    Elementwise work and a blur, memory-bound: compiled, it fuses into a few loops.
+    """
+    grad = gaussian_blur(roll(grad, shifts, sign=-1), smooth)
     grad = grad / (grad.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-8)
     x = x + step * grad
     if anchor is not None:
         x = temporal_pull(x, *anchor)
-    return x.clamp(0, 1), score
+    return x.clamp(0, 1)
 
 
 def jitter_limit(settings: DreamSettings, height: int, width: int) -> int:
@@ -451,10 +503,15 @@ def ascent_step(
     generators: list[torch.Generator],
     autocast_dtype: torch.dtype | None,
     step: float | Sequence[float] | None = None,
+    compiled: CompiledSteps | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of :func:`ascent_update` with rolls drawn from ``generators`` (one, or one per image)."""
     shifts = jitter_shifts(generators, 1, jitter_limit(settings, *x.shape[-2:]))[0].to(x.device)
-    return ascent_update(model, x, objective, shifts, _step_sizes(settings, step, x), settings, autocast_dtype)
+    step = _step_sizes(settings, step, x)
+    if compiled is not None:
+        step, _ = _as_tensors(step, None, x)
+        return compiled.step(model, x, objective, shifts, step, settings, autocast_dtype)
+    return ascent_update(model, x, objective, shifts, step, settings, autocast_dtype)
 
 
 def _step_sizes(settings: DreamSettings, step: float | Sequence[float] | None, x: torch.Tensor) -> float | torch.Tensor:
@@ -462,6 +519,18 @@ def _step_sizes(settings: DreamSettings, step: float | Sequence[float] | None, x
     if isinstance(size, Sequence):
         return _on_device(torch.tensor(size, dtype=torch.float32).view(-1, 1, 1, 1), x.device)
     return size
+
+
+def _as_tensors(step: float | torch.Tensor, anchor: tuple | None, x: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
+    """Step sizes as (B, 1, 1, 1) and the anchor's strength as a 0-d tensor, on ``x``'s device.
+
+    What captured and compiled steps take: a graph's inputs are filled on the
+    device, not copied from the host, and a compiled step would compile anew
+    for every new number.
+    """
+    b = x.shape[0]
+    step = step.expand(b, 1, 1, 1) if torch.is_tensor(step) else torch.full((b, 1, 1, 1), step, device=x.device)
+    return step, None if anchor is None else (*anchor[:2], torch.full((), anchor[2], device=x.device))
 
 
 def _on_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -486,16 +555,18 @@ class CapturedStep:
     with no copies.
     """
 
-    def __init__(self, model, objective, settings, autocast_dtype, x, shifts, step, anchor, reference=None):
+    def __init__(self, model, objective, settings, autocast_dtype, x, shifts, step, anchor, reference=None, compiled=None):
         self.objective = objective  # kept alive: the cache is keyed by its id
         self.x = x.clone()
         self.shifts = shifts.clone()
         self.step = step.clone()
         self.anchor = tuple(t.clone() for t in anchor) if anchor is not None else None
         self.reference = reference.clone() if reference is not None else None
+        # With ``compiled`` the graph holds the compiled step's kernels (compiled in the first warm-up run).
+        update = ascent_update if compiled is None else compiled.step
 
         def run_once():
-            return ascent_update(
+            return update(
                 model, self.x, objective, self.shifts, self.step, settings, autocast_dtype, self.anchor, False, self.reference
             )  # fmt: skip
 
@@ -530,21 +601,22 @@ class CapturedStep:
 
 
 def _octave_ascent(
-    model, x, objective, settings, generators, autocast_dtype, step, n_iter, anchor, on_step, graphs, reference=None
+    model, x, objective, settings, generators, autocast_dtype, step, n_iter, anchor, on_step, graphs, compiled, reference=None
 ) -> torch.Tensor:
-    """``n_iter`` ascent steps at one octave: replayed from a CUDA graph where ``graphs`` allows, else eager."""
+    """``n_iter`` ascent steps at one octave: replayed from a CUDA graph where ``graphs`` allows, compiled with ``compiled``, else eager."""
     shifts = _on_device(jitter_shifts(generators, n_iter, jitter_limit(settings, *x.shape[-2:])), x.device)
     step = _step_sizes(settings, step, x)
+    update = ascent_update
+    if (graphs is not None or compiled is not None) and n_iter > 0:
+        step, anchor = _as_tensors(step, anchor, x)
+    if compiled is not None:
+        update = compiled.step
     if graphs is not None and n_iter > 0:
-        # the graph's inputs as tensors: filled on the device, not copied from the host
-        b = x.shape[0]
-        step = step.expand(b, 1, 1, 1) if torch.is_tensor(step) else torch.full((b, 1, 1, 1), step, device=x.device)
-        anchor_t = None if anchor is None else (*anchor[:2], torch.full((), anchor[2], device=x.device))
-        captured = graphs.get(model, objective, settings, autocast_dtype, x, shifts[0], step, anchor_t, reference)
+        captured = graphs.get(model, objective, settings, autocast_dtype, x, shifts[0], step, anchor, reference, compiled)
         if captured is not None:
-            return captured.run(x, shifts, step, anchor_t, on_step, reference)
+            return captured.run(x, shifts, step, anchor, on_step, reference)
     for rolls in shifts:
-        x, score = ascent_update(model, x, objective, rolls, step, settings, autocast_dtype, anchor, reference=reference)
+        x, score = update(model, x, objective, rolls, step, settings, autocast_dtype, anchor, reference=reference)
         if on_step is not None:
             on_step(score)
     return x
@@ -655,19 +727,157 @@ class StepGraphs:
     def __init__(self):
         self._steps: collections.OrderedDict[tuple, CapturedStep | None] = collections.OrderedDict()
 
-    def get(self, model, objective, settings, autocast_dtype, x, shifts, step, anchor, reference=None) -> CapturedStep | None:
-        """The captured step for this objective, shape and settings; None where capture failed."""
+    def get(
+        self, model, objective, settings, autocast_dtype, x, shifts, step, anchor, reference=None, compiled=None
+    ) -> CapturedStep | None:
+        """The captured step for this objective, shape and settings (compiled with ``compiled``); None where capture failed."""
         key = (id(objective), tuple(x.shape), settings.tile, settings.tile_batch, settings.smooth, settings.gain, shifts.shape[0],
                anchor is not None, reference is not None)  # fmt: skip
         if key not in self._steps:
             try:
-                self._steps[key] = CapturedStep(model, objective, settings, autocast_dtype, x, shifts, step, anchor, reference)
+                self._steps[key] = CapturedStep(model, objective, settings, autocast_dtype, x, shifts, step, anchor, reference, compiled)
             except RuntimeError:
                 self._steps[key] = None
             if len(self._steps) > MAX_CAPTURED_STEPS:
                 self._steps.popitem(last=False)
         self._steps.move_to_end(key)
         return self._steps[key]
+
+
+# Where compiled kernels are kept between runs: this variable's folder, else
+# $XDG_CACHE_HOME/dreamreel, else ~/.cache/dreamreel.
+KERNEL_CACHE_ENV = "DREAMREEL_CACHE"
+
+
+def kernel_cache_folder() -> Path:
+    """The folder compiled kernels are kept in (``DREAMREEL_CACHE``, else the user's cache folder)."""
+    if os.environ.get(KERNEL_CACHE_ENV):
+        return Path(os.environ[KERNEL_CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "dreamreel"
+
+
+def use_kernel_cache() -> Path:
+    """Keep inductor's compiled kernels, and CUDA's JIT-compiled ones, in :func:`kernel_cache_folder`; returns it.
+
+    Sets ``TORCHINDUCTOR_CACHE_DIR`` (inductor's graphs, its C++ and Triton
+    kernels) and ``CUDA_CACHE_PATH`` (the driver's cache of kernels compiled
+    from PTX, cuDNN's runtime-compiled ones among them) where the user has not
+    set them. Inductor reads its variable when it first compiles and CUDA
+    when it starts, so this is called before either.
+    """
+    folder = kernel_cache_folder()
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder / "inductor"))
+    os.environ.setdefault("CUDA_CACHE_PATH", str(folder / "cuda"))
+    return folder
+
+
+def _files_in(folder: str | Path) -> int:
+    return sum(len(files) for _, _, files in os.walk(folder))
+
+
+def _own_code(function: Callable) -> Callable:
+    """``function`` as a new function with a code object of its own.
+
+    torch.compile keeps compiled versions per code object and, past
+    ``recompile_limit`` (8) of them, runs the code eagerly; a job meets more
+    shapes than that (octaves x tiles x lane batch sizes), so each compiled
+    shape gets a code object of its own.
+    """
+    code = function.__code__.replace()
+    return types.FunctionType(code, function.__globals__, function.__name__, function.__defaults__, function.__closure__)
+
+
+class CompiledSteps:
+    """The ascent steps of one dreamer compiled by ``torch.compile`` (inductor), one set of kernels per shape.
+
+    A step is two compiled functions: :func:`picture_score` of a tile, whose
+    backward pass AOTAutograd compiles with it, and :func:`apply_gradient`,
+    whose elementwise work fuses into a few loops. Each shape is compiled on
+    its first step (static shapes: the kernels are specialised to it, and a
+    CUDA graph can hold them); inductor keeps the kernels in
+    :func:`kernel_cache_folder`, so later runs load them rather than compile.
+    A step shape's first step prints one line with the time it took, unless
+    :meth:`quietly` collects it (a warm-up prints one line for all octaves).
+
+    Args:
+        required: ``--compile on``: a step that fails to compile is an error
+            (ValueError); otherwise (``auto``) it warns once and that shape
+            runs eagerly.
+    """
+
+    def __init__(self, required: bool = False):
+        self.required = required
+        self.cache = use_kernel_cache()
+        self._functions: dict[tuple, Callable] = {}
+        self._steps: dict[tuple, bool] = {}  # step shape -> compiled (False: compiling it failed, eager)
+        self._objectives: dict[int, Objective] = {}  # kept alive: keys hold their ids
+        self._collect: list[float] | None = None
+
+    def step(self, model, x, objective, shifts, step, settings, autocast_dtype, anchor=None, autocast_cache=True, reference=None):
+        """:func:`ascent_update` with its parts compiled; ``step`` and the anchor's strength as tensors (see :func:`_as_tensors`)."""
+        key = (id(objective), autocast_dtype, tuple(x.shape), settings.tile, settings.tile_batch, settings.smooth, settings.gain,
+               anchor is not None, reference is not None)  # fmt: skip
+        update = functools.partial(ascent_update, model, x, objective, shifts, step, settings, autocast_dtype, anchor, autocast_cache, reference)
+        if self._steps.get(key) is not None:
+            return update(compiled=self if self._steps[key] else None)
+        self._objectives[id(objective)] = objective
+        files, start = _files_in(self.cache), time.perf_counter()
+        try:
+            result = update(compiled=self)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            if self.required:
+                raise ValueError(f"--compile on: torch.compile failed for a {_size(x)} step ({reason}); use --compile off") from exc
+            warnings.warn(f"compiling the ascent step failed ({reason}); dreaming uncompiled", stacklevel=2)
+            self._steps[key] = False
+            return update()
+        self._steps[key] = True
+        seconds = time.perf_counter() - start
+        if self._collect is not None:
+            self._collect.append(seconds)
+        else:
+            self.report(_size(x), seconds, _files_in(self.cache) > files)
+        return result
+
+    def report(self, what: str, seconds: float, compiled_anew: bool) -> None:
+        """The one line a compile prints on stderr: compiled now, or loaded from the cache of an earlier run."""
+        if compiled_anew:
+            line = f"compiling kernels for {what} (first run only; kept in {self.cache}): {seconds:.1f} s"
+        else:
+            line = f"kernels for {what} loaded from {self.cache}: {seconds:.1f} s"
+        print(f"dreamreel: {line}", file=sys.stderr, flush=True)
+
+    @contextmanager
+    def quietly(self, what: str) -> Iterator[None]:
+        """Steps compiled inside print nothing; at the end, one line for them all (if any), naming ``what``."""
+        self._collect, files = [], _files_in(self.cache)
+        try:
+            yield
+        finally:
+            seconds, self._collect = self._collect, None
+        if seconds:
+            self.report(what, sum(seconds), _files_in(self.cache) > files)
+
+    def score(self, model, objective, autocast_dtype, part: torch.Tensor, reference=None, gain: float = 1.0) -> torch.Tensor:
+        """:func:`picture_score` of ``part`` (and its ``reference``), compiled for its shape and layout."""
+        key = ("score", id(objective), autocast_dtype, tuple(part.shape), part.stride(), part.device, reference is not None, gain)
+        if key not in self._functions:
+            # autocast's cache is off: in a compiled graph the casts are part of the graph
+            score = functools.partial(_own_code(picture_score), model, objective, autocast_dtype, False, gain=gain)
+            self._functions[key] = torch.compile(score, dynamic=False)
+        return self._functions[key](part, reference)
+
+    def update(self, x, grad, shifts, step, smooth, anchor) -> torch.Tensor:
+        """:func:`apply_gradient`, compiled for the shapes and the blur's sigma."""
+        key = ("update", tuple(x.shape), x.device, tuple(shifts.shape), tuple(step.shape), smooth, anchor is not None)
+        if key not in self._functions:
+            self._functions[key] = torch.compile(functools.partial(_own_code(apply_gradient), smooth=smooth), dynamic=False)
+        return self._functions[key](x, grad, shifts, step, anchor=anchor)
+
+
+def _size(x: torch.Tensor) -> str:
+    """``WxH`` of (B, C, H, W) pictures, with the batch when it is more than one."""
+    return f"{x.shape[-1]}x{x.shape[-2]}" + (f" x {x.shape[0]}" if x.shape[0] > 1 else "")
 
 
 def dream(
@@ -683,6 +893,7 @@ def dream(
     anchor: tuple[torch.Tensor, torch.Tensor, float] | None = None,
     on_step: Callable[[torch.Tensor], None] | None = None,
     graphs: StepGraphs | None = None,
+    compiled: CompiledSteps | None = None,
 ) -> torch.Tensor:
     """Dream a batch of pictures.
 
@@ -710,6 +921,8 @@ def dream(
         on_step: called after every ascent step with the (B,) scores.
         graphs: CUDA-graph cache; with one, steps on a CUDA device are
             captured once per shape and replayed.
+        compiled: compiled steps; with them every step runs compiled
+            kernels (inside the captured graph where there is one).
 
     Returns:
         (B, 3, H, W) dreamed pictures in [0, 1], same size, device and dtype.
@@ -739,7 +952,8 @@ def dream(
         reference = octave_base if objective.targets else None
         if settings.optimizer == "step":
             x = _octave_ascent(
-                model, x, objective, settings, generators, autocast_dtype, step, n_iter, octave_anchor, on_step, graphs, reference
+                model, x, objective, settings, generators, autocast_dtype, step, n_iter, octave_anchor, on_step, graphs, compiled,
+                reference,
             )  # fmt: skip
         else:
             x = _octave_optimize(model, x, objective, settings, generators, autocast_dtype, step, n_iter, octave_anchor, on_step, reference)
@@ -762,6 +976,10 @@ class ComputeSettings:
         device: ``auto`` (cuda, then mps, then cpu), ``cpu``, ``cuda``, ``cuda:N``, ``mps``.
         precision: ``auto`` (bf16 where faster), ``bf16``, ``fp16`` or ``fp32``.
         guide: image whose activations ``guide:LAYER`` objectives match.
+        compile: ``auto``, ``on`` or ``off``: the ascent step compiled by
+            ``torch.compile`` (:class:`CompiledSteps`); ``auto`` compiles
+            where that is faster (:func:`~dreamreel.pipeline.models.pick_compile`).
+            The same dream up to float rounding either way.
     """
 
     model: str = "efficientnet-lite0"
@@ -770,6 +988,7 @@ class ComputeSettings:
     device: str = "auto"
     precision: str = "auto"
     guide: str | None = None
+    compile: str = "auto"
 
     def input_files(self) -> dict[str, str]:
         """The files these settings read, by flag (``--model`` only for a model file).
@@ -795,6 +1014,9 @@ class Dreamer:
 
         self.settings = settings
         self.device = models.pick_device(compute.device)
+        compiling = models.pick_compile(compute.compile, self.device)
+        if compiling:
+            use_kernel_cache()  # before CUDA's first context, which reads where its JIT cache is
         self.autocast_dtype = models.pick_precision(compute.precision, self.device)
         model = models.load_model(compute.model, weights=compute.weights, labels=compute.labels)
         self.model = models.prepare(model, self.device)
@@ -802,6 +1024,7 @@ class Dreamer:
         self.objective = objectives.parse_objective(settings.objective, self.model, guide_acts=self._guide_acts)
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.graphs = StepGraphs() if self.device.type == "cuda" else None
+        self.compiled = CompiledSteps(required=compute.compile == "on") if compiling else None
         self.host_buffers = HostBuffers(self.device) if self.device.type == "cuda" else None
         if self.device.type == "cuda":
             torch.set_num_threads(min(torch.get_num_threads(), GPU_HOST_TORCH_THREADS))
@@ -869,22 +1092,28 @@ class Dreamer:
             anchor=anchor,
             on_step=on_step,
             graphs=self.graphs,
+            compiled=self.compiled,
         )
 
     def warm_up(self, batch: int, height: int, width: int, *, anchored: bool = False) -> None:
-        """Capture the ascent steps of (batch, 3, height, width) pictures now, so the first real frame is quick.
+        """Capture and compile the ascent steps of (batch, 3, height, width) pictures now, so the first real frame is quick.
 
-        On CUDA it dreams a flat grey batch one step an octave (with a
-        temporal anchor if ``anchored``, the video's captured step), which
-        chooses the tile and captures every octave's graph; elsewhere it does
-        nothing. The dreamer's own random stream is left as it was.
+        With captured or compiled steps (CUDA, ``--compile``) it dreams a flat
+        grey batch one step an octave (with a temporal anchor if ``anchored``,
+        the video's step), which chooses the tile, compiles every octave's
+        step (one line on stderr with the time it took) and captures its
+        graph; otherwise it does nothing. The dreamer's own random stream is
+        left as it was.
         """
-        if self.graphs is None:
+        if self.graphs is None and self.compiled is None:
             return
         grey = torch.full((batch, 3, height, width), 0.5, device=self.device)
         anchor = (grey, torch.zeros_like(grey[:, :1]), 0.5) if anchored else None
-        self(grey, iterations=1, generators=[torch.Generator() for _ in range(batch)], anchor=anchor)
-        torch.cuda.synchronize(self.device)
+        compiling = self.compiled.quietly(f"{width}x{height}" + (f" x {batch}" if batch > 1 else "")) if self.compiled else nullcontext()
+        with compiling:
+            self(grey, iterations=1, generators=[torch.Generator() for _ in range(batch)], anchor=anchor)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
 
     def gpu_tile(self, batch: int, height: int, width: int, settings: DreamSettings) -> int:
         """Tile side for ``tile = None`` on CUDA: the whole picture if one ascent step fits.

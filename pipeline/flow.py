@@ -36,6 +36,9 @@ from .files import check_rgb, describe
 
 FLOW_METHODS = ("dis", "farneback", "none")
 DIS_PRESETS = ("ultrafast", "fast", "medium")
+# Smallest FlowEstimator scale: at 1/8, a 720p frame's flow is computed on
+# 160x90 pixels, where DIS's 8 px patches see little but the largest shapes.
+MIN_FLOW_SCALE = 0.125
 
 # Cost of one flow field (FlowEstimator call, RGB in) on a 1280x720 pan of
 # tests/data/chelsea.jpg on the 2-core development CPU (cv2's default 2
@@ -121,9 +124,16 @@ class FlowEstimator:
             an alternative; "none" returns zero flow (no motion compensation).
         preset: DIS speed/quality trade-off, one of :data:`DIS_PRESETS`; only
             used by "dis". See the timings above the class.
+        scale: share of the frame's width and height the flow is computed at,
+            ``MIN_FLOW_SCALE`` to 1: the frames are shrunk (area
+            interpolation), and the field is upsampled (bilinear) and its
+            vectors multiplied back to full-frame pixels. DIS "medium"
+            already stops at its pyramid's second level (half the frame), so
+            0.5 puts that finest field at a quarter of the frame size (see
+            docs/performance.md for its cost in time and in coherence).
 
     Raises:
-        ValueError: unknown ``method`` or ``preset``.
+        ValueError: unknown ``method`` or ``preset``, or ``scale`` out of range.
 
     Example::
 
@@ -131,18 +141,20 @@ class FlowEstimator:
         backward = estimator(cur_rgb, prev_rgb)  # (H, W, 2): cur(p) ≈ prev(p + backward(p))
     """
 
-    def __init__(self, method: str = "dis", *, preset: str = "medium") -> None:
+    def __init__(self, method: str = "dis", *, preset: str = "medium", scale: float = 1.0) -> None:
         if method not in FLOW_METHODS:
             raise ValueError(f"method={method!r} is not a flow method; choose one of {FLOW_METHODS}")
         if preset not in DIS_PRESETS:
             raise ValueError(f"preset={preset!r} is not a DIS preset; choose one of {DIS_PRESETS}")
+        check_flow_scale(scale)
         self.method = method
         self.preset = preset
+        self.scale = scale
         self._dis = cv2.DISOpticalFlow_create(_DIS_PRESET_IDS[preset]) if method == "dis" else None
         self._dis_finest_level = self._dis.getFinestScale() if self._dis is not None else 0
 
     def __repr__(self) -> str:
-        return f"FlowEstimator(method={self.method!r}, preset={self.preset!r})"
+        return f"FlowEstimator(method={self.method!r}, preset={self.preset!r}, scale={self.scale!r})"
 
     def __call__(self, src_rgb: np.ndarray, dst_rgb: np.ndarray) -> np.ndarray:
         """Flow from ``src_rgb`` to ``dst_rgb``: ``src(p) ≈ dst(p + flow(p))``.
@@ -172,9 +184,22 @@ class FlowEstimator:
             return np.zeros((height, width, 2), np.float32)
         src = cv2.cvtColor(src_rgb, cv2.COLOR_RGB2GRAY)
         dst = cv2.cvtColor(dst_rgb, cv2.COLOR_RGB2GRAY)
+        small = (max(1, round(width * self.scale)), max(1, round(height * self.scale)))
+        if small != (width, height):
+            src = cv2.resize(src, small, interpolation=cv2.INTER_AREA)
+            dst = cv2.resize(dst, small, interpolation=cv2.INTER_AREA)
         if self.method == "farneback":
-            return cv2.calcOpticalFlowFarneback(src, dst, None, *_FARNEBACK_ARGS)
-        return self._dis_flow(src, dst)
+            flow = cv2.calcOpticalFlowFarneback(src, dst, None, *_FARNEBACK_ARGS)
+        else:
+            flow = self._dis_flow(src, dst)
+        if small == (width, height):
+            return flow
+        # The field at full size, its vectors in full-size pixels. Pixel centres
+        # map as (x + 0.5) * width / small_width - 0.5, which bilinear resizing follows.
+        flow = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR)
+        flow[..., 0] *= width / small[0]
+        flow[..., 1] *= height / small[1]
+        return flow
 
     def _dis_flow(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         """DIS flow between two gray uint8 frames of any size (see _DIS_PATCH_PX)."""
@@ -196,6 +221,12 @@ class FlowEstimator:
         self._dis.setFinestScale(min(self._dis_finest_level, coarsest_level))
         flow = self._dis.calc(src, dst, None)
         return np.ascontiguousarray(flow[:height, :width])
+
+
+def check_flow_scale(scale: float) -> None:
+    """Raise ValueError naming ``--flow-scale`` unless ``scale`` is a number from ``MIN_FLOW_SCALE`` to 1."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not MIN_FLOW_SCALE <= scale <= 1:
+        raise ValueError(f"--flow-scale {scale!r}: expected a number from {MIN_FLOW_SCALE} to 1 (1 = full size)")
 
 
 def warp_with_flow(image: torch.Tensor, flow: torch.Tensor, *, mode: str = "bilinear") -> torch.Tensor:

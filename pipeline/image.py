@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -76,8 +76,8 @@ def dream_image(
         if max_side:
             w, h = output_size(images.shape[-1], images.shape[-2], max_side)
             images = resize(images, (h, w))
-    # 2. load the model and objective once
-    dreamer = Dreamer(settings, compute)
+    # 2. load the model and objective once; one picture never repays compiling, so auto does not compile
+    dreamer = Dreamer(settings, replace(compute, compile="off") if compute.compile == "auto" else compute)
     # 3. dream, with one bar over every ascent step of every octave
     from .dream import octave_sizes
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import os
 import re
 from collections.abc import Callable, Collection, Sequence
@@ -172,6 +173,10 @@ class DreamModel(nn.Module):
         # Scripted modules accept no forward hooks: only their logits can be read.
         self.hookable = not isinstance(net, torch.jit.ScriptModule)
         self._modules_by_name = dict(net.named_modules()) if self.hookable else {}
+        # The recording hooks stay on their layers once added (see tap), and
+        # record only during a forward pass that asks for their layer.
+        self._taps: dict[str, nn.Module] = {}  # layer name -> the module its hook is on
+        self._recording: tuple[frozenset[str], dict[str, torch.Tensor]] | None = None
         # Layout of the pictures fed to the network, set by prepare(): inputs
         # in the weights' layout spare a conversion at every convolution.
         self.input_format = torch.contiguous_format
@@ -245,20 +250,13 @@ class DreamModel(nn.Module):
             The forward pass stops after the last layer needed (low layers are
             cheap) and does not start when only the picture is asked for.
         """
-        wanted = set(layers)
+        wanted = frozenset(layers)
         captured: dict[str, torch.Tensor] = {PICTURE: images} if PICTURE in wanted else {}
         if wanted <= {PICTURE}:
             return captured
         x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
-        hooks = []
-        for name in wanted - {LOGITS, PICTURE}:
-
-            def hook(_module, _inputs, output, name=name):
-                captured[name] = output
-                if LOGITS not in wanted and len(captured) == len(wanted):
-                    raise _StopForward
-
-            hooks.append(self._modules_by_name[name].register_forward_hook(hook))
+        self.tap(wanted - {LOGITS, PICTURE})
+        self._recording = (wanted, captured)
         try:
             logits = self.net(x)
             if LOGITS in wanted:
@@ -266,9 +264,31 @@ class DreamModel(nn.Module):
         except _StopForward:
             pass
         finally:
-            for h in hooks:
-                h.remove()
+            self._recording = None
         return captured
+
+    def tap(self, layers: Collection[str]) -> None:
+        """Put a recording hook on each of ``layers`` (resolved names) that has none yet.
+
+        The hooks stay: registering one cannot be traced by ``torch.compile``,
+        so a compiled step taps its layers before it is traced, and its
+        forward passes then find them in place. A layer swapped for another
+        module (a folded convolution) gets a hook again.
+        """
+        for name in layers:
+            module = self._modules_by_name[name]
+            if self._taps.get(name) is not module:
+                module.register_forward_hook(functools.partial(self._record, name))
+                self._taps[name] = module
+
+    def _record(self, name: str, _module, _inputs, output) -> None:
+        """Forward hook of layer ``name``: keep its output if this pass wants it; stop once it has them all."""
+        if self._recording is None or name not in self._recording[0]:
+            return
+        wanted, captured = self._recording
+        captured[name] = output
+        if LOGITS not in wanted and len(captured) == len(wanted):
+            raise _StopForward
 
     def layer_channels(self) -> dict[str, int]:
         """Channel count of every dreamable layer and of ``logits`` (one small forward pass, made once).
@@ -896,6 +916,25 @@ def pick_precision(requested: str, device: torch.device) -> torch.dtype | None:
     if requested == "fp16" and device.type == "cpu":
         raise ValueError("--precision fp16: half precision is not supported on the CPU; use bf16 or fp32")
     return torch.bfloat16 if requested == "bf16" else torch.float16
+
+
+COMPILE_CHOICES = ("auto", "on", "off")
+
+
+def pick_compile(requested: str, device: torch.device) -> bool:
+    """Whether ``--compile`` runs the ascent step compiled (``torch.compile``) on ``device``.
+
+    ``auto`` compiles on CUDA, where a step is hundreds of small kernels
+    whose elementwise work inductor fuses, and nowhere
+    else: on the 2-core development CPU a compiled step of efficientnet-lite0
+    was slower than the eager one at every size and precision measured
+    (docs/performance.md), and MPS is untested.
+    """
+    if requested not in COMPILE_CHOICES:
+        raise ValueError(f"--compile {requested!r}: expected one of {', '.join(COMPILE_CHOICES)}")
+    if requested == "auto":
+        return device.type == "cuda"
+    return requested == "on"
 
 
 # Folding is checked on a picture this large: big enough for every zoo

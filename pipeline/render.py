@@ -125,17 +125,18 @@ def work_folder(output: str | Path) -> Path:
 
 
 def job_record(kind: str, compute, **parts) -> dict:
-    """What a job is, as ``job.json`` stores it: its ``kind``, ``compute``'s fields but the device, and ``parts``.
+    """What a job is, as ``job.json`` stores it: its ``kind``, ``compute``'s fields but the device and compile, and ``parts``.
 
     ``compute`` is a :class:`~dreamreel.pipeline.dream.ComputeSettings`; the
-    device is left out because it changes only float rounding, so a render
-    begun on one device may be finished on another. Its files (a model file,
-    ``weights``, ``labels``, ``guide``: its ``input_files()``) are recorded as
-    their :func:`file_stamp`, so a file changed between two runs is a changed
-    job, not a mixed look. Parts hold the job's settings and
-    :func:`file_stamp` of its input files.
+    device and ``compile`` are left out because they change only float
+    rounding, so a render begun on one device, or compiled, may be finished
+    on another, or not. Its files (a model file, ``weights``, ``labels``,
+    ``guide``: its ``input_files()``) are recorded as their
+    :func:`file_stamp`, so a file changed between two runs is a changed job,
+    not a mixed look. Parts hold the job's settings and :func:`file_stamp` of
+    its input files.
     """
-    settings = {name: value for name, value in asdict(compute).items() if name != "device"}
+    settings = {name: value for name, value in asdict(compute).items() if name not in ("device", "compile")}
     for flag, path in compute.input_files().items():
         settings[flag.removeprefix("--")] = file_stamp(path)
     return json.loads(json.dumps({"kind": kind, "compute": settings, **parts}, default=str))

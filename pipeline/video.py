@@ -69,6 +69,9 @@ class VideoSettings:
         blend: share of the previous dream carried into the next frame
             (0 = every frame dreamed alone, 1 = pure feedback).
         flow: ``dis`` (OpenCV DIS), ``farneback`` or ``none`` (plain blending).
+        flow_scale: share of the frame size the flow is computed at (see
+            :class:`~dreamreel.pipeline.flow.FlowEstimator`): below 1 the
+            flow is cheaper and the carry less exact (docs/performance.md).
         iterations_next: ascent steps per octave for frames after a lane's
             first (the carried dream needs fewer); None = ``iterations``.
         batch: lanes dreamed as one batch (1 = strictly sequential, the
@@ -92,6 +95,7 @@ class VideoSettings:
 
     blend: float = 0.6
     flow: str = "dis"
+    flow_scale: float = 1.0
     iterations_next: int | None = None
     batch: int = 1
     warmup: int = 30
@@ -104,6 +108,7 @@ class VideoSettings:
                 raise ValueError(f"--{name} {value!r}: expected a number from 0 to 1")
         if self.flow not in flow.FLOW_METHODS:
             raise ValueError(f"--flow {self.flow!r}: expected one of {', '.join(flow.FLOW_METHODS)}")
+        flow.check_flow_scale(self.flow_scale)
         checks = (("iterations-next", self.iterations_next, 0), ("batch", self.batch, 1), ("warmup", self.warmup, 0), ("cadence", self.cadence, 1))
         for name, value, lo in checks:
             if value is None and name == "iterations-next":
@@ -211,17 +216,19 @@ class _Prefetch:
     is one) and the backward and forward flow between it and the key frame
     before it (the frame before, at ``cadence`` 1) as a (2, H, W, 2) float32
     tensor (``flows``: None at ``first``, at ``cuts``, where a new shot
-    starts and nothing is carried, and with ``method`` "none"). With
-    ``buffers`` (a GPU dreams) both are made in its page-locked buffers here,
-    so the loop's thread only queues their copies (and gives the buffers back).
+    starts and nothing is carried, and with ``method`` "none"), computed at
+    ``scale`` of the frame size. With ``buffers`` (a GPU dreams) both are made
+    in its page-locked buffers here, so the loop's thread only queues their
+    copies (and gives the buffers back).
     """
 
     def __init__(
         self, frames: Iterator[np.ndarray], first: int, stop: int, cuts: Sequence[int], method: str,
-        buffers: HostBuffers | None = None, cadence: int = 1,
+        buffers: HostBuffers | None = None, cadence: int = 1, scale: float = 1.0,
     ):  # fmt: skip
         self.queue: queue.Queue = queue.Queue(maxsize=PREFETCH_FRAMES)
         self.method = method
+        self.scale = scale
         self.buffers = buffers
         self._local = threading.local()  # a FlowEstimator per flow thread: they are not thread-safe
         self._closed = threading.Event()
@@ -235,7 +242,7 @@ class _Prefetch:
     def _flows(self, previous: np.ndarray, frame: np.ndarray) -> torch.Tensor:
         estimator = getattr(self._local, "estimator", None)
         if estimator is None:
-            estimator = self._local.estimator = flow.FlowEstimator(self.method)
+            estimator = self._local.estimator = flow.FlowEstimator(self.method, scale=self.scale)
         return self._host(np.stack([estimator(frame, previous), estimator(previous, frame)]))
 
     def _run(self, frames: Iterator[np.ndarray], first: int, stop: int, cuts: set[int], cadence: int) -> None:
@@ -329,7 +336,7 @@ def dream_lanes(
             continue
         # its last key frame is on disk: carry it, as the interrupted run did
         key = last_key_frame(seg.first, index, plan.cuts, video.cadence) if index > seg.first else index
-        reader = _Prefetch(frames(key), key, seg.stop, plan.cuts, video.flow, dreamer.host_buffers, video.cadence)
+        reader = _Prefetch(frames(key), key, seg.stop, plan.cuts, video.flow, dreamer.host_buffers, video.cadence, video.flow_scale)
         lane = _Lane(k, seg.first, seg.stop, index, reader)
         lanes.append(lane)
         if key < index:

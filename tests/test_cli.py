@@ -76,6 +76,7 @@ CASES = [
     (["image", "noise", "{tmp}/o.png", "--objective", "blocks.44"], "unknown layer 'blocks.44'"),
     (["image", "noise", "{tmp}/o.png", "--preset", "nope"], "available:"),
     (["image", "noise", "{tmp}/o.png", "--precision", "fp16", "--device", "cpu"], "not supported on the CPU"),
+    (["video", "{tmp}/text.mp4", "{tmp}/o.mp4", "--compile", "yes"], "argument --compile: invalid choice: 'yes'"),
     (["image", "noise", "{tmp}/o.png", "--size", "0x0"], "width and height"),
     (["video", "{tmp}/text.mp4", "{tmp}/o.mp4"], "text.mp4"),
     (["video", "{tmp}/missing.mp4", "{tmp}/o.mp4"], "missing.mp4"),

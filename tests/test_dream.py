@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -229,6 +231,78 @@ def test_temporal_anchor_pulls_towards_it_where_weighted(tiny_model, textured, d
     assert torch.allclose(free, off, atol=1e-6)  # strength 0 is no anchor
     assert pulled[..., :32].mean() < 0.5 * free[..., :32].mean()  # pulled to black where trusted
     assert (pulled[..., 40:] - free[..., 40:]).abs().mean() < 0.5 * (pulled[..., :32] - free[..., :32]).abs().mean()
+
+
+# --- compiled steps --------------------------------------------------------------------
+
+
+@pytest.fixture
+def kernel_cache(tmp_path, monkeypatch):
+    """A fresh DREAMREEL_CACHE folder; inductor's own variable unset, so compiled steps put it there."""
+    monkeypatch.setenv(D.KERNEL_CACHE_ENV, str(tmp_path / "cache"))
+    unset(monkeypatch, "TORCHINDUCTOR_CACHE_DIR", "CUDA_CACHE_PATH")
+    return tmp_path / "cache"
+
+
+def unset(monkeypatch, *names: str) -> None:
+    """Unset environment variables for a test, restoring them after, even those that are set only during it."""
+    for name in names:
+        monkeypatch.setenv(name, "")  # recorded, so the variable is put back as it was
+        monkeypatch.delenv(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["mid", "enhance:mid - 0.1*tv"])
+def test_compiled_steps_dream_what_eager_steps_dream(objective, tiny_model, textured, device, kernel_cache, capsys):
+    """One size, two steps, with the temporal anchor (and priors and enhance's start picture): compiled (inside the captured graph on CUDA) equals eager."""
+    model = tiny_model.to(device)
+    x = torch.cat([textured, textured.flip(-1)]).to(device)
+    obj = parse_objective(objective, model)
+    settings = DreamSettings(objective=objective, octaves=1, iterations=2, jitter=4, gain=2.0)
+    anchor = (x.flip(-2), torch.full_like(x[:, :1], 0.5), 0.4)
+    graphs = D.StepGraphs if device == "cuda" else lambda: None
+    run = lambda compiled: D.dream(model, x, obj, settings, generator=[D.frame_generator(0, k) for k in range(2)],  # noqa: E731
+                                   anchor=anchor, graphs=graphs(), compiled=compiled)
+    eager = run(None)
+    compiled = D.CompiledSteps(required=True)
+    first, again = run(compiled), run(compiled)
+    # on CUDA both paths convolve in TF32 but may pick other kernels: equal within an 8-bit level there
+    assert (first - eager).abs().max() < (1e-4 if device == "cpu" else 1 / 255) and torch.equal(first, again)
+    assert (eager - x).abs().mean() > 0.01  # it dreamed
+    line = capsys.readouterr().err
+    assert line.count("dreamreel: compiling kernels for 64x48 x 2 (first run only") == 1, line  # once, not per call
+    assert any(kernel_cache.joinpath("inductor").rglob("*.py"))  # the kernels are kept in the dreamreel cache
+
+
+def test_a_step_that_fails_to_compile_is_an_error_with_compile_on_and_eager_with_auto(tiny_model, textured, monkeypatch):
+    def no_compiler(fn, **kwargs):
+        def fail(*args, **kw):
+            raise RuntimeError("no C++ compiler\nmore detail")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    obj = parse_objective("mid", tiny_model)
+    settings = DreamSettings(objective="mid", octaves=1, iterations=2, jitter=4)
+    run = lambda compiled: D.dream(tiny_model, textured, obj, settings, generator=[D.frame_generator(0, 0)], compiled=compiled)  # noqa: E731
+    refused = r"--compile on: torch.compile failed for a 64x48 step \(RuntimeError: no C\+\+ compiler\); use --compile off"
+    with pytest.raises(ValueError, match=refused):
+        run(D.CompiledSteps(required=True))
+    with pytest.warns(UserWarning, match="compiling the ascent step failed"):
+        fallen_back = run(D.CompiledSteps(required=False))
+    assert torch.equal(fallen_back, run(None))
+
+
+def test_kernel_cache_folder_follows_dreamreel_cache_then_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv(D.KERNEL_CACHE_ENV, str(tmp_path / "mine"))
+    assert D.kernel_cache_folder() == tmp_path / "mine"
+    monkeypatch.delenv(D.KERNEL_CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert D.kernel_cache_folder() == tmp_path / "xdg" / "dreamreel"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "user's own"))
+    unset(monkeypatch, "CUDA_CACHE_PATH")
+    D.use_kernel_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "user's own")  # a folder the user chose stays
+    assert os.environ["CUDA_CACHE_PATH"] == str(tmp_path / "xdg" / "dreamreel" / "cuda")
 
 
 def test_fp16_gradient_of_small_tiles_does_not_underflow(tiny_model):

@@ -53,6 +53,22 @@ def test_estimator_recovers_translation(method, preset, height, width):
     np.testing.assert_allclose(interior.mean(0), [-3, 2], atol=0.5)
 
 
+@pytest.mark.parametrize("scale", [0.5, 0.25])
+def test_flow_at_a_reduced_scale_is_in_full_size_pixels(scale):
+    prev, cur = panned_pair(120, 160, (-6, 4))
+    flow = FlowEstimator("dis", scale=scale)(cur, prev)
+    assert flow.shape == (120, 160, 2) and flow.dtype == np.float32
+    np.testing.assert_allclose(flow[16:-16, 16:-16].reshape(-1, 2).mean(0), [-6, 4], atol=0.5)
+    full = FlowEstimator("dis")(cur, prev)
+    assert not np.array_equal(flow, full)  # computed on smaller frames, not the full ones
+
+
+@pytest.mark.parametrize("scale", [0.1, 1.5, True, "0.5"])
+def test_a_flow_scale_out_of_range_names_the_flag(scale):
+    with pytest.raises(ValueError, match=r"--flow-scale .*: expected a number from 0.125 to 1"):
+        FlowEstimator("dis", scale=scale)
+
+
 def test_estimator_forward_is_opposite_of_backward():
     prev, cur = panned_pair(64, 64, (2, -1))
     estimator = FlowEstimator()

@@ -54,6 +54,40 @@ def test_forward_stops_after_the_last_needed_layer(tiny_model):
     assert calls == [1]
 
 
+def test_layer_hooks_stay_and_record_only_for_the_pass_that_asks(tiny_model):
+    """The hooks stay on their layers (a compiled step cannot add them), so they must not disturb other passes."""
+    x = torch.rand(1, 3, 16, 16)
+    both = tiny_model(x, ["conv1", "conv2"])
+    hooks = sum(len(m._forward_hooks) for m in tiny_model.net.modules())
+    assert set(tiny_model(x, [LOGITS])) == {LOGITS}  # conv1's and conv2's hooks neither record nor stop this pass
+    assert set(tiny_model(x, ["conv2"])) == {"conv2"} and torch.equal(tiny_model(x, ["conv2"])["conv2"], both["conv2"])
+    tiny_model(x, ["conv1", "conv2"])
+    assert sum(len(m._forward_hooks) for m in tiny_model.net.modules()) == hooks == 2  # one per layer, not per pass
+
+
+def test_a_folded_layer_is_hooked_again():
+    model = models.DreamModel(
+        ConvBnNet(), mean=(0.5,) * 3, std=(0.25,) * 3, layer_names=["conv", "block"], aliases={}, name="convbn"
+    )
+    x = torch.rand(1, 3, 20, 20, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(x, ["conv"])["conv"]  # hooks conv, which folding then replaces with a fused copy
+        folded = models.fold_batchnorm(model)
+        assert folded.net.conv is not model.net.conv
+        after = folded(x, ["conv"])["conv"]
+    bn = model.net.bn
+    expected = (before - bn.running_mean.view(1, -1, 1, 1)) / (bn.running_var.view(1, -1, 1, 1) + bn.eps).sqrt()
+    assert torch.allclose(after, expected * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1), atol=1e-5)
+
+
+def test_pick_compile_compiles_on_cuda_by_default_and_as_asked():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not models.pick_compile("auto", cpu) and models.pick_compile("auto", cuda)  # CPU: measured slower
+    assert models.pick_compile("on", cpu) and not models.pick_compile("off", cuda)
+    with pytest.raises(ValueError, match=r"--compile 'yes': expected one of auto, on, off"):
+        models.pick_compile("yes", cpu)
+
+
 def test_unknown_model_names_the_choices():
     with pytest.raises(ValueError, match=r"unknown model 'googlenett': did you mean googlenet"):
         load_model("googlenett")

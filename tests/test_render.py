@@ -173,15 +173,15 @@ def test_other_settings_are_refused_naming_what_changed(tmp_path):
         assert again.done == {0}
 
 
-def test_job_record_keeps_settings_and_input_files_but_not_the_device(tmp_path):
+def test_job_record_keeps_settings_and_input_files_but_not_the_device_or_compile(tmp_path):
     clip = tmp_path / "in.mp4"
     clip.write_bytes(b"12345")
     record = job_record("video", ComputeSettings(device="cpu", precision="fp32"), input=file_stamp(clip), clip={"max_frames": 3})
     assert record["kind"] == "video" and record["clip"] == {"max_frames": 3}
     assert record["input"] == {"path": str(clip.resolve()), "size": 5, "mtime": int(clip.stat().st_mtime)}
-    assert record["compute"]["precision"] == "fp32" and "device" not in record["compute"]
+    assert record["compute"]["precision"] == "fp32" and "device" not in record["compute"] and "compile" not in record["compute"]
     assert file_stamp(None) is None
-    assert job_record("video", ComputeSettings(device="cuda"), input=file_stamp(clip), clip={"max_frames": 3}) == {
+    assert job_record("video", ComputeSettings(device="cuda", compile="on"), input=file_stamp(clip), clip={"max_frames": 3}) == {
         **record, "compute": {**record["compute"], "precision": "auto"}
     }  # fmt: skip
 

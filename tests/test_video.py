@@ -148,6 +148,7 @@ def test_flow_warped_blending_is_steadier_than_independent_frames_and_plain_blen
         "independent": VideoSettings(blend=0.0),
         "flow": VideoSettings(blend=0.8, flow="dis", iterations_next=1),
         "plain": VideoSettings(blend=0.8, flow="none", iterations_next=1),
+        "small flow": VideoSettings(blend=0.8, flow="dis", flow_scale=0.25, iterations_next=1),
     }.items():
         dream_video(pan_clip, tmp_path / name, REAL_DREAM, CPU, video, ENCODE, progress=False)
         reports[name] = measure(read_png_frames(tmp_path / name), pan_frames)
@@ -158,6 +159,9 @@ def test_flow_warped_blending_is_steadier_than_independent_frames_and_plain_blen
     assert max(strengths.values()) < 2 * min(strengths.values()), strengths  # and about as strongly
     assert errors["flow"] < 0.5 * errors["independent"], errors
     assert errors["plain"] > 1.5 * errors["flow"], errors  # without flow the carried dream smears
+    # flow on 16x16 frames still carries the dream (DIS medium's own finest level is half the frame: 32x32 at full scale)
+    assert errors["small flow"] < 0.5 * errors["independent"], errors
+    assert read_png_frames(tmp_path / "small flow")[-1].tobytes() != read_png_frames(tmp_path / "flow")[-1].tobytes()
 
 
 # --- lanes ------------------------------------------------------------------------------
