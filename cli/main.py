@@ -624,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("metrics", help="how steady and how strong a dreamed video is",
                        description="Warping error (flicker) of OUTPUT and of INPUT, dream strength, fine detail "
-                                   "and lane seam scores; see the README for what they mean.")
+                                   "and lane seam scores; see docs/video.md for what they mean.")
     p.add_argument("input", metavar="INPUT", help="the input video")
     p.add_argument("output", metavar="OUTPUT", help="the dreamed video, or its folder of PNG frames")
     p.add_argument("--start", type=float, default=0.0, help="the --start the output was dreamed with")

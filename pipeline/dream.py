@@ -400,7 +400,7 @@ def jitter_shifts(generators: list[torch.Generator], steps: int, limit: int) -> 
 
 # The temporal pull leaves the finest detail free: it pulls the difference to
 # the anchor blurred by this sigma (pixels). Measured on three 30-frame clips
-# at 256 px (README, Temporal coherence): pulling the whole difference kept
+# at 256 px (docs/video.md, the temporal term): pulling the whole difference kept
 # 0.77-0.86x the fine detail of frames dreamed alone, sigma 0.5 kept
 # 0.89-1.1x for a little more flicker, sigma 1.0 kept more still but flickered
 # past the target (warping error 0.36-0.40x of frames dreamed alone).

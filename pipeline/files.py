@@ -34,7 +34,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # run-length matches only. PNG's row filters leave runs, which RLE finds,
 # while dreamed detail leaves longer matches little to find: on dreamed
 # frames it writes about 1.7x faster than plain level 1 at the same size
-# (README, "Saving frames").
+# (docs/performance.md, other figures).
 WORK_PNG_PARAMS = (cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE)
 
 # Name of frame ``t`` (counting from 0) in a frames folder or a work folder.

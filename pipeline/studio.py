@@ -59,7 +59,7 @@ JOBS = ("image", "video", "zoom")
 # Each job starts from the preset its command uses by default.
 DEFAULT_PRESETS = {"image": "mid-creatures", "video": "video-flow", "zoom": "zoom-drift"}
 # Previews: the longest side in pixels, and the frames of a zoom preview.
-# Measured on the 2-core development CPU (README "Studio"): a picture preview
+# Measured on the 2-core development CPU (docs/studio.md): a picture preview
 # at 192 px with the default look takes a few seconds, most of it loading the model.
 PREVIEW_SIDE = 192
 PREVIEW_ZOOM_FRAMES = 8

@@ -81,7 +81,7 @@ class VideoSettings:
             dream and the output crossfades over. The two lanes' dreams are
             unrelated patterns, and the default look changes so little from
             frame to frame that a short crossfade shows: seam scores 1.66-1.72
-            with 6 frames, 1.05-1.08 with 30 (README, ``--batch``).
+            with 6 frames, 1.05-1.08 with 30 (docs/video.md, lanes).
         temporal: pull of every ascent step towards the carried start picture
             where the flow is trusted (the temporal term, see
             :func:`~dreamreel.pipeline.dream.temporal_pull`): 0 = off (the

@@ -16,7 +16,8 @@ Each command of their ```bash blocks (``a && b`` is two) is one of:
 A new line that is none of these fails the test; so does a listed line that
 is no longer documented. A line naming a file this test cannot make fails
 with the CLI's own "no such file" message: teach ``MAKERS`` to make it.
-The objectives of the README's table are run the same way.
+The objectives of the table in docs/dreaming.md are run the same way, and its
+example preset (its ```toml block) is the ``mine.toml`` the examples load.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).parent.parent
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+DREAMING = ROOT / "docs" / "dreaming.md"  # the dream options, the objectives' table and the example preset
 PHOTO = Path(__file__).parent / "data" / "chelsea.jpg"
 CLASSES = ["me", "my dog", "my cat"]  # my_classes.txt: the own-classifier examples' classes
 
@@ -54,11 +56,13 @@ NOT_RUNNABLE = {
     "pip install 'dreamreel[ray]'": "installs from the package index (the network)",
     "pip install tf2onnx": "installs from the package index (the network)",
     "python -m pytest -q": "runs this test suite itself",
+    "OMP_NUM_THREADS=1 python -m pytest -q tests/test_readme_examples.py": "runs this test itself",
     "python -m tf2onnx.convert --saved-model my_model/ --output classifier.onnx --opset 17 --inputs-as-nchw input_1":
         "needs TensorFlow and a SavedModel; tests/test_models.py exports its ONNX files from torch",
+    "dreamreel video clip.mp4 out.mp4 --device cuda --compile on": "needs a CUDA GPU; tests/test_dream.py compiles the step on the devices there are",
+    "dreamreel bench --device cuda --size 1280x720 --batch 8 --frames 24 --compile on --json": "needs a CUDA GPU",
     "dreamreel studio": "serves a web page until stopped; tests/test_studio.py drives it in a browser",
     "dreamreel studio --port 8000 --output-dir looks/": "serves a web page until stopped; tests/test_studio.py drives it",
-    "dreamreel video film.mp4 dreamed.mp4 --ray auto --verbose": "joins a running Ray cluster; there is none here",
     "pip install 'dreamreel[live]'": "installs from the package index (the network)",
     "dreamreel live --camera 0 --window --osc-port 9000": "needs a camera and a screen",
     "dreamreel live --camera 0 --window --midi nanoKONTROL2 --controls nanokontrol2":
@@ -72,7 +76,6 @@ NOT_RUNNABLE = {
     "dreamreel live --camera 0 --window --osc-port 9000 --controls touchdesigner": "needs a camera and a screen",
     "dreamreel live --midi --osc-port 9000 --learn": "needs a MIDI controller",
     "dreamreel live --zoom --preset live-beat --window": "needs a screen",
-    "dreamreel live --camera 0 --virtual-camera --ndi-out dreamreel": "needs a camera, a virtual camera driver and NDI",
     "dreamreel live --camera 0 --virtual-camera": "needs a camera and a virtual camera driver (v4l2loopback)",
     "dreamreel live --camera 0 --ndi-out dreamreel": "needs a camera and NDI",
     "dreamreel live --ndi OBS --window --max-side 640": "needs an NDI sender on the network and a screen",
@@ -154,9 +157,10 @@ def other_params() -> list:
 
 
 def table_objectives() -> list[str]:
-    """Each backticked expression in the first column of the README's objectives table."""
-    section = README.read_text(encoding="utf-8").split("**Objectives**", 1)[1].split("\n\n", 2)[1]
-    rows = [row.split("|")[1] for row in section.splitlines()[2:]]
+    """Each backticked expression in the first column of the objectives table of docs/dreaming.md."""
+    section = DREAMING.read_text(encoding="utf-8").split("\n## Objectives\n", 1)[1]
+    table = re.search(r"^\|.*?(?=\n\n)", section, re.S | re.M).group(0)
+    rows = [row.split("|")[1] for row in table.splitlines()[2:]]
     return [expr for cell in rows for expr in re.findall(r"`([^`]+)`", cell)]
 
 
@@ -237,6 +241,11 @@ def shots(path: Path) -> None:
                 writer.write(np.ascontiguousarray(picture[:, 4 * t : 4 * t + 48]))
 
 
+def example_preset(path: Path) -> None:
+    """The preset of docs/dreaming.md, as the page shows it."""
+    path.write_text(re.search(r"```toml\n(.*?)```", DREAMING.read_text(encoding="utf-8"), re.S).group(1))
+
+
 def beat(path: Path) -> None:
     """8 s at 120 BPM: a decaying 60 Hz kick every 0.5 s (the tempo of `b` is found in 8 s, not in 4)."""
     from dreamreel.pipeline.ffmpeg import run_ffmpeg
@@ -257,6 +266,7 @@ MAKERS = {
     "film.mp4": shots,
     "song.mp3": beat,
     "song.wav": beat,
+    "mine.toml": example_preset,
 }
 
 
@@ -300,6 +310,14 @@ def test_every_documented_command_runs_here_or_is_listed_with_its_reason():
     assert set(NOT_RUNNABLE) <= listed, f"NOT_RUNNABLE lists commands no page has: {sorted(set(NOT_RUNNABLE) - listed)}"
 
 
+def test_the_readme_lists_every_preset_once():
+    from dreamreel.pipeline.presets import builtin_names
+
+    section = README.read_text(encoding="utf-8").split("\n## Presets\n", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `([^`]+)` \|", section, re.M)
+    assert sorted(listed) == sorted(builtin_names()), f"README's presets {listed}, `dreamreel presets`: {builtin_names()}"
+
+
 def test_the_documents_have_their_examples():
     kinds = {argv[1] for _, argv in runnable("other")}
     assert len(runnable("image")) >= 8 and {"video", "zoom", "metrics", "layers", "bench"} <= kinds, kinds
@@ -338,7 +356,7 @@ def test_documented_command_runs_at_a_tiny_size(argv, scratch, capsys):
 
 
 @pytest.mark.parametrize("objective", table_objectives())
-def test_readme_objective_table_entry_runs(objective, scratch, capsys):
+def test_objective_table_entry_runs(objective, scratch, capsys):
     argv = ["image", "photo.jpg", "out.png", "--objective", objective, "--octaves", "1", "--iterations", "1", "--quiet"]
     argv += ["--guide", "flowers.jpg"] if "guide:" in objective else []
     scratch(argv)
